@@ -1,0 +1,44 @@
+# vca-gen: `make demo` runs the whole job on the embedded demo; `make test` runs the test suite.
+# Both build .venv from nothing when it is missing or stale (pyproject.toml / constraints.txt
+# changed) and fetch the offline assets; re-running is a no-op when nothing changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ASSETS_STAMP := .assets/.fetched
+PYTEST_ARGS ?=
+
+.PHONY: all venv assets test test-fast demo bench clean-venv
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+$(ASSETS_STAMP): scripts/fetch_assets.py $(STAMP)
+	$(PY) scripts/fetch_assets.py
+	@touch $(ASSETS_STAMP)
+
+assets: $(ASSETS_STAMP)
+
+test: $(STAMP) $(ASSETS_STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+test-fast: $(STAMP) $(ASSETS_STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP) $(ASSETS_STAMP)
+	$(PY) -m vca_gen.demo
+
+bench: $(STAMP) $(ASSETS_STAMP)
+	$(PY) bench/attention.py
+	$(PY) bench/samplers.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/sampling.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,52 @@
+"""Classifier-free guidance, applied the same way by the model and by every sampler.
+
+``guided = uncond + scale * (cond - uncond)`` on the prediction channels. Extra output
+channels (the learned-variance half of a ``learn_sigma`` model) are taken from the conditional
+branch. ``guide_channels=None`` guides every prediction channel (diffusers and later papers);
+``guide_channels=3`` reproduces DiT's choice of guiding only the first three latent channels.
+A scale of exactly 1 performs one conditional forward pass and returns it unchanged.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cfg_forward(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    y: torch.Tensor,
+    cfg_scale: float,
+    null_label: int,
+    pred_channels: int,
+    guide_channels: Optional[int] = None,
+) -> torch.Tensor:
+    """Guided prediction for inputs ``x`` (B, C, H, W), times ``t`` (B,), labels ``y`` (B,).
+
+    ``pred_channels`` is the number of leading output channels that are the model's prediction
+    (the input channel count); ``null_label`` the class index of the unconditional embedding.
+    """
+    if cfg_scale == 1.0:
+        return model_fn(x, t, y)
+    if guide_channels is not None and not 0 < guide_channels <= pred_channels:
+        raise ValueError(f"guide_channels must be in 1..{pred_channels} or None, got {guide_channels}")
+    b = x.shape[0]
+    y_null = torch.full_like(y, null_label)
+    out = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y_null]))  # (2B, C_out, H, W)
+    cond, uncond = out[:b], out[b:]
+    g = pred_channels if guide_channels is None else guide_channels
+    guided = uncond[:, :g] + cfg_scale * (cond[:, :g] - uncond[:, :g])
+    return torch.cat([guided, cond[:, g:]], dim=1)
+
+
+def guided_model_fn(
+    model_fn: ModelFn, cfg_scale: float, null_label: int, pred_channels: int, guide_channels: Optional[int] = None
+) -> ModelFn:
+    """``model_fn`` wrapped with :func:`cfg_forward` (returns ``model_fn`` itself at scale 1)."""
+    if cfg_scale == 1.0:
+        return model_fn
+    return lambda x, t, y: cfg_forward(model_fn, x, t, y, cfg_scale, null_label, pred_channels, guide_channels)
