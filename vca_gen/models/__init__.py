@@ -1,0 +1,24 @@
+"""DiT / SiT backbones with MHSA, VCA or DIFF attention.
+
+>>> from vca_gen.models import create_model
+>>> model = create_model("DiT-S/2", attention="vca", input_size=32)
+"""
+from vca_gen.models.attention import ATTENTION_KINDS, attention_options, build_attention
+from vca_gen.models.dit import DiT, DiTBlock, FinalLayer
+from vca_gen.models.loading import load_official_checkpoint, official_state_dict
+from vca_gen.models.registry import SIZES, create_model, list_models, parse_model_name
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "DiT",
+    "DiTBlock",
+    "FinalLayer",
+    "SIZES",
+    "attention_options",
+    "build_attention",
+    "create_model",
+    "list_models",
+    "load_official_checkpoint",
+    "official_state_dict",
+    "parse_model_name",
+]

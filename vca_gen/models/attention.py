@@ -1,0 +1,95 @@
+"""Token-mixing layers of the backbone and the one factory that builds them.
+
+Every kind maps ``x`` (B, N, C) -> (B, N, C) for tokens laid out row-major on a fixed
+``grid_size = (H, W)`` grid (N = H·W), and owns a ``qkv`` Linear(C, 3C) and a ``proj``
+Linear(C, C) with the same names and shapes as DiT's attention, so the official weights of
+those two layers load into any kind.
+
+- ``mhsa``: multi-head self-attention (DiT / timm), fused ``F.scaled_dot_product_attention``.
+- ``vca``: Visual-Contrast Attention, see :mod:`vca_gen.models.vca`.
+- ``diff``: DIFF Transformer attention, see :mod:`vca_gen.models.diff`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def check_heads(dim: int, num_heads: int) -> int:
+    """Head dimension ``dim // num_heads`` (error if ``num_heads`` does not divide ``dim``)."""
+    if num_heads < 1 or dim % num_heads:
+        raise ValueError(f"hidden size {dim} must be divisible by num_heads={num_heads}")
+    return dim // num_heads
+
+
+class MHSA(nn.Module):
+    """Multi-head self-attention with a fused SDPA kernel; DiT-compatible ``qkv`` / ``proj``."""
+
+    OPTIONS: Dict[str, Any] = {}
+
+    def __init__(self, dim: int, num_heads: int, grid_size: Tuple[int, int], layer_idx: int = 0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = check_heads(dim, num_heads)
+        self.grid_size = tuple(grid_size)
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, h, N, d)
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, grid={self.grid_size}"
+
+
+def _kinds() -> Dict[str, type]:
+    from vca_gen.models.diff import DiffAttention
+    from vca_gen.models.vca import VCAttention
+
+    return {"mhsa": MHSA, "vca": VCAttention, "diff": DiffAttention}
+
+
+ATTENTION_KINDS: Tuple[str, ...] = ("mhsa", "vca", "diff")
+
+
+def attention_options(kind: str) -> Dict[str, Any]:
+    """Accepted keyword options of attention ``kind`` with their defaults."""
+    return dict(_attention_class(kind).OPTIONS)
+
+
+def _attention_class(kind: str) -> type:
+    kinds = _kinds()
+    if kind not in kinds:
+        raise ValueError(f"unknown attention kind {kind!r}; valid kinds: {', '.join(ATTENTION_KINDS)}")
+    return kinds[kind]
+
+
+def check_attention_options(kind: str, options: Dict[str, Any]) -> None:
+    """Error if ``options`` holds a keyword that attention ``kind`` does not accept."""
+    cls = _attention_class(kind)
+    unknown = sorted(set(options) - set(cls.OPTIONS))
+    if unknown:
+        valid = ", ".join(f"{k}={v!r}" for k, v in cls.OPTIONS.items()) or "none"
+        raise ValueError(f"unknown option(s) {unknown} for attention {kind!r}; valid options (defaults): {valid}")
+
+
+def build_attention(
+    kind: str, dim: int, num_heads: int, grid_size: Tuple[int, int], layer_idx: int = 0, **options: Any
+) -> nn.Module:
+    """Build one token-mixing layer of ``kind`` (one of :data:`ATTENTION_KINDS`).
+
+    ``grid_size`` is the (H, W) token grid, ``layer_idx`` the 0-based block index (sets λ_init of
+    the differential kinds); ``options`` are kind-specific (see each class's ``OPTIONS``).
+    """
+    check_attention_options(kind, options)
+    gh, gw = grid_size
+    if gh < 1 or gw < 1:
+        raise ValueError(f"grid_size must be two positive ints, got {grid_size}")
+    return _attention_class(kind)(dim, num_heads, (int(gh), int(gw)), layer_idx, **options)

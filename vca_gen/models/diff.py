@@ -1,0 +1,60 @@
+"""DIFF Transformer attention (Ye et al., 2024) at the parameter budget of MHSA: the N² baseline.
+
+With the model's h heads of size d = C/h, DIFF uses h/2 differential heads. Differential head i
+has two query/key halves Q1, Q2, K1, K2 of size d (query/key channel chunks 2i and 2i+1, as in
+microsoft/unilm ``multihead_diffattn.py``) and one value of size 2d (value channels
+[2i·d, 2i·d + 2d)):
+
+    O_i = (1 − λ_init) · RMSNorm_2d( (softmax(Q1 K1ᵀ/√d) − λ softmax(Q2 K2ᵀ/√d)) V_i )
+
+with the DIFF λ reparameterisation (one scalar per block) and λ_init from the block index.
+Both softmaxes run in one fused SDPA call over 2·(h/2) heads whose values are shared pairwise.
+The projections are DiT's ``qkv`` / ``proj``; extra parameters are only 4d (λ) + 2d (gain).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vca_gen.models.attention import check_heads
+from vca_gen.models.differential import DifferentialLambda, RMSNorm, lambda_init_fn
+
+
+class DiffAttention(nn.Module):
+    """Differential attention with ``num_heads // 2`` heads of value size ``2·dim/num_heads``."""
+
+    OPTIONS: dict = {}
+
+    def __init__(self, dim: int, num_heads: int, grid_size: Tuple[int, int], layer_idx: int = 0):
+        super().__init__()
+        d = check_heads(dim, num_heads)
+        if num_heads % 2:
+            raise ValueError(
+                f"diff attention pairs heads (h/2 differential heads), so num_heads must be even; got {num_heads}")
+        self.num_heads = num_heads // 2  # differential heads
+        self.head_dim = d  # size of each query/key half; values have 2d
+        self.grid_size = tuple(grid_size)
+        self.lambda_init = lambda_init_fn(layer_idx)
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.lambda_ = DifferentialLambda(d, self.lambda_init)
+        self.subln = RMSNorm(2 * d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        hd, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).split(C, dim=-1)  # each (B, N, C)
+        q = q.reshape(B, N, 2 * hd, d).transpose(1, 2)  # (B, 2hd, N, d): chunks 2i, 2i+1 -> head i
+        k = k.reshape(B, N, 2 * hd, d).transpose(1, 2)
+        v = v.reshape(B, N, hd, 1, 2 * d).expand(B, N, hd, 2, 2 * d).reshape(B, N, 2 * hd, 2 * d).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v).unflatten(1, (hd, 2))  # (B, hd, 2, N, 2d)
+        lam = self.lambda_().to(o.dtype)
+        o = self.subln(o[:, :, 0] - lam * o[:, :, 1]) * (1.0 - self.lambda_init)  # (B, hd, N, 2d)
+        return self.proj(o.transpose(1, 2).reshape(B, N, C))
+
+    def extra_repr(self) -> str:
+        return (f"diff_heads={self.num_heads}, qk_dim={self.head_dim}, v_dim={2 * self.head_dim}, "
+                f"grid={self.grid_size}, lambda_init={self.lambda_init:.4f}")
