@@ -1,0 +1,392 @@
+"""Training checkpoints, EMA exports and loading for sampling.
+
+Layout of a training checkpoint (one directory per saved step)::
+
+    <output_dir>/checkpoints/step_00001000/
+        model.safetensors   live weights (the unwrapped model's state_dict)
+        ema.safetensors     fp32 EMA weights (same keys and shapes)
+        optimizer.pt        AdamW state_dict (tensors and numbers only; loaded weights_only=True)
+        rng.pt              torch CPU/CUDA, numpy and python RNG states of every process, as tensors
+        state.json          step, data position, counters
+        config.yaml         the resolved experiment config
+        COMPLETE            marker written last
+
+Everything is written into ``step_XXXXXXXX.tmp`` first, flushed to disk, marked ``COMPLETE`` and
+then renamed, so a kill at any moment leaves the previous checkpoints intact; directories without
+the marker (or still named ``*.tmp``) are never loaded. Nothing here unpickles arbitrary objects.
+
+An *export* is a directory with ``model.safetensors`` (EMA weights by default) and
+``config.json`` (the experiment config). ``load_for_sampling`` accepts an export, a training
+checkpoint directory or a run directory (its latest complete checkpoint).
+
+CLI: ``python -m vca_gen.checkpoint export CKPT OUT [--live]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+COMPLETE = "COMPLETE"
+CKPT_RE = re.compile(r"^step_(\d{8,})$")
+# Testing hook: seconds to sleep half-way through writing a checkpoint (to kill it mid-write).
+SLOW_SAVE_ENV = "VCA_GEN_TEST_SLOW_SAVE"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or export is missing, incomplete or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- file helpers
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename (never a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _cpu_state(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{int(step):08d}"
+
+
+# ----------------------------------------------------------------------------- RNG state
+def capture_rng_state() -> Dict[str, Any]:
+    """This process's RNG states as tensors and plain numbers (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    out: Dict[str, Any] = {
+        "torch_cpu": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64).copy()),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "python_version": int(py_state[0]),
+        "python_state": torch.tensor(py_state[1], dtype=torch.int64),
+        "python_gauss": py_state[2],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch_cpu"])
+    np.random.set_state(
+        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+         state["numpy_has_gauss"], state["numpy_gauss"])
+    )
+    random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()),
+                     state["python_gauss"]))
+    if "torch_cuda" in state and torch.cuda.is_available():
+        cuda_states = state["torch_cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# ----------------------------------------------------------------------------- listing / pruning
+def list_checkpoints(ckpt_root: Path | str) -> List[Tuple[int, Path]]:
+    """Complete checkpoints under ``ckpt_root`` as ``(step, path)``, oldest first."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_root: Path | str) -> Optional[Path]:
+    ckpts = list_checkpoints(ckpt_root)
+    return ckpts[-1][1] if ckpts else None
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a checkpoint directory: drop its marker first so a partial delete is never loaded."""
+    marker = path / COMPLETE
+    if marker.exists():
+        marker.unlink()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_checkpoints(ckpt_root: Path | str, keep_last: int, milestone_every: int = 0) -> List[Path]:
+    """Keep the ``keep_last`` newest complete checkpoints plus every milestone (step divisible by
+    ``milestone_every`` when > 0); delete the rest and stale ``*.tmp`` directories. Returns the
+    deleted paths. ``keep_last <= 0`` keeps everything."""
+    root = Path(ckpt_root)
+    deleted: List[Path] = []
+    if not root.is_dir():
+        return deleted
+    for p in root.glob("step_*.tmp"):
+        shutil.rmtree(p, ignore_errors=True)
+        deleted.append(p)
+    if keep_last <= 0:
+        return deleted
+    ckpts = list_checkpoints(root)
+    keep = {p for _, p in ckpts[-keep_last:]}
+    for step, p in ckpts:
+        milestone = milestone_every > 0 and step % milestone_every == 0
+        if p not in keep and not milestone:
+            _remove_dir(p)
+            deleted.append(p)
+    return deleted
+
+
+# ----------------------------------------------------------------------------- save
+def save_checkpoint(
+    ckpt_root: Path | str,
+    step: int,
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    ema_state: Mapping[str, torch.Tensor],
+    optimizer_state: Mapping[str, Any],
+    rng_states: List[Mapping[str, Any]],
+    state: Mapping[str, Any],
+    config_yaml: str,
+) -> Path:
+    """Write one checkpoint atomically and return its final directory (call on the main process).
+
+    ``rng_states`` holds one :func:`capture_rng_state` dict per process (index = process rank).
+    An existing complete checkpoint of the same step is replaced only after the new one is
+    complete.
+    """
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / (final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_cpu_state(model_state), str(tmp / "model.safetensors"))
+    save_file(_cpu_state(ema_state), str(tmp / "ema.safetensors"))
+    slow = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
+    if slow > 0:  # testing hook: leave a half-written checkpoint on disk for a while
+        print(f"[checkpoint] {SLOW_SAVE_ENV}: sleeping {slow}s mid-write of {tmp}", flush=True)
+        time.sleep(slow)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save({"world_size": len(rng_states), "states": list(rng_states)}, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(dict(state), indent=2, sort_keys=True))
+    (tmp / "config.yaml").write_text(config_yaml)
+    for f in tmp.iterdir():
+        _fsync_file(f)
+    (tmp / COMPLETE).write_text(f"step {int(step)}\n")
+    _fsync_file(tmp / COMPLETE)
+    _fsync_dir(tmp)
+    if final.exists():
+        old = root / (final.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+# ----------------------------------------------------------------------------- load
+def check_complete(path: Path | str) -> Path:
+    """``path`` as a complete training checkpoint directory, or a :class:`CheckpointError`."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint {p} does not exist or is not a directory")
+    if not (p / COMPLETE).is_file():
+        raise CheckpointError(
+            f"checkpoint {p} is incomplete (no {COMPLETE} marker: the save was interrupted); "
+            f"use an earlier checkpoint or resume=auto"
+        )
+    return p
+
+
+def load_tensors(path: Path | str) -> Dict[str, torch.Tensor]:
+    """A safetensors file as a CPU state dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"missing weights file {p}")
+    return load_file(str(p), device="cpu")
+
+
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> List[str]:
+    """Human-readable differences between two state dicts (keys and shapes)."""
+    problems = []
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in got and tuple(got[k].shape) != tuple(expected[k].shape)
+    ]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            more = f" … and {len(items) - 8} more" if len(items) > 8 else ""
+            problems.append(f"{title} ({len(items)}): " + ", ".join(items[:8]) + more)
+    return problems
+
+
+def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` strictly, with an error naming every mismatching key/shape."""
+    expected = module.state_dict()
+    problems = state_dict_mismatch(expected, state)
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit this model ({type(module).__name__}"
+            f"{' ' + module.name if isinstance(getattr(module, 'name', None), str) else ''}): "
+            + "; ".join(problems)
+            + ". Was it saved from a different model config (name, attention, learn_sigma, sizes)?"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def load_training_state(path: Path | str) -> Dict[str, Any]:
+    """Everything in a training checkpoint except the weights: optimizer, rng, state, config."""
+    p = check_complete(path)
+    try:
+        optimizer = torch.load(p / "optimizer.pt", map_location="cpu", weights_only=True)
+        rng = torch.load(p / "rng.pt", map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint {p} is missing {Path(e.filename).name}") from e
+    state = json.loads((p / "state.json").read_text())
+    return {"optimizer": optimizer, "rng": rng, "state": state, "config_yaml": (p / "config.yaml").read_text()}
+
+
+def resolve_resume(resume: str, ckpt_root: Path | str) -> Optional[Path]:
+    """``resume`` = "auto" (latest complete checkpoint or None), "none", or a checkpoint path."""
+    if resume in ("none", "", None):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(ckpt_root)
+    p = Path(resume)
+    if p.is_dir() and not (p / COMPLETE).exists() and (p / "checkpoints").is_dir():
+        latest = latest_checkpoint(p / "checkpoints")
+        if latest is None:
+            raise CheckpointError(f"resume={resume}: run directory has no complete checkpoint")
+        return latest
+    return check_complete(p)
+
+
+# ----------------------------------------------------------------------------- export / sampling
+def _find_weights_dir(path: Path) -> Path:
+    """An export dir, a checkpoint dir, or a run dir (→ latest checkpoint)."""
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    if (path / COMPLETE).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        latest = latest_checkpoint(root)
+        if latest is not None:
+            return latest
+    if CKPT_RE.match(path.name) or path.name.endswith(".tmp"):
+        check_complete(path)
+    raise CheckpointError(
+        f"{path} is neither an export (model.safetensors + config.json), a complete training "
+        f"checkpoint (step_XXXXXXXX with {COMPLETE}) nor a run directory with checkpoints"
+    )
+
+
+def load_for_sampling(path: Path | str, use_ema: bool = True, device: Any = "cpu"):
+    """``(model, experiment_cfg)`` from an export, a checkpoint dir or a run dir; model in eval mode.
+
+    ``use_ema`` picks the EMA weights of a training checkpoint (an export holds only EMA weights,
+    unless it was made with ``--live``).
+    """
+    from vca_gen import config as C
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist")
+    d = _find_weights_dir(p)
+    if (d / "config.json").is_file() and not (d / COMPLETE).is_file():
+        cfg = C.config_from_dict(json.loads((d / "config.json").read_text()), source=str(d / "config.json"))
+        weights = d / "model.safetensors"
+    else:
+        cfg = C.config_from_yaml_text((d / "config.yaml").read_text(), source=str(d / "config.yaml"))
+        weights = d / ("ema.safetensors" if use_ema else "model.safetensors")
+    model = C.build_model(cfg)
+    load_state_into(model, load_tensors(weights), str(weights))
+    return model.to(device).eval().requires_grad_(False), cfg
+
+
+def export(ckpt: Path | str, out: Path | str, use_ema: bool = True) -> Path:
+    """Write ``out/model.safetensors`` (EMA weights) + ``out/config.json`` from a checkpoint.
+
+    Refuses to overwrite an existing non-empty ``out``. The weights are checked against the
+    config's model before anything is written.
+    """
+    from vca_gen import config as C
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"export target {out} exists and is not empty; choose a new directory")
+    model, cfg = load_for_sampling(ckpt, use_ema=use_ema)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(_cpu_state(model.state_dict()), str(tmp / "model.safetensors"),
+              metadata={"format": "pt", "weights": "ema" if use_ema else "live"})
+    (tmp / "config.json").write_text(json.dumps(C.to_container(cfg), indent=2))
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vca_gen.checkpoint", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="export EMA weights + config from a checkpoint or run dir")
+    ex.add_argument("ckpt", help="training checkpoint dir (step_XXXXXXXX) or run dir (latest checkpoint)")
+    ex.add_argument("out", help="new directory to write model.safetensors + config.json into")
+    ex.add_argument("--live", action="store_true", help="export the live weights instead of the EMA")
+    args = ap.parse_args(argv)
+    try:
+        path = export(args.ckpt, args.out, use_ema=not args.live)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {'live' if args.live else 'EMA'} weights to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Exponential moving average of model weights with an fp32 shadow.
+
+``EMA(model, decay)`` keeps a frozen fp32 copy of ``model`` (``ema.model``, always in eval
+mode) and, after each optimizer step, ``ema.update(model)`` moves every floating-point
+parameter towards the live weights: ``shadow <- decay * shadow + (1 - decay) * param``.
+Buffers are copied as they are. The shadow's ``state_dict`` has the same keys and shapes as the
+model's, so it is what an export writes and what ``create_model`` loads.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+
+class EMA:
+    """fp32 exponential moving average of ``model``'s parameters (see module docstring)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).float().eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """One EMA step towards ``model`` (the unwrapped training model)."""
+        d = self.decay if decay is None else float(decay)
+        shadow = dict(self.model.named_parameters())
+        live = dict(model.named_parameters())
+        if shadow.keys() != live.keys():
+            raise ValueError("EMA update: the model's parameters do not match the EMA copy")
+        ema_p, new_p = [], []
+        for name, p in shadow.items():
+            ema_p.append(p)
+            new_p.append(live[name].detach().to(p.dtype))
+        if ema_p:
+            torch._foreach_lerp_(ema_p, new_p, 1.0 - d)
+        for (name, b), (_, lb) in zip(self.model.named_buffers(), model.named_buffers()):
+            b.copy_(lb)
+
+    @torch.no_grad()
+    def copy_from(self, model: nn.Module) -> None:
+        """Set the shadow to the model's current weights (an update with decay 0)."""
+        self.update(model, decay=0.0)
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def to(self, device) -> "EMA":
+        self.model.to(device)
+        return self
