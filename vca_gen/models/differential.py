@@ -14,6 +14,11 @@ import torch
 import torch.nn as nn
 
 
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half-precision dtypes, the dtype itself for fp32 / fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def lambda_init_fn(layer_idx: int) -> float:
     """λ_init for the 0-based block index ``layer_idx``."""
     if layer_idx < 0:
@@ -37,14 +42,15 @@ class DifferentialLambda(nn.Module):
             nn.init.normal_(p, mean=0.0, std=0.1)
 
     def forward(self) -> torch.Tensor:
-        """λ as a 0-dim fp32 tensor."""
-        l1 = torch.exp(torch.sum(self.lambda_q1.float() * self.lambda_k1.float()))
-        l2 = torch.exp(torch.sum(self.lambda_q2.float() * self.lambda_k2.float()))
+        """λ as a 0-dim tensor in at least fp32."""
+        dt = _at_least_fp32(self.lambda_q1.dtype)
+        l1 = torch.exp(torch.sum(self.lambda_q1.to(dt) * self.lambda_k1.to(dt)))
+        l2 = torch.exp(torch.sum(self.lambda_q2.to(dt) * self.lambda_k2.to(dt)))
         return l1 - l2 + self.lambda_init
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last dimension with a learnable gain, computed in fp32."""
+    """RMSNorm over the last dimension with a learnable gain, computed in fp32 (fp64 stays fp64)."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -55,6 +61,7 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        dt = _at_least_fp32(x.dtype)
+        xf = x.to(dt)
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(dt)
         return out.to(x.dtype)
