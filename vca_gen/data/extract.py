@@ -1,0 +1,248 @@
+"""Latent extraction: ``python -m vca_gen.data.extract --images DIR --out STORE [options]``.
+
+Encodes every image of a class-folder tree (ADM centre crop, as training uses) *and its horizontal
+flip* with a diffusers ``AutoencoderKL`` and stores the posterior mean and std (format:
+:mod:`vca_gen.data.latents`), so training draws a fresh latent sample every step.
+
+Multi-process (``accelerate launch [--num_processes P] -m vca_gen.data.extract ...``): shard ``k``
+covers source indices ``[k*shard_size, (k+1)*shard_size)`` and belongs to rank ``k % P``, so no two
+processes write the same file; each shard goes to ``shard_XXXXX.safetensors.tmp`` and is renamed,
+then its record ``shard_XXXXX.json`` (sha256, count, channel sums) is written the same way. After all
+ranks finish, the main process writes ``manifest.json`` (last, atomically).
+
+Resume: re-run the same command. A shard whose record exists and whose sha256 matches is skipped;
+anything else (missing, ``.tmp`` leftovers, corrupt) is recomputed. The options that change the
+content (images, image size, VAE, dtypes, shard size, ...) are pinned in ``extract_params.json`` and
+must match on resume. Unreadable images stop the run with an error naming the file, unless
+``--skip-unreadable`` (then they are left out and listed in ``manifest["skipped"]``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from vca_gen.data.config import DEFAULT_SCALE_FACTOR, DEFAULT_VAE
+from vca_gen.data.images import ImageFolderDataset, UnreadableImageError, to_tensor_pm1
+from vca_gen.data.latents import (FORMAT, MANIFEST, VERSION, sha256_file, shard_name, write_json_atomic)
+from vca_gen.data.vae import encode_moments, load_vae, parse_dtype, vae_downsample_factor
+
+PARAMS = "extract_params.json"
+STORE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+class _ShardItems(Dataset):
+    """Source images ``start..end-1`` for extraction: (x (3,S,S), label, index, ok)."""
+
+    def __init__(self, folder: ImageFolderDataset, start: int, end: int, skip_unreadable: bool):
+        self.folder, self.start, self.end, self.skip = folder, start, end, skip_unreadable
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, i: int):
+        index = self.start + i
+        try:
+            arr, label = self.folder.load_image(index)  # strict folder: raises on unreadable files
+        except UnreadableImageError:
+            if not self.skip:
+                raise
+            s = self.folder.image_size
+            return torch.zeros(3, s, s), label_of(self.folder, index), index, False
+        return to_tensor_pm1(arr), label, index, True
+
+
+def label_of(folder: ImageFolderDataset, index: int) -> int:
+    return folder.samples[index][1]
+
+
+def shard_complete(out: Path, k: int) -> bool:
+    """True when shard ``k`` and its record exist and the checksum matches."""
+    rec_path, f = out / f"shard_{k:05d}.json", out / shard_name(k)
+    if not (rec_path.is_file() and f.is_file()):
+        return False
+    try:
+        rec = json.loads(rec_path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return rec.get("bytes") == f.stat().st_size and rec.get("sha256") == sha256_file(f)
+
+
+@torch.no_grad()
+def extract_shard(vae, folder: ImageFolderDataset, out: Path, k: int, shard_size: int, batch_size: int,
+                  num_workers: int, store_dtype: torch.dtype, skip_unreadable: bool) -> dict:
+    """Encode source images of shard ``k`` (and flips), write shard + record; return the record."""
+    start, end = k * shard_size, min((k + 1) * shard_size, len(folder))
+    loader = DataLoader(_ShardItems(folder, start, end, skip_unreadable), batch_size=batch_size,
+                        num_workers=num_workers, shuffle=False)
+    means, stds, labels, indices, skipped = [], [], [], [], []
+    for x, y, idx, ok in loader:
+        for i in idx[~ok].tolist():
+            skipped.append({"index": i, "path": os.path.relpath(folder.samples[i][0], folder.root)})
+        x, y, idx = x[ok], y[ok], idx[ok]
+        if len(x) == 0:
+            continue
+        both = torch.cat([x, x.flip(-1)])  # (2B, 3, S, S): originals then flips
+        mean, std = encode_moments(vae, both)  # (2B, c, h, w) each
+        b = len(x)
+        means.append(torch.stack([mean[:b], mean[b:]], 1).cpu())  # (B, 2, c, h, w)
+        stds.append(torch.stack([std[:b], std[b:]], 1).cpu())
+        labels.append(y.long())
+        indices.append(idx.long())
+    if not means:
+        raise RuntimeError(f"shard {k} (source images {start}..{end - 1}) has no readable image")
+    mean, std = torch.cat(means), torch.cat(stds)
+    tensors = {"mean": mean.to(store_dtype).contiguous(), "std": std.to(store_dtype).contiguous(),
+               "labels": torch.cat(labels).contiguous(), "indices": torch.cat(indices).contiguous()}
+    f = out / shard_name(k)
+    save_file(tensors, f"{f}.tmp", metadata={"format": "pt", "shard": str(k), "start": str(start), "end": str(end)})
+    os.replace(f"{f}.tmp", f)
+    # channel sums of posterior samples z = mean + std * eps over both copies (float64, exact order).
+    m64, s64 = tensors["mean"].double(), tensors["std"].double()
+    rec = {"file": f.name, "start": start, "end": end, "count": len(tensors["labels"]), "bytes": f.stat().st_size,
+           "sha256": sha256_file(f), "skipped": skipped,
+           "sum_mean": m64.sum(dim=(0, 1, 3, 4)).tolist(),
+           "sum_sq": (m64 ** 2 + s64 ** 2).sum(dim=(0, 1, 3, 4)).tolist(),
+           "n_per_channel": int(m64[:, :, 0].numel())}
+    write_json_atomic(out / f"shard_{k:05d}.json", rec)
+    return rec
+
+
+def build_manifest(out: Path, params: dict, folder: ImageFolderDataset, vae_info: dict, num_shards: int,
+                   per_channel: bool) -> dict:
+    recs = [json.loads((out / f"shard_{k:05d}.json").read_text()) for k in range(num_shards)]
+    n = sum(r["n_per_channel"] for r in recs)
+    mean = [sum(r["sum_mean"][c] for r in recs) / n for c in range(vae_info["latent_channels"])]
+    var = [sum(r["sum_sq"][c] for r in recs) / n - mean[c] ** 2 for c in range(len(mean))]
+    std = [max(v, 0.0) ** 0.5 for v in var]
+    norm = ({"kind": "per_channel", "mean": mean, "std": std} if per_channel
+            else {"kind": "scale", "scale_factor": params["scale_factor"]})
+    f = params["image_size"] // vae_info["downsample"]
+    return {
+        "format": FORMAT, "version": VERSION,
+        "count": sum(r["count"] for r in recs), "num_source_images": len(folder),
+        "image_size": params["image_size"], "image_channels": 3,
+        "latent_shape": [vae_info["latent_channels"], f, f], "copies": ["original", "hflip"],
+        "vae": vae_info, "normalization": norm, "latent_stats": {"mean": mean, "std": std},
+        "store_dtype": params["store_dtype"], "classes": folder.classes, "num_classes": len(folder.classes),
+        "shard_size": params["shard_size"],
+        "shards": [{k: r[k] for k in ("file", "start", "end", "count", "bytes", "sha256")} for r in recs],
+        "skipped": [s for r in recs for s in r["skipped"]],
+    }
+
+
+def pin_params(out: Path, params: dict) -> None:
+    """Record the content-defining options, or check them against an earlier (interrupted) run."""
+    p = out / PARAMS
+    if p.is_file():
+        old = json.loads(p.read_text())
+        diff = {k: (old.get(k), params[k]) for k in params if old.get(k) != params[k]}
+        if diff:
+            lines = "\n  ".join(f"{k}: store has {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise SystemExit(f"error: {out} was extracted with different options:\n  {lines}\n"
+                             f"Use the original options to resume, or a new --out directory.")
+    else:
+        write_json_atomic(p, params)
+
+
+def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Optional[str] = None,
+            image_size: int = 256, batch_size: int = 32, shard_size: int = 4096, scale_factor: float = DEFAULT_SCALE_FACTOR,
+            per_channel_stats: bool = False, num_workers: int = 4, dtype: str = "float32",
+            store_dtype: str = "float32", skip_unreadable: bool = False) -> Optional[dict]:
+    """Run (or resume) an extraction on this process's share of the shards; the main process returns
+    the manifest, other ranks ``None``. Works single-process or under ``accelerate launch``."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if store_dtype not in STORE_DTYPES:
+        raise ValueError(f"--store-dtype {store_dtype!r} is not valid; accepted: {list(STORE_DTYPES)}")
+    for name, v in (("image-size", image_size), ("batch-size", batch_size), ("shard-size", shard_size)):
+        if int(v) <= 0:
+            raise ValueError(f"--{name} must be a positive integer, got {v}")
+    folder = ImageFolderDataset(images, image_size, random_flip=False, strict=True)
+    outp = Path(out)
+    model = load_vae(vae, subfolder=vae_subfolder, dtype=parse_dtype(dtype), device=state.device)
+    down = vae_downsample_factor(model)
+    if image_size % down:
+        raise ValueError(f"--image-size {image_size} is not divisible by the VAE down-sampling factor {down}")
+    vae_info = {"id": vae, "subfolder": vae_subfolder, "dtype": dtype,
+                "latent_channels": int(model.config.latent_channels), "downsample": down}
+    params = {"images": str(Path(images).resolve()), "num_source_images": len(folder), "image_size": image_size,
+              "vae": vae, "vae_subfolder": vae_subfolder, "dtype": dtype, "store_dtype": store_dtype,
+              "shard_size": shard_size, "scale_factor": scale_factor, "per_channel_stats": per_channel_stats,
+              "skip_unreadable": skip_unreadable}
+    if state.is_main_process:
+        if outp.exists() and not outp.is_dir():
+            raise SystemExit(f"error: --out {outp} exists and is not a directory")
+        outp.mkdir(parents=True, exist_ok=True)
+        pin_params(outp, params)
+    state.wait_for_everyone()
+    num_shards = -(-len(folder) // shard_size)
+    mine = [k for k in range(num_shards) if k % state.num_processes == state.process_index]
+    from tqdm.auto import tqdm
+    for k in tqdm(mine, desc=f"extract rank {state.process_index}", disable=not state.is_local_main_process):
+        if shard_complete(outp, k):
+            continue
+        extract_shard(model, folder, outp, k, shard_size, batch_size, num_workers, parse_dtype(store_dtype),
+                      skip_unreadable)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    manifest = build_manifest(outp, params, folder, vae_info, num_shards, per_channel_stats)
+    write_json_atomic(outp / MANIFEST, manifest)
+    return manifest
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m vca_gen.data.extract",
+                                 description="Encode an image-folder tree (and its flips) into a sharded latent store.")
+    ap.add_argument("--images", required=True, help="class-folder root: DIR/<class>/<image>")
+    ap.add_argument("--out", required=True, help="store directory (created; re-run to resume)")
+    ap.add_argument("--vae", default=DEFAULT_VAE, help=f"hub id or local AutoencoderKL folder (default {DEFAULT_VAE})")
+    ap.add_argument("--vae-subfolder", default=None, help="subfolder inside --vae (e.g. 'vae' of a pipeline)")
+    ap.add_argument("--image-size", type=int, default=256, help="ADM centre-crop resolution (default 256)")
+    ap.add_argument("--batch-size", type=int, default=32, help="images per VAE call (x2 with flips)")
+    ap.add_argument("--shard-size", type=int, default=4096, help="source images per shard")
+    norm = ap.add_mutually_exclusive_group()
+    norm.add_argument("--scale-factor", type=float, default=DEFAULT_SCALE_FACTOR,
+                      help="default normalisation recorded in the manifest: z * scale (default 0.18215)")
+    norm.add_argument("--per-channel-stats", action="store_true",
+                      help="record per-channel (z - mean_c) / std_c as the store's default normalisation")
+    ap.add_argument("--num-workers", type=int, default=4, help="image-decoding workers per process")
+    ap.add_argument("--dtype", default="float32", choices=sorted(set(STORE_DTYPES) | {"fp32", "fp16", "bf16"}),
+                    help="VAE compute dtype")
+    ap.add_argument("--store-dtype", default="float32", choices=STORE_DTYPES, help="dtype of stored mean/std")
+    ap.add_argument("--skip-unreadable", action="store_true",
+                    help="leave unreadable images out (listed in the manifest) instead of stopping")
+    args = ap.parse_args(argv)
+    if args.num_workers < 0:
+        ap.error(f"--num-workers must be >= 0, got {args.num_workers}")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        manifest = extract(args.images, args.out, vae=args.vae, vae_subfolder=args.vae_subfolder,
+                           image_size=args.image_size, batch_size=args.batch_size, shard_size=args.shard_size,
+                           scale_factor=args.scale_factor, per_channel_stats=args.per_channel_stats,
+                           num_workers=args.num_workers, dtype=args.dtype, store_dtype=args.store_dtype,
+                           skip_unreadable=args.skip_unreadable)
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError, UnreadableImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if manifest is not None:
+        print(f"latent store {args.out}: {manifest['count']} images x 2 copies, latents {manifest['latent_shape']}, "
+              f"{len(manifest['shards'])} shards, {len(manifest['skipped'])} skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

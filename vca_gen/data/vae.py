@@ -1,0 +1,182 @@
+"""The image <-> latent bridge: loading a diffusers ``AutoencoderKL``, posterior moments, decoding,
+and latent normalisation.
+
+* :func:`load_vae` – hub id (default ``stabilityai/sd-vae-ft-ema``) or local folder; offline, a
+  missing model is a clear error telling how to provide it.
+* :func:`encode_moments` – posterior ``(mean, std)`` of images in [-1, 1], (B, C, H, W) ->
+  2 x (B, c, H/f, W/f), float32. 1-channel images are replicated to the VAE's input channels.
+* :class:`LatentNormalizer` – model-space latents from VAE latents: ``"scale"`` (``z * s``, DiT's
+  0.18215) or ``"per_channel"`` (``(z - mean_c) / std_c``, statistics stored in a latent store's
+  manifest). :meth:`~LatentNormalizer.denormalize` inverts it before decoding.
+* :func:`encode_latents` – on-the-fly training input: ``normalize(mean + std * eps)``.
+* :func:`decode` – model-space latents -> images in [-1, 1], in batches.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from vca_gen.data.config import DEFAULT_SCALE_FACTOR, DEFAULT_VAE, LATENT_NORMS
+from vca_gen.utils.rng import GeneratorSpec, randn
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; accepted: {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_vae(id_or_path: str = DEFAULT_VAE, subfolder: Optional[str] = None, dtype: str | torch.dtype = torch.float32,
+             device: torch.device | str = "cpu"):
+    """An ``AutoencoderKL`` in eval mode, frozen, from a hub id or a local folder."""
+    from diffusers import AutoencoderKL
+
+    local = Path(id_or_path).expanduser()
+    is_path_like = str(id_or_path).startswith((".", "/", "~")) or str(id_or_path).count("/") > 1
+    if (local.exists() or is_path_like) and not local.is_dir():
+        raise FileNotFoundError(f"VAE folder {local} is not an existing folder (expected a diffusers AutoencoderKL folder "
+                                f"with config.json and diffusion_pytorch_model.safetensors, or a hub id "
+                                f"like {DEFAULT_VAE!r})")
+    try:
+        vae = AutoencoderKL.from_pretrained(str(local) if local.is_dir() else id_or_path, subfolder=subfolder,
+                                            torch_dtype=parse_dtype(dtype))
+    except (OSError, ValueError) as e:
+        where = f"{id_or_path}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+        raise OSError(f"cannot load the VAE {where}: {e}\nWithout network access, pre-download it into the "
+                      f"Hugging Face cache (`huggingface-cli download {id_or_path}` on a machine with access, "
+                      f"then copy ~/.cache/huggingface) or pass a local folder saved with "
+                      f"`AutoencoderKL.save_pretrained`.") from e
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def vae_downsample_factor(vae) -> int:
+    """Spatial down-sampling of an ``AutoencoderKL`` (2 ** (number of blocks - 1); sd-vae: 8)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _vae_device_dtype(vae) -> tuple[torch.device, torch.dtype]:
+    p = next(vae.parameters())
+    return p.device, p.dtype
+
+
+@torch.no_grad()
+def encode_moments(vae, images: torch.Tensor, batch_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of ``images`` (B, C, H, W) in [-1, 1] -> float32 (B, c, H/f, W/f) each."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+    want = int(vae.config.in_channels)
+    if images.shape[1] == 1 and want != 1:
+        images = images.expand(-1, want, -1, -1)  # grayscale -> RGB
+    if images.shape[1] != want:
+        raise ValueError(f"the VAE takes {want}-channel images, got {images.shape[1]} channels")
+    device, dtype = _vae_device_dtype(vae)
+    means, stds = [], []
+    step = batch_size or images.shape[0]
+    for chunk in images.split(step):
+        post = vae.encode(chunk.to(device=device, dtype=dtype)).latent_dist
+        means.append(post.mean.float())
+        stds.append(post.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+@dataclass
+class LatentNormalizer:
+    """Map VAE latents ``z`` to model space and back.
+
+    ``kind="scale"``: ``x = z * scale_factor``; ``kind="per_channel"``: ``x = (z - mean[c]) / std[c]``.
+    """
+
+    kind: str = "scale"
+    scale_factor: float = DEFAULT_SCALE_FACTOR
+    mean: Optional[Sequence[float]] = field(default=None)
+    std: Optional[Sequence[float]] = field(default=None)
+
+    def __post_init__(self):
+        if self.kind not in LATENT_NORMS:
+            raise ValueError(f"latent normalisation {self.kind!r} is not valid; accepted: {list(LATENT_NORMS)}")
+        if self.kind == "scale" and not self.scale_factor > 0:
+            raise ValueError(f"scale_factor must be > 0, got {self.scale_factor}")
+        if self.kind == "per_channel":
+            if self.mean is None or self.std is None or len(self.mean) != len(self.std):
+                raise ValueError("per-channel normalisation needs per-channel mean and std lists of equal length")
+            if min(self.std) <= 0:
+                raise ValueError(f"per-channel std must be > 0, got {list(self.std)}")
+
+    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = z.shape[-3]
+        if len(self.mean) != c:
+            raise ValueError(f"per-channel statistics are for {len(self.mean)} channels, latents have {c}")
+        shape = (c, 1, 1)
+        return (torch.tensor(self.mean, dtype=z.dtype, device=z.device).view(shape),
+                torch.tensor(self.std, dtype=z.dtype, device=z.device).view(shape))
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latents (..., C, h, w) -> model space."""
+        if self.kind == "scale":
+            return z * self.scale_factor
+        m, s = self._stats(z)
+        return (z - m) / s
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space (..., C, h, w) -> VAE latents."""
+        if self.kind == "scale":
+            return x / self.scale_factor
+        m, s = self._stats(x)
+        return x * s + m
+
+    def to_dict(self) -> dict:
+        if self.kind == "scale":
+            return {"kind": "scale", "scale_factor": float(self.scale_factor)}
+        return {"kind": "per_channel", "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatentNormalizer":
+        return cls(**d)
+
+
+def as_normalizer(norm: LatentNormalizer | float | dict) -> LatentNormalizer:
+    """Accept a normaliser, a plain scale factor, or a manifest ``normalization`` dict."""
+    if isinstance(norm, LatentNormalizer):
+        return norm
+    if isinstance(norm, dict):
+        return LatentNormalizer.from_dict(norm)
+    return LatentNormalizer("scale", float(norm))
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, normalizer: LatentNormalizer | float = DEFAULT_SCALE_FACTOR,
+                   generator: GeneratorSpec = None) -> torch.Tensor:
+    """Training input from images: ``normalize(mean + std * eps)``, float32 (B, c, h, w) on the VAE device.
+
+    ``generator`` is a generator spec (:mod:`vca_gen.utils.rng`); per-sample generators make each
+    draw independent of the batch it is in.
+    """
+    mean, std = encode_moments(vae, images)
+    eps = randn(mean.shape, generator, device=mean.device, dtype=mean.dtype)
+    return as_normalizer(normalizer).normalize(mean + std * eps)
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor, normalizer: LatentNormalizer | float = DEFAULT_SCALE_FACTOR,
+           batch_size: int = 16) -> torch.Tensor:
+    """Model-space latents (B, c, h, w) -> images float32 (B, C, H, W) in [-1, 1] (on the latents' device)."""
+    if latents.ndim != 4:
+        raise ValueError(f"expected latents of shape (B, C, h, w), got {tuple(latents.shape)}")
+    if latents.shape[1] != vae.config.latent_channels:
+        raise ValueError(f"the VAE has {vae.config.latent_channels} latent channels, got {latents.shape[1]}")
+    norm = as_normalizer(normalizer)
+    device, dtype = _vae_device_dtype(vae)
+    out = []
+    for chunk in latents.split(batch_size):
+        z = norm.denormalize(chunk.float()).to(device=device, dtype=dtype)
+        out.append(vae.decode(z).sample.float().clamp(-1, 1).to(latents.device))
+    return torch.cat(out)
