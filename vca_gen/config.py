@@ -82,6 +82,7 @@ class TrainConfig:
     sample_every: int = 10_000                  # EMA sample grid PNG; 0 = off
     sample_num: int = 16
     sample_classes: List[int] = field(default_factory=list)  # empty: 0, 1, 2, … cycling
+    sample_nrow: int = 0                        # images per grid row; 0 = about sqrt(sample_num)
     sample_seed: int = 0
     sample_cfg_scale: float = 1.0
     sample_sampler: Optional[str] = None        # None: the objective's default sampler

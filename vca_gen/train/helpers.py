@@ -1,0 +1,94 @@
+"""Small pieces of the training set-up: precision choice, data building and checks, hparams."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vca_gen.config import ConfigError
+
+
+def resolve_mixed_precision(mode: str) -> str:
+    """``auto`` → ``bf16`` on a CUDA device that supports it, else ``no`` (fp32 on CPU)."""
+    if mode != "auto":
+        return mode
+    cpu_forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if not cpu_forced and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def build_dataset_for(cfg: DictConfig):
+    """``(dataset, latent normalizer or None)`` for the experiment's data section.
+
+    Errors of the data layer (missing/empty folder, latent store not matching the config) are
+    re-raised as :class:`ConfigError` so the CLI reports them uniformly.
+    """
+    from vca_gen.data.factory import build_dataset, latent_normalizer
+
+    data_cfg = OmegaConf.to_object(cfg.data)
+    try:
+        dataset = build_dataset(data_cfg)
+        normalizer = getattr(dataset, "normalizer", None) if data_cfg.kind == "latents" else latent_normalizer(data_cfg)
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError) as e:
+        raise ConfigError(f"data (kind={data_cfg.kind}, path={data_cfg.path}): {e}") from e
+    if len(dataset) == 0:
+        raise ConfigError(f"data (kind={data_cfg.kind}, path={data_cfg.path}) has no items")
+    return dataset, normalizer
+
+
+def check_batch_shape(dataset, cfg: DictConfig, encodes_on_the_fly: bool) -> None:
+    """Error if the dataset's items do not have the shape the model config expects."""
+    from vca_gen.data.sampler import ItemKey
+
+    x, _ = dataset[ItemKey(0, 0)]
+    m = cfg.model
+    if encodes_on_the_fly:
+        expected = (3, int(cfg.data.image_size), int(cfg.data.image_size))
+        what = "images for on-the-fly VAE encoding"
+    else:
+        expected = (int(m.in_channels), int(m.input_size), int(m.input_size))
+        what = f"model inputs of {m.name} (in_channels={m.in_channels}, input_size={m.input_size})"
+    if tuple(x.shape) != expected:
+        raise ConfigError(
+            f"data items have shape {tuple(x.shape)} but the config expects {expected} ({what}); "
+            f"check data.kind / data.image_size / data.vae / data.latent_channels against the data at {cfg.data.path}"
+        )
+
+
+def disable_internal_label_dropout(model: torch.nn.Module) -> None:
+    """Turn off the backbone's own (global-RNG) label dropout: the trainer drops labels itself
+    from per-sample generators so that results do not depend on the process count."""
+    emb = getattr(model, "y_embedder", None)
+    if emb is None or not hasattr(emb, "dropout_prob"):
+        raise TypeError(f"{type(model).__name__} has no y_embedder.dropout_prob; cannot control label dropout")
+    emb.dropout_prob = 0.0
+
+
+def flat_hparams(container: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested config → flat ``{"train.lr": 1e-4, ...}`` with scalar values (for trackers)."""
+    out: Dict[str, Any] = {}
+    for k, v in container.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def batch_geometry(global_batch: int, num_processes: int, micro_batch: int | None) -> Tuple[int, int]:
+    """``(per-process batch, micro batch)``; errors when the numbers do not divide."""
+    if global_batch % num_processes:
+        raise ConfigError(f"train.global_batch_size={global_batch} is not divisible by the number of processes "
+                          f"({num_processes}); use a multiple of {num_processes}")
+    local = global_batch // num_processes
+    micro = int(micro_batch or local)
+    if local % micro:
+        raise ConfigError(f"train.micro_batch_size={micro} must divide the per-process batch {local} "
+                          f"(= global_batch_size {global_batch} / {num_processes} processes)")
+    return local, micro
