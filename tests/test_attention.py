@@ -101,8 +101,12 @@ def ref_vca(x, P, grid, h, n, lambda_init, stages, stage2_softmax, dwconv, contr
 
 
 def ref_diff(x, P, h, lambda_init):
+    """h/2 differential heads with q/k halves of size C/h (odd h: h heads with halves of C/(2h))."""
     B, N, C = x.shape
-    d = C // h
+    if h % 2:
+        h, d = 2 * h, C // (2 * h)
+    else:
+        d = C // h
     qkv = x @ P["qkv.weight"].T + P["qkv.bias"]
     q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
     l = lam(P, "lambda_.", lambda_init)
@@ -162,9 +166,10 @@ def test_vca_matches_float64_reference(grid, opts):
     torch.testing.assert_close(out32.double(), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("h", [4, 3])
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
-def test_diff_and_mhsa_match_float64_reference(grid):
-    C, h, layer_idx = 24, 4, 5
+def test_diff_and_mhsa_match_float64_reference(grid, h):
+    C, layer_idx = 24, 5
     x = torch.randn(2, grid[0] * grid[1], C, dtype=torch.float64)
     diff = randomize_(build_attention("diff", C, h, grid, layer_idx)).double()
     torch.testing.assert_close(diff(x), ref_diff(x, params64(diff), h, lambda_init_ref(layer_idx)), rtol=1e-9, atol=1e-10)
@@ -238,8 +243,8 @@ def test_factory_errors_name_valid_choices():
         build_attention("vca", 16, 2, (4, 4), 0, contrast_tokens="random")
     with pytest.raises(ValueError, match="stage2_softmax applies only"):
         build_attention("vca", 16, 2, (4, 4), 0, stages="stage1", stage2_softmax="separate")
-    with pytest.raises(ValueError, match="even"):
-        build_attention("diff", 18, 3, (4, 4), 0)
+    with pytest.raises(ValueError, match="even num_heads or an even head dim"):
+        build_attention("diff", 9, 3, (4, 4), 0)
     with pytest.raises(ValueError, match="divisible"):
         build_attention("mhsa", 10, 3, (4, 4), 0)
     with pytest.raises(ValueError, match="expects 4x4=16 tokens"):

@@ -8,6 +8,9 @@ microsoft/unilm ``multihead_diffattn.py``) and one value of size 2d (value chann
     O_i = (1 − λ_init) · RMSNorm_2d( (softmax(Q1 K1ᵀ/√d) − λ softmax(Q2 K2ᵀ/√d)) V_i )
 
 with the DIFF λ reparameterisation (one scalar per block) and λ_init from the block index.
+For an odd head count (``Ti``: 3 heads) the pairing is done inside each head instead: h
+differential heads whose query/key halves have size d/2 and whose value has size d (same
+parameter budget; λ vectors of size d/2). ``num_heads`` must then have an even head dim.
 Both softmaxes run in one fused SDPA call over 2·(h/2) heads whose values are shared pairwise.
 The projections are DiT's ``qkv`` / ``proj``; extra parameters are only 4d (λ) + 2d (gain).
 """
@@ -24,18 +27,22 @@ from vca_gen.models.differential import DifferentialLambda, RMSNorm, lambda_init
 
 
 class DiffAttention(nn.Module):
-    """Differential attention with ``num_heads // 2`` heads of value size ``2·dim/num_heads``."""
+    """Differential attention: ``num_heads // 2`` heads of value size ``2·dim/num_heads`` (even
+    ``num_heads``) or ``num_heads`` heads of value size ``dim/num_heads`` (odd ``num_heads``)."""
 
     OPTIONS: dict = {}
 
     def __init__(self, dim: int, num_heads: int, grid_size: Tuple[int, int], layer_idx: int = 0):
         super().__init__()
         d = check_heads(dim, num_heads)
-        if num_heads % 2:
-            raise ValueError(
-                f"diff attention pairs heads (h/2 differential heads), so num_heads must be even; got {num_heads}")
-        self.num_heads = num_heads // 2  # differential heads
-        self.head_dim = d  # size of each query/key half; values have 2d
+        if num_heads % 2 == 0:
+            self.num_heads, self.head_dim = num_heads // 2, d  # differential heads, size of a q/k half
+        elif d % 2 == 0:
+            self.num_heads, self.head_dim = num_heads, d // 2
+        else:
+            raise ValueError(f"diff attention needs an even num_heads or an even head dim; got {num_heads} heads "
+                             f"of size {d} (hidden size {dim})")
+        d = self.head_dim  # values have 2d
         self.grid_size = tuple(grid_size)
         self.lambda_init = lambda_init_fn(layer_idx)
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
