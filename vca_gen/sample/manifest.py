@@ -83,6 +83,8 @@ def check_resume(out_dir: Path, settings: dict, overwrite: bool) -> list[str]:
         raise SamplingError(f"{out_dir / MANIFEST} has format {old.get('format')!r}, this version writes {FORMAT}; "
                             f"use --overwrite or another --out")
     diffs = diff_settings(old, settings)
+    if diffs and not has_files:  # nothing was produced under the old settings: just start afresh
+        return []
     if diffs and not overwrite:
         raise SamplingError(f"--out {out_dir} holds a sampling run with different settings:\n  " + "\n  ".join(diffs)
                             + "\nuse the same settings to resume it, --overwrite to discard it, or another --out")

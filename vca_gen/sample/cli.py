@@ -1,0 +1,174 @@
+"""``sample.py``: class-conditional batch sampling for FID (``accelerate launch sample.py ...``).
+
+Writes ``OUT/shard_XXXXX.npz`` as shards finish, ``OUT/sampling.json`` (the run's settings),
+then ``OUT/samples.npz`` (``arr_0`` uint8 (N, H, W, 3), ``arr_1`` labels), ``OUT/grid.png`` and,
+with ``--save-png``, ``OUT/png/XXXXXX.png``. Re-running the same command resumes a killed run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .plan import SamplingError
+
+EPILOG = """\
+defaults are the papers' FID protocols: DiT (diffusion) = ancestral DDPM respaced to 250 steps;
+SiT (flow) = SDE Euler-Maruyama, 250 steps, diffusion form "sigma", last step "Mean" of 0.04;
+no guidance (--cfg-scale 1.0). Sample i has label i %% num_classes and draws all its randomness
+from a generator seeded SEED + i, so the output does not depend on the number of processes
+(and, up to float reassociation, not on --batch-size).
+examples:
+  accelerate launch sample.py --ckpt runs/x/checkpoints/step_00400000 --num-samples 50000 --out samples/x
+  python sample.py --ckpt export/ --sampler ode --num-samples 1000 --out s --sampler-option atol=1e-5
+"""
+
+
+def parse_value(text: str):
+    """``--sampler-option`` value: int, float, true/false, none, else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(items: Sequence[str]) -> dict:
+    opts = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SamplingError(f"--sampler-option {item!r}: expected KEY=VALUE, e.g. eta=0.5 or last_step=tweedie")
+        opts[key.strip()] = parse_value(value)
+    return opts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sample.py", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="export dir, training checkpoint step_XXXXXXXX/ or run dir (latest)")
+    p.add_argument("--out", required=True, help="output directory (created; resumed when it holds the same run)")
+    p.add_argument("--num-samples", type=int, default=50_000, help="N, a multiple of the number of classes (50000)")
+    p.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed + i (0)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per process per forward batch (32)")
+    p.add_argument("--shard-size", type=int, default=256, help="samples per shard file, the unit of resume (256)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the live weights of a training checkpoint")
+    p.add_argument("--sampler", default=None, help="ddpm|ddim|dpm-solver++ (diffusion), sde|ode|euler|heun (flow)")
+    p.add_argument("--steps", default=None, help="steps or respacing string (ddpm: 250, ddim: ddim50, ...)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale; 1.0 = none (1.0)")
+    p.add_argument("--guide-channels", type=int, default=None,
+                   help="guide only the first K prediction channels (3 = DiT's paper setting); default all")
+    p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sampler option, repeatable (eta, order, clip_denoised; diffusion_form, last_step, "
+                        "last_step_size, atol, rtol, ...)")
+    p.add_argument("--vae", default=None, help="decoder hub id or folder, overriding the config's data.vae "
+                                                "(e.g. stabilityai/sd-vae-ft-mse as DiT reports)")
+    p.add_argument("--vae-batch-size", type=int, default=16, help="images per VAE decode call (16)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast for the model (fp32)")
+    p.add_argument("--save-png", action="store_true", help="also write OUT/png/XXXXXX.png")
+    p.add_argument("--grid-classes", type=int, default=10, help="classes (rows) in OUT/grid.png; 0 = no grid (10)")
+    p.add_argument("--grid-per-class", type=int, default=10, help="samples per row of the grid (10)")
+    p.add_argument("--overwrite", action="store_true", help="discard a previous run with other settings in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Sample as ``args`` say; returns a summary (main process) or ``{}``."""
+    from .engine import RunSpec, run_sampling
+    from .manifest import checkpoint_hash
+    from .model import check_sampler_args, image_maker, load, parse_steps
+
+    state = process_state()
+    device = state.device
+    steps = parse_steps(args.steps)
+    options = parse_options(args.sampler_option)
+    if args.vae_batch_size < 1:
+        raise SamplingError(f"--vae-batch-size must be >= 1, got {args.vae_batch_size}")
+    if args.grid_classes < 0 or args.grid_per_class < 0:
+        raise SamplingError("--grid-classes and --grid-per-class must be >= 0")
+    loaded = load(args.ckpt, use_ema=args.ema, device=device, vae=args.vae)
+    sampler = check_sampler_args(loaded, args.sampler, steps, args.cfg_scale, args.guide_channels, options)
+    ckpt_sha = checkpoint_hash(_weights_dir(args.ckpt))
+    spec = RunSpec(
+        out_dir=Path(args.out), num_samples=args.num_samples, num_classes=int(loaded.model.num_classes),
+        image_shape=loaded.image_shape, seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size,
+        settings={"ckpt_sha256": ckpt_sha, "ema": args.ema, "model": getattr(loaded.model, "name", None),
+                  "objective": loaded.objective.kind, "sampler": sampler,
+                  "steps": steps if steps is not None else
+                  (loaded.objective.default_steps if sampler == loaded.objective.default_sampler else "default"),
+                  "sampler_options": options, "cfg_scale": args.cfg_scale, "guide_channels": args.guide_channels,
+                  "vae": loaded.vae_id, "precision": args.precision, "device_type": device.type},
+        info={"ckpt_path": str(args.ckpt), "world_size": state.num_processes,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "command": shlex.join(sys.argv)},
+        overwrite=args.overwrite, save_png=args.save_png, grid_classes=args.grid_classes,
+        grid_per_class=args.grid_per_class, class_names=loaded.class_names, progress=args.progress)
+    make = image_maker(loaded, device, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,
+                       guide_channels=args.guide_channels, options=options, precision=args.precision,
+                       vae_batch_size=args.vae_batch_size)
+    t0 = time.perf_counter()
+    result = run_sampling(make, spec, state=state)
+    if not state.is_main_process:
+        return {}
+    summary = {"samples": str(result.path), "num_samples": args.num_samples, "sampler": sampler,
+               "steps": spec.settings["steps"], "cfg_scale": args.cfg_scale, "processes": state.num_processes,
+               "generated_by_main": result.generated, "resumed_shards": result.resumed_shards,
+               "nfe_per_image": result.nfe_per_image, "seconds": round(time.perf_counter() - t0, 2)}
+    if result.nfe_per_image is not None:
+        extra = " (each on a doubled cond+uncond batch)" if args.cfg_scale != 1.0 else ""
+        print(f"model evaluations per image: {result.nfe_per_image:g}{extra}", file=sys.stderr)
+    print(f"wrote {result.path} ({args.num_samples} images {loaded.image_shape}) and {Path(args.out) / 'grid.png'}",
+          file=sys.stderr)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def process_state():
+    """accelerate's ``PartialState``; CPU processes (``ACCELERATE_USE_CPU=1``) use gloo.
+
+    Refuses to run when the launcher started several processes but they did not form a group
+    (each would write every shard).
+    """
+    import os
+
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched != state.num_processes:
+        raise SamplingError(f"launched as {launched} processes but accelerate set up {state.num_processes} "
+                            f"(no distributed backend); on CPU set ACCELERATE_USE_CPU=1")
+    return state
+
+
+def _weights_dir(ckpt) -> Path:
+    """The directory whose weights ``load_for_sampling`` reads (a run dir resolves to its latest checkpoint)."""
+    from ..checkpoint import _find_weights_dir
+
+    p = Path(ckpt)
+    return p if p.is_file() else _find_weights_dir(p)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+
+    try:
+        run(args)
+    except (SamplingError, CheckpointError, ConfigError, ValueError, OSError) as e:
+        print(f"sample.py: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
