@@ -40,9 +40,14 @@ def build_dataset_for(cfg: DictConfig):
 
 
 def check_batch_shape(dataset, cfg: DictConfig, encodes_on_the_fly: bool) -> None:
-    """Error if the dataset's items do not have the shape the model config expects."""
+    """Error if the dataset's items or classes do not fit the model config."""
     from vca_gen.data.sampler import ItemKey
 
+    classes = list(getattr(dataset, "classes", []) or [])
+    if len(classes) > int(cfg.model.num_classes):
+        raise ConfigError(
+            f"the data has {len(classes)} classes ({', '.join(map(str, classes[:5]))}{', …' if len(classes) > 5 else ''}) "
+            f"but model.num_classes={cfg.model.num_classes}; set model.num_classes={len(classes)}")
     x, _ = dataset[ItemKey(0, 0)]
     m = cfg.model
     if encodes_on_the_fly:

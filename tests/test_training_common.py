@@ -1,0 +1,74 @@
+"""Shared builders for the training / resume / distributed tests (no tests here)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from vca_gen import config as C
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_images(root: Path, per_class: int = 4) -> Path:
+    from test_data_common import make_image_folder
+
+    return make_image_folder(root, per_class=per_class)
+
+
+def tiny_dict(out: Path, data: Dict[str, Any] | None = None, **train: Any) -> Dict[str, Any]:
+    """A ~50k-parameter VCA DiT on pixel data; ``train`` entries override the train section."""
+    return {
+        "name": "tiny",
+        "model": {"name": "DiT-S/4", "depth": 2, "hidden_size": 32, "num_heads": 2, "num_classes": 10,
+                  "attention": "vca", "attention_options": {"num_contrast_tokens": 4}},
+        "objective": {"kind": "diffusion", "diffusion": {"sample_steps": "3"}},
+        "data": data or {"kind": "animal_mnist", "image_size": 32, "vae": None, "num_workers": 0, "split": "a"},
+        "train": {"global_batch_size": 4, "max_steps": 6, "lr": 1e-3, "warmup_steps": 2, "grad_clip": 1.0,
+                  "ema_decay": 0.9, "log_every": 2, "ckpt_every": 3, "sample_every": 0, "keep_last": 0,
+                  "output_dir": str(out), **train},
+        "logging": {"tracker": "none"},
+    }
+
+
+def image_data(images: Path, **kw: Any) -> Dict[str, Any]:
+    return {"kind": "images", "path": str(images), "image_size": 16, "vae": None, "num_workers": 0, **kw}
+
+
+def write_yaml(path: Path, d: Dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    GradientState._reset_state()
+
+
+def run(d: Dict[str, Any]) -> Dict[str, Any]:
+    """Train in this process from a config dict."""
+    from vca_gen.training import train
+
+    reset_accelerate()
+    return train(C.config_from_dict(d))
+
+
+def ckpt_tensors(path: Path) -> Dict[str, Dict[str, torch.Tensor]]:
+    """model / ema / optimizer tensors of a checkpoint dir, flattened for comparison."""
+    out = {"model": load_file(path / "model.safetensors"), "ema": load_file(path / "ema.safetensors")}
+    opt = torch.load(path / "optimizer.pt", weights_only=True)
+    out["optimizer"] = {f"{i}.{k}": v for i, st in opt["state"].items() for k, v in st.items()}
+    return out
+
+
+def assert_identical(a: Dict[str, Dict[str, torch.Tensor]], b: Dict[str, Dict[str, torch.Tensor]]) -> None:
+    for part in ("model", "ema", "optimizer"):
+        assert a[part].keys() == b[part].keys(), part
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}:{k} differs"
