@@ -1,0 +1,169 @@
+"""Training loop behaviour: accumulation, non-finite handling, outputs, on-the-fly VAE, bad input."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_training_common import (REPO, ckpt_tensors, image_data, make_images, reset_accelerate, run, tiny_dict,
+                                  write_yaml)
+from vca_gen import config as C
+
+
+def train_cli(*args: str) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    reset_accelerate()
+    return mod.main(list(args))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("img") / "images")
+
+
+def test_micro_batches_match_the_full_batch(tmp_path, images):
+    """Gradient accumulation over 2 micro-batches gives the same update as one batch of 4."""
+    a = run(tiny_dict(tmp_path / "a", data=image_data(images), max_steps=2, ckpt_every=2))
+    b = run(tiny_dict(tmp_path / "b", data=image_data(images), max_steps=2, ckpt_every=2, micro_batch_size=1))
+    ta, tb = ckpt_tensors(tmp_path / "a/checkpoints/step_00000002"), ckpt_tensors(tmp_path / "b/checkpoints/step_00000002")
+    for k in ta["model"]:
+        torch.testing.assert_close(ta["model"][k], tb["model"][k], rtol=1e-5, atol=1e-6)
+    assert a["last"]["loss"] == pytest.approx(b["last"]["loss"], rel=1e-5)
+
+
+def test_outputs_config_grid_and_tensorboard(tmp_path, images):
+    d = tiny_dict(tmp_path / "run", data=image_data(images), max_steps=2, ckpt_every=2, sample_every=2,
+                  sample_num=4, sample_nrow=2)
+    d["logging"] = {"tracker": "tensorboard"}
+    summary = run(d)
+    out = tmp_path / "run"
+    assert C.load_config(out / "config.yaml").model.name == "DiT-S/4"  # resolved, re-loadable
+    from PIL import Image
+
+    grid = Image.open(out / "samples/step_00000002.png")
+    assert grid.size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)  # 2x2 images of 16 px, padding 2
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/grad_norm", "train/lr", "train/steps_per_sec", "train/images_per_sec"} <= tags
+    assert math.isfinite(summary["last"]["loss"])
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, images, monkeypatch):
+    from vca_gen.training import NonFiniteLossError, Trainer
+
+    reset_accelerate()
+    cfg = C.config_from_dict(tiny_dict(tmp_path / "run", data=image_data(images), max_steps=10, ckpt_every=0,
+                                       max_nonfinite=3))
+    tr = Trainer(cfg)
+    real = tr.objective.training_losses
+    bad_steps = {1, 3, 4, 5}
+
+    def flaky(model_fn, x, y, generator=None):
+        out = real(model_fn, x, y, generator=generator)
+        return {"loss": out["loss"] * float("nan")} if tr.step in bad_steps else out
+
+    monkeypatch.setattr(tr.objective, "training_losses", flaky)
+    it = iter(tr.loader)
+    tr.train_step(*next(it))
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in tr.ema.state_dict().items()}
+    stats = tr.train_step(*next(it))  # step 1: NaN → skipped
+    assert stats["skipped"] == 1.0 and tr.counters["nonfinite_total"] == 1
+    assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
+    assert all(torch.equal(ema_before[k], v) for k, v in tr.ema.state_dict().items())
+    tr.train_step(*next(it))  # step 2 fine: consecutive counter resets
+    assert tr.counters["nonfinite_consecutive"] == 0 and tr.counters["optimizer_steps"] == 2
+    tr.train_step(*next(it))
+    tr.train_step(*next(it))
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
+        tr.train_step(*next(it))
+    assert tr.counters["nonfinite_total"] == 4
+
+
+def test_images_encoded_on_the_fly_with_a_vae(tmp_path, images):
+    from test_data_common import make_tiny_vae
+
+    vae = make_tiny_vae(tmp_path / "vae")
+    data = image_data(images, image_size=16, vae=str(vae), vae_downsample=2)
+    summary = run(tiny_dict(tmp_path / "run", data=data, max_steps=2, ckpt_every=2, sample_every=2, sample_num=2))
+    cfg = C.load_config(tmp_path / "run/config.yaml")
+    assert (cfg.model.in_channels, cfg.model.input_size) == (4, 8)
+    assert summary["step"] == 2 and (tmp_path / "run/samples/step_00000002.png").is_file()
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_config_typo_exits_non_zero_and_writes_nothing(tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path / "run"))
+    assert train_cli("--config", str(cfg), "train.learning_rate=1") == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'train.learning_rate'" in err and "lr" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+def test_missing_or_empty_data_folder(tmp_path, capsys, case):
+    folder = tmp_path / "data"
+    if case == "empty":
+        folder.mkdir()
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path / "run", data=image_data(folder)))
+    assert train_cli("--config", str(cfg)) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_latent_store_not_matching_the_model_config(tmp_path, capsys, images):
+    from test_data_common import make_tiny_vae
+
+    from vca_gen.data.extract import extract
+
+    vae = make_tiny_vae(tmp_path / "vae")
+    store = tmp_path / "store"
+    reset_accelerate()
+    extract(str(images), str(store), vae=str(vae), image_size=16, batch_size=4, shard_size=8, num_workers=0)
+    data = {"kind": "latents", "path": str(store), "image_size": 32, "vae": str(vae), "vae_downsample": 2,
+            "num_workers": 0}
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path / "run", data=data))
+    assert train_cli("--config", str(cfg)) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "image_size" in err and "16" in err and "32" in err  # store resolution vs config
+    assert not (tmp_path / "run").exists()
+    # the matching config trains from the store
+    data["image_size"] = 16
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path / "run", data=data, max_steps=1, ckpt_every=1))
+    assert train_cli("--config", str(cfg)) == 0
+
+
+def test_checkpoint_from_a_different_model_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(run_dir, max_steps=1, ckpt_every=1))
+    assert train_cli("--config", str(cfg)) == 0
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts}
+    capsys.readouterr()
+    assert train_cli("--config", str(cfg), "model.depth=1", "model.hidden_size=64", "train.max_steps=2") == 2
+    err = capsys.readouterr().err
+    assert "does not fit this model" in err and "unexpected keys" in err and "blocks.1." in err
+    assert "shape mismatches" in err and "x_embedder.proj.weight: checkpoint (32, 1, 4, 4) vs model (64, 1, 4, 4)" in err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts} == files
+
+
+def test_global_batch_must_divide_micro_batch(tmp_path):
+    from vca_gen.config import ConfigError
+
+    with pytest.raises(ConfigError, match="micro_batch_size=3 must divide the per-process batch 4"):
+        run(tiny_dict(tmp_path / "run", micro_batch_size=3))
+    assert not (tmp_path / "run").exists()
