@@ -1,0 +1,18 @@
+"""Errors raised by :mod:`vca_gen.metrics`; the CLI turns every one into a message and exit code 2."""
+from __future__ import annotations
+
+
+class MetricsError(Exception):
+    """Base class: a problem with the user's input, not a bug."""
+
+
+class InputFormatError(MetricsError, ValueError):
+    """An image set or statistics file has the wrong keys, dtype or shape."""
+
+
+class ModeMismatchError(MetricsError, ValueError):
+    """Features of one mode compared with statistics of the other."""
+
+
+class InceptionWeightsNotFound(MetricsError, FileNotFoundError):
+    """No Inception weights file could be found offline."""
