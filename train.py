@@ -48,7 +48,8 @@ def main(argv=None) -> int:
         except NonFiniteLossError as e:
             print(f"error: {e}", file=sys.stderr)
             return 3
-        print(f"finished at step {summary['step']}; run directory {summary['output_dir']}")
+        if summary["is_main_process"]:
+            print(f"finished at step {summary['step']}; run directory {summary['output_dir']}")
         return 0
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

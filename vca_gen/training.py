@@ -311,7 +311,8 @@ class Trainer:
         finally:
             bar.close()
             self.acc.end_training()
-        return {"step": self.step, "counters": dict(self.counters), "last": last, "output_dir": str(self.out_dir)}
+        return {"step": self.step, "counters": dict(self.counters), "last": last, "output_dir": str(self.out_dir),
+                "is_main_process": self.acc.is_main_process}
 
     def in_loop_fid(self) -> Optional[float]:
         value = in_loop_fid(self)
