@@ -86,21 +86,22 @@ def _fmt(v, spec=".4f"):
 def run(a) -> dict:
     from vca_gen.metrics.evaluate import evaluate, reference_mode
     from vca_gen.metrics.sources import open_source
-    from vca_gen.metrics.statistics import compute_statistics, save_statistics
+    from vca_gen.metrics.statistics import check_same_mode, compute_statistics, load_reference, save_statistics
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(a.threads or cpus)
     workers = min(2, cpus) if a.num_workers is None else a.num_workers
     device = torch.device(a.device) if a.device else default_device()
     progress = not a.no_progress
-    samples = a.samples
-    if str(samples).startswith("dataset:") or (samples == "animal_mnist" and not Path(samples).exists()):
-        samples = open_source(samples, split=a.dataset_split, image_size=a.dataset_size)
+    # validate every input before the (slow) Inception load
+    ds_opts = {"split": a.dataset_split, "image_size": a.dataset_size}
+    is_ds = str(a.samples).startswith("dataset:") or (a.samples == "animal_mnist" and not Path(a.samples).exists())
+    samples = open_source(a.samples, max_images=a.max_images, **(ds_opts if is_ds else {}))
     if a.make_ref:
         mode = a.mode or "clean"
         fx = InceptionFeatureExtractor(mode=mode, device=device, weights=a.inception)
         stats = compute_statistics(samples, fx, mode, a.batch_size, workers, keep_features=a.ref_features > 0,
-                                   progress=progress, max_images=a.max_images)
+                                   progress=progress)
         out = save_statistics(stats, a.make_ref, max_features=a.ref_features, seed=a.seed)
         result = {"made_ref": str(out), "n": stats.count, "mode": mode, "resolution": stats.resolution,
                   "source": stats.source, "spatial": stats.mu_s is not None,
@@ -109,11 +110,17 @@ def run(a) -> dict:
         print(f"wrote {out}: {stats.count} images from {stats.source}, mode {mode}, "
               f"resolution {stats.resolution}, {result['features_stored']} features stored")
     else:
-        mode = a.mode or reference_mode(a.ref) or "clean"
+        ref = a.ref
+        ref_mode = reference_mode(ref)  # validates a statistics file; None for image sets
+        if ref_mode is None:
+            ref = open_source(ref, **(ds_opts if str(ref).startswith("dataset:") else {}))
+        elif a.mode is not None and a.mode != ref_mode:
+            check_same_mode(a.mode, load_reference(ref))  # raises, naming both modes
+        mode = a.mode or ref_mode or "clean"
         fx = InceptionFeatureExtractor(mode=mode, device=device, weights=a.inception)
-        result = evaluate(samples, a.ref, mode=a.mode, extractor=fx, kid=a.kid, pr=a.pr, batch_size=a.batch_size,
+        result = evaluate(samples, ref, mode=mode, extractor=fx, kid=a.kid, pr=a.pr, batch_size=a.batch_size,
                           num_workers=workers, progress=progress, kid_subsets=a.kid_subsets,
-                          kid_subset_size=a.kid_subset_size, pr_k=a.pr_k, seed=a.seed, max_images=a.max_images)
+                          kid_subset_size=a.kid_subset_size, pr_k=a.pr_k, seed=a.seed)
         print(f"samples   : {result['samples']} ({result['n']} images, {result['resolution']})")
         print(f"reference : {result['reference']} ({result['reference_kind']})")
         print(f"mode      : {result['mode']}")

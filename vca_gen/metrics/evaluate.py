@@ -13,7 +13,7 @@ from vca_gen.metrics.errors import InputFormatError
 from vca_gen.metrics.inception import InceptionFeatureExtractor, check_mode
 from vca_gen.metrics.scores import (frechet_distance, frechet_distance_from_features, kernel_inception_distance,
                                    precision_recall)
-from vca_gen.metrics.sources import NpzSource
+from vca_gen.metrics.sources import NpzSource, open_source
 from vca_gen.metrics.statistics import (FeatureStatistics, check_same_mode, compute_statistics,
                                         load_reference, reference_kind)
 
@@ -63,11 +63,14 @@ def evaluate(samples, ref, mode: str | None = None, extractor: InceptionFeatureE
     if ref_mode is not None and ref_mode != mode:
         load_ref = ref if isinstance(ref, FeatureStatistics) else load_reference(ref)
         check_same_mode(mode, load_ref)  # raises with both modes named
+    samples = open_source(samples, max_images=max_images)  # validate inputs before loading Inception
+    if ref_mode is None and not isinstance(ref, FeatureStatistics):
+        ref = open_source(ref)
     extractor = extractor or InceptionFeatureExtractor(mode=mode, device=device, weights=weights)
     need = kid or pr
     ref_stats = prepare_reference(ref, extractor, mode, need, batch_size, num_workers, progress)
     stats = compute_statistics(samples, extractor, mode, batch_size, num_workers, keep_features=need,
-                               progress=progress, max_images=max_images)
+                               progress=progress)
     notes: dict[str, str] = {}
     result = {
         "fid": fid_between(stats, ref_stats),
