@@ -220,10 +220,10 @@ def test_lambda_init_schedule_and_param_init():
 def test_learned_contrast_tokens_are_input_independent():
     layer = build_attention("vca", 16, 2, (4, 4), 0, num_contrast_tokens=4, contrast_tokens="learned", dwconv=False)
     pooled = build_attention("vca", 16, 2, (4, 4), 0, num_contrast_tokens=4)
-    tp, _ = layer._contrast_streams(torch.randn(3, 16, 16))
-    assert torch.equal(tp[0], tp[2])
-    tp2, _ = pooled._contrast_streams(torch.randn(3, 16, 16))
-    assert not torch.allclose(tp2[0], tp2[2])
+    T = layer._contrast_tokens(torch.randn(3, 16, 16))  # (B, h, 2n, d)
+    assert T.shape == (3, 2, 8, 8) and torch.equal(T[0], T[2])
+    T2 = pooled._contrast_tokens(torch.randn(3, 16, 16))
+    assert not torch.allclose(T2[0], T2[2])
 
 
 def test_factory_errors_name_valid_choices():

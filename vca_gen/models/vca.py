@@ -123,17 +123,17 @@ class VCAttention(nn.Module):
         B, M, _ = t.shape
         return t.reshape(B, M, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _contrast_streams(self, q_tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """t⁺, t⁻ each (B, h, n, d) from the query tokens (B, N, C)."""
+    def _contrast_tokens(self, q_tokens: torch.Tensor) -> torch.Tensor:
+        """``T = [t⁺; t⁻]`` (B, h, 2n, d) from the query tokens (B, N, C)."""
         B, N, C = q_tokens.shape
+        e = torch.cat([self.pos_plus, self.pos_minus], dim=1).to(q_tokens.dtype)  # (1, 2n, C)
         if self.contrast_tokens == "learned":
-            return (self._heads(self.pos_plus.to(q_tokens.dtype).expand(B, -1, -1)),
-                    self._heads(self.pos_minus.to(q_tokens.dtype).expand(B, -1, -1)))
+            return self._heads(e.expand(B, -1, -1))
         gh, gw = self.grid_size
         qmap = q_tokens.reshape(B, gh, gw, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last view
         t = F.adaptive_avg_pool2d(qmap, self.pool_size)  # (B, C, s, s)
         t = t.permute(0, 2, 3, 1).reshape(B, self.num_contrast_tokens, C)  # (B, n, C)
-        return self._heads(t + self.pos_plus.to(t.dtype)), self._heads(t + self.pos_minus.to(t.dtype))
+        return self._heads(t.repeat(1, 2, 1) + e)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -144,11 +144,12 @@ class VCAttention(nn.Module):
         qkv = self.qkv(x)  # (B, N, 3C)
         q_tok, k_tok, v_tok = qkv.split(C, dim=-1)  # each (B, N, C)
         q, k, v = self._heads(q_tok), self._heads(k_tok), self._heads(v_tok)  # (B, h, N, d)
-        t_plus, t_minus = self._contrast_streams(q_tok)  # (B, h, n, d)
+        T = self._contrast_tokens(q_tok)  # (B, h, 2n, d)
+        t_plus, t_minus = T[:, :, :n], T[:, :, n:]  # (B, h, n, d) each
 
         # Stage I: contrast map V̂ (B, h, n, d)
         if self.lambda1 is not None:
-            vt = F.scaled_dot_product_attention(torch.cat([t_plus, t_minus], dim=2), k, v)  # (B, h, 2n, d)
+            vt = F.scaled_dot_product_attention(T, k, v)  # (B, h, 2n, d)
             lam1 = self.lambda1().to(vt.dtype)
             v_hat = self.norm1(vt[:, :, :n] - lam1 * vt[:, :, n:]) * (1.0 - self.lambda_init)
         else:
@@ -160,8 +161,7 @@ class VCAttention(nn.Module):
         else:
             lam2 = self.lambda2().to(v_hat.dtype)
             if self.stage2_softmax == "joint":
-                keys = torch.cat([t_plus, t_minus], dim=2)  # (B, h, 2n, d)
-                o = F.scaled_dot_product_attention(q, keys, torch.cat([v_hat, -lam2 * v_hat], dim=2))
+                o = F.scaled_dot_product_attention(q, T, torch.cat([v_hat, -lam2 * v_hat], dim=2))
             else:
                 o = F.scaled_dot_product_attention(q, t_plus, v_hat) - lam2 * F.scaled_dot_product_attention(
                     q, t_minus, v_hat)
