@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import torch
 
@@ -43,7 +43,8 @@ class DiffusionConfig:
     ``beta_schedule``: "linear" (β from ``beta_start`` to ``beta_end``) or "cosine" (Nichol &
     Dhariwal's squared-cosine ᾱ, β capped at 0.999). ``fixed_variance`` is used when the model
     outputs ``in_channels`` (no learned σ): "large" (β_t, improved-DDPM/DiT's default) or "small"
-    (posterior β̃_t). ``sampler``: "ddpm" | "ddim" | "dpm-solver++". ``sample_steps`` uses
+    (posterior β̃_t). ``rescale_vb`` multiplies the VLB term by T/1000 (improved-DDPM's
+    RESCALED_MSE; DiT uses plain MSE, the same at T = 1000). ``sampler``: "ddpm" | "ddim" | "dpm-solver++". ``sample_steps`` uses
     improved-DDPM's ``space_timesteps`` syntax ("250", "10,10,10", "ddim50") or an int.
     """
 
@@ -57,6 +58,7 @@ class DiffusionConfig:
     ddim_eta: float = 0.0
     dpm_solver_order: int = 2
     clip_denoised: bool = False
+    rescale_vb: bool = False
 
 
 @dataclass

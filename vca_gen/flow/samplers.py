@@ -1,0 +1,107 @@
+"""Integrators for the transport (all receive a counting, already-guided ``model_fn``).
+
+Time runs from t0 (≈0, noise) to t1 (≈1, data).
+
+* ``ode``: adaptive torchdiffeq solver (default dopri5, atol/rtol) on dx/dt = v(x, t).
+  NFE is whatever the solver needs; adaptive steps are chosen on the whole batch.
+* ``euler`` / ``heun``: fixed steps on the grid ``linspace(t0, t1, steps + 1)``
+  (NFE = steps, resp. 2·steps).
+* ``sde``: Euler–Maruyama on the grid ``linspace(t0, t1, steps)`` as SiT (steps − 1 stochastic
+  steps), then a last step at t1: "mean" x + f(x)·h, "tweedie" x̂₁ = (x − σ x̂₀)/α, "euler"
+  x + v·h, or "none" (NFE = steps − 1 + [last step]).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from vca_gen.flow.sde import check_last_step, diffusion_coefficient
+from vca_gen.flow.transport import Transport
+from vca_gen.utils.rng import GeneratorSpec, randn_like
+
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+class _Model:
+    """Turns a raw ``model_fn`` into velocity / score evaluations at a scalar time."""
+
+    def __init__(self, transport: Transport, model_fn: Callable, labels: torch.Tensor, channels: int):
+        self.tr, self.fn, self.y, self.c = transport, model_fn, labels, channels
+
+    def pred(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
+        out = self.fn(x, tb, self.y)
+        if out.shape[1] not in (self.c, 2 * self.c):
+            raise ValueError(f"flow objective: model outputs {out.shape[1]} channels for {self.c} input channels; "
+                             f"accepted: {self.c} or {2 * self.c} (second half ignored)")
+        return out[:, : self.c], tb
+
+    def velocity(self, x, t):
+        p, tb = self.pred(x, t)
+        return self.tr.path.velocity_from(p, x, tb, self.tr.prediction)
+
+
+def _grid(t0: float, t1: float, n: int, progress: bool):
+    ts = torch.linspace(t0, t1, n, dtype=torch.float64).tolist()
+    pairs = list(zip(ts[:-1], ts[1:]))
+    if progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(pairs)
+    return pairs
+
+
+def euler_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, steps: int, progress=False) -> torch.Tensor:
+    for ta, tb in _grid(t0, t1, steps + 1, progress):
+        x = x + (tb - ta) * m.velocity(x, ta)
+    return x
+
+
+def heun_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, steps: int, progress=False) -> torch.Tensor:
+    """Heun's second-order method (explicit trapezoid)."""
+    for ta, tb in _grid(t0, t1, steps + 1, progress):
+        h = tb - ta
+        d0 = m.velocity(x, ta)
+        x_pred = x + h * d0
+        x = x + 0.5 * h * (d0 + m.velocity(x_pred, tb))
+    return x
+
+
+def ode_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, method: str = "dopri5",
+               atol: float = 1e-6, rtol: float = 1e-3) -> torch.Tensor:
+    from torchdiffeq import odeint
+
+    if method not in ADAPTIVE_METHODS:
+        raise ValueError(f"unknown ode_method {method!r}; accepted: {', '.join(ADAPTIVE_METHODS)}")
+    ts = torch.tensor([t0, t1], device=x.device, dtype=x.dtype)
+    # step_t makes the adaptive solver land on t1 instead of stepping past it and interpolating, so
+    # the model is never queried outside [t0, t1] (t > 1 is undefined, e.g. σ_t is NaN on VP).
+    options = {"step_t": ts[1:]}
+    return odeint(lambda t, z: m.velocity(z, float(t)), x, ts, method=method, atol=atol, rtol=rtol, options=options)[-1]
+
+
+def sde_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, steps: int, diffusion_form: str = "sigma",
+               diffusion_norm: float = 1.0, last_step: str = "mean", last_step_size: float = 0.04,
+               generator: GeneratorSpec = None, progress=False) -> torch.Tensor:
+    """Euler–Maruyama x ← x + [v + w s]·dt + √(2 w dt)·z, then the last step."""
+    path, pred_kind = m.tr.path, m.tr.prediction
+    last_step = check_last_step(last_step)
+
+    def drift(x, t):
+        p, tb = m.pred(x, t)
+        w = diffusion_coefficient(path, torch.tensor(t, dtype=torch.float64), diffusion_form, diffusion_norm).item()
+        return path.velocity_from(p, x, tb, pred_kind) + w * path.score_from(p, x, tb, pred_kind), w
+
+    for ta, tb in _grid(t0, t1, steps, progress):
+        dt = tb - ta
+        f, w = drift(x, ta)
+        x = x + f * dt + (2.0 * w * dt) ** 0.5 * randn_like(x, generator)
+    if last_step == "mean":
+        x = x + drift(x, t1)[0] * last_step_size
+    elif last_step == "tweedie":
+        p, tb = m.pred(x, t1)
+        x = path.data_from(p, x, tb, pred_kind)
+    elif last_step == "euler":
+        x = x + m.velocity(x, t1) * last_step_size
+    return x
