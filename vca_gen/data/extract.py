@@ -102,7 +102,7 @@ def extract_shard(vae, folder: ImageFolderDataset, out: Path, k: int, shard_size
     tensors = {"mean": mean.to(store_dtype).contiguous(), "std": std.to(store_dtype).contiguous(),
                "labels": torch.cat(labels).contiguous(), "indices": torch.cat(indices).contiguous()}
     f = out / shard_name(k)
-    save_file(tensors, f"{f}.tmp", metadata={"format": "pt", "shard": str(k), "start": str(start), "end": str(end)})
+    save_file(tensors, f"{f}.tmp", metadata={"format": "pt"})  # one key: safetensors orders metadata randomly
     os.replace(f"{f}.tmp", f)
     # channel sums of posterior samples z = mean + std * eps over both copies (float64, exact order).
     m64, s64 = tensors["mean"].double(), tensors["std"].double()
@@ -152,15 +152,27 @@ def pin_params(out: Path, params: dict) -> None:
         write_json_atomic(p, params)
 
 
+def _distributed_state():
+    """accelerate's process state; CPU-only runs (``ACCELERATE_USE_CPU=1`` or no CUDA) use gloo."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (world > 1 and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    if state.num_processes != world:
+        raise RuntimeError(f"launched with WORLD_SIZE={world} but the process group has {state.num_processes} "
+                           f"process(es); refusing to run (processes would write the same files)")
+    return state
+
+
 def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Optional[str] = None,
             image_size: int = 256, batch_size: int = 32, shard_size: int = 4096, scale_factor: float = DEFAULT_SCALE_FACTOR,
             per_channel_stats: bool = False, num_workers: int = 4, dtype: str = "float32",
             store_dtype: str = "float32", skip_unreadable: bool = False) -> Optional[dict]:
     """Run (or resume) an extraction on this process's share of the shards; the main process returns
     the manifest, other ranks ``None``. Works single-process or under ``accelerate launch``."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = _distributed_state()
     if store_dtype not in STORE_DTYPES:
         raise ValueError(f"--store-dtype {store_dtype!r} is not valid; accepted: {list(STORE_DTYPES)}")
     for name, v in (("image-size", image_size), ("batch-size", batch_size), ("shard-size", shard_size)):
@@ -196,6 +208,8 @@ def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Option
     if not state.is_main_process:
         return None
     manifest = build_manifest(outp, params, folder, vae_info, num_shards, per_channel_stats)
+    for stale in outp.glob("shard_*.tmp"):  # leftovers of a killed run (all ranks are done writing)
+        stale.unlink()
     write_json_atomic(outp / MANIFEST, manifest)
     return manifest
 
