@@ -115,7 +115,7 @@ class InceptionFeatureExtractor:
         groups = [imgs] if isinstance(imgs, np.ndarray) else [im[None] for im in imgs]
         out = []
         for g in groups:  # (b, H, W, 3) uint8, same size within a group
-            t = torch.from_numpy(np.ascontiguousarray(g)).to(self.device).permute(0, 3, 1, 2).float()
+            t = torch.from_numpy(np.array(g, copy=True)).to(self.device).permute(0, 3, 1, 2).float()
             out.append(tf1_resize_bilinear(t))
         return torch.cat(out)
 
