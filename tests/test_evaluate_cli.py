@@ -167,3 +167,14 @@ def test_statistics_file_roundtrip_and_atomic_write(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_statistics(_fake_stats(), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["ref.npz"]
+
+
+def test_dataset_spec(animal_mnist_dir, monkeypatch):
+    monkeypatch.setenv("VCA_GEN_ASSETS", str(animal_mnist_dir.parent))
+    src = open_source("dataset:animal_mnist:b:28")
+    assert len(src) == 5000 and src.resolution == (28, 28)
+    (first,) = list(open_source("dataset:animal_mnist", max_images=3, split="a").batches(8))
+    assert first.shape == (3, 32, 32, 3) and first.dtype == np.uint8 and first[:, :2].max() == 0  # padded border
+    for bad, msg in (("dataset:animal_mnist:c", "split 'c'"), ("dataset:cifar", "unknown dataset")):
+        with pytest.raises(InputFormatError, match=msg):
+            open_source(bad)

@@ -108,3 +108,18 @@ def test_self_fid_is_zero_and_streaming_is_batch_size_independent(fx, animal_mni
     assert abs(fid_from_uint8(batches, stats, extractor=fx, batch_size=5)) < 1e-3
     other = compute_statistics(_animal(animal_mnist_dir, 8, offset=2), fx, batch_size=8)
     assert fid_between(stats, other) > 1.0
+
+
+def test_clean_mode_folder_features_equal_clean_fid_pipeline(fx, tmp_path, animal_mnist_dir):
+    """Our clean mode on a PNG folder == clean-fid's own folder pipeline fed our network."""
+    from PIL import Image
+    from cleanfid.fid import get_folder_features
+    gray = _animal(animal_mnist_dir, 3, offset=11)
+    rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)            # (3, 28, 28, 3), distinct channels
+    for i, im in enumerate(rgb):
+        Image.fromarray(im).save(tmp_path / f"{i:02d}.png")
+    theirs = get_folder_features(str(tmp_path), model=fx.as_clean_fid_module(), num_workers=0, batch_size=3,
+                                 device=torch.device("cpu"), mode="clean", verbose=False)
+    ours = compute_statistics(str(tmp_path), fx, batch_size=3).feats
+    assert theirs.shape == ours.shape == (3, 2048)
+    assert np.allclose(ours, theirs, atol=1e-4)

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="evaluate_fid.py", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("samples", metavar="SAMPLES",
-                    help="images: .npz with arr_0 uint8 (N,H,W,3), an image folder, or dataset:animal_mnist")
+                    help="images: .npz with arr_0 uint8 (N,H,W,3), an image folder, or dataset:animal_mnist[:all|a|b[:SIZE]]")
     ap.add_argument("--ref", help="reference: our statistics .npz, an ADM reference batch (mu, sigma[, mu_s, "
                     "sigma_s, arr_0]), or another image set (.npz arr_0 / folder / dataset:animal_mnist)")
     ap.add_argument("--make-ref", metavar="OUT", help="instead of scoring, write the statistics of SAMPLES to OUT (.npz)")
@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-images", type=int, default=None, help="use only the first N images of SAMPLES")
     ap.add_argument("--ref-features", type=int, default=10000,
                     help="with --make-ref: store a random subset of this many pool3 features (KID/PR); 0 = none")
-    ap.add_argument("--dataset-split", choices=("all", "a", "b"), default="all", help="split of dataset:animal_mnist")
-    ap.add_argument("--dataset-size", type=int, default=32, help="dataset:animal_mnist images padded to this size")
+    ap.add_argument("--dataset-split", choices=("all", "a", "b"), default="all",
+                    help="split of dataset:animal_mnist when the spec does not name one")
+    ap.add_argument("--dataset-size", type=int, default=32,
+                    help="dataset:animal_mnist images zero-padded to this size (the demo trains at 32)")
     ap.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE (atomically)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
@@ -113,7 +115,8 @@ def run(a) -> dict:
         ref = a.ref
         ref_mode = reference_mode(ref)  # validates a statistics file; None for image sets
         if ref_mode is None:
-            ref = open_source(ref, **(ds_opts if str(ref).startswith("dataset:") else {}))
+            ref_is_ds = str(ref).startswith("dataset:") or (ref == "animal_mnist" and not Path(ref).exists())
+            ref = open_source(ref, **(ds_opts if ref_is_ds else {}))
         elif a.mode is not None and a.mode != ref_mode:
             check_same_mode(a.mode, load_reference(ref))  # raises, naming both modes
         mode = a.mode or ref_mode or "clean"

@@ -209,9 +209,7 @@ def open_source(spec, max_images: int | None = None, **dataset_options) -> Image
         s = str(spec)
         name = s[len("dataset:"):] if s.startswith("dataset:") else s
         if s.startswith("dataset:") or (name in DATASETS and not Path(s).exists()):
-            if name != "animal_mnist":
-                raise InputFormatError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
-            src = AnimalMNISTSource(**dataset_options)
+            src = _dataset_source(name, dataset_options)
         elif Path(s).is_dir():
             src = FolderSource(s)
         elif Path(s).is_file():
@@ -225,6 +223,23 @@ def open_source(spec, max_images: int | None = None, **dataset_options) -> Image
         raise InputFormatError(f"cannot read images from {type(spec).__name__}; pass an .npz path, a folder, "
                                f"a uint8 array or an iterable of uint8 batches")
     return src if max_images is None else LimitedSource(src, max_images)
+
+
+def _dataset_source(spec: str, options: dict) -> ImageSource:
+    """``animal_mnist[:split[:size]]``; parts given in the spec override ``options``."""
+    name, *parts = spec.split(":")
+    if name != "animal_mnist" or len(parts) > 2:
+        raise InputFormatError(f"unknown dataset {spec!r}; accepted: dataset:animal_mnist[:all|a|b[:SIZE]]")
+    opts = dict(options)
+    if parts:
+        opts["split"] = parts[0]
+    if len(parts) == 2:
+        if not parts[1].isdigit():
+            raise InputFormatError(f"dataset {spec!r}: size {parts[1]!r} is not an integer")
+        opts["image_size"] = int(parts[1])
+    if opts.get("split", "all") not in ("all", "a", "b"):
+        raise InputFormatError(f"dataset {spec!r}: split {opts['split']!r} is not one of all, a, b")
+    return AnimalMNISTSource(**opts)
 
 
 class LimitedSource(ImageSource):
