@@ -33,7 +33,7 @@ def closed_form_macs(depth, C, p, input_size, in_ch, attention, n=64):
     elif attention == "vca":
         block += 8 * n * N * C + 9 * N * C  # Stage I 4nNC, Stage II SDPA over 2n 4nNC, dwconv 9NC
     elif attention == "diff":
-        block += 3 * N * N * C  # QKᵀ N²C, both softmaxes times 2d values 2N²C
+        block += 4 * N * N * C  # one SDPA per value half: QKᵀ 2 x N²C, AV 2 x N²C
     out_ch = 2 * in_ch
     rest = N * C * in_ch * p * p + (256 * C + C * C) + 2 * C * C + N * C * p * p * out_ch
     return depth * block + rest

@@ -11,7 +11,7 @@ with the DIFF λ reparameterisation (one scalar per block) and λ_init from the 
 For an odd head count (``Ti``: 3 heads) the pairing is done inside each head instead: h
 differential heads whose query/key halves have size d/2 and whose value has size d (same
 parameter budget; λ vectors of size d/2). ``num_heads`` must then have an even head dim.
-Both softmaxes run in one fused SDPA call over 2·(h/2) heads whose values are shared pairwise.
+Both softmaxes run as fused SDPA calls over 2·(h/2) heads (one call per half of the value).
 The projections are DiT's ``qkv`` / ``proj``; extra parameters are only 4d (λ) + 2d (gain).
 """
 from __future__ import annotations
@@ -56,8 +56,11 @@ class DiffAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=-1)  # each (B, N, C)
         q = q.reshape(B, N, 2 * hd, d).transpose(1, 2)  # (B, 2hd, N, d): chunks 2i, 2i+1 -> head i
         k = k.reshape(B, N, 2 * hd, d).transpose(1, 2)
-        v = v.reshape(B, N, hd, 1, 2 * d).expand(B, N, hd, 2, 2 * d).reshape(B, N, 2 * hd, 2 * d).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v).unflatten(1, (hd, 2))  # (B, hd, 2, N, 2d)
+        # Value of head i (2d) in two d-halves, each shared by the head's two softmaxes, so that
+        # SDPA keeps equal q/k/v head sizes and its fused O(N)-memory kernel (as DIFF's flash code).
+        v = v.reshape(B, N, hd, 1, 2, d).expand(B, N, hd, 2, 2, d).reshape(B, N, 2 * hd, 2, d)
+        o = torch.cat([F.scaled_dot_product_attention(q, k, v[..., j, :].transpose(1, 2)) for j in range(2)], dim=-1)
+        o = o.unflatten(1, (hd, 2))  # (B, hd, 2, N, 2d)
         lam = self.lambda_().to(o.dtype)
         o = self.subln(o[:, :, 0] - lam * o[:, :, 1]) * (1.0 - self.lambda_init)  # (B, hd, N, 2d)
         return self.proj(o.transpose(1, 2).reshape(B, N, C))

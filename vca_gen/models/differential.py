@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
@@ -62,6 +63,5 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dt = _at_least_fp32(x.dtype)
-        xf = x.to(dt)
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(dt)
+        out = F.rms_norm(x.to(dt), (x.shape[-1],), self.weight.to(dt), self.eps)
         return out.to(x.dtype)

@@ -4,9 +4,9 @@ MACs are what DiT's paper calls "Gflops": every multiply-accumulate of the linea
 convolutions and attention matmuls, counted by ``torch.utils.flop_counter`` on the meta
 device (no memory is allocated, so XL models are instant) and halved (it counts 2 flops per MAC).
 Attention is counted as the implementation computes it: VCA's joint Stage II is one SDPA over
-2n tokens (8nNC per block instead of the 7nNC of an explicit (S⁺ − λS⁻)V̂), DIFF's fused SDPA
-applies both softmaxes to the values (3N²C instead of 2N²C). Parameter counts include the fixed
-``pos_embed`` (as DiT's training script reports).
+2n tokens (8nNC per block instead of the 7nNC of an explicit (S⁺ − λS⁻)V̂); DIFF's fused SDPA
+runs once per half of the 2d value (4N²C instead of 2N²C, as DIFF's flash code). Parameter
+counts include the fixed ``pos_embed`` (as DiT's training script reports).
 
     python -m vca_gen.models.summary DiT-S/2 --attention vca
     python -m vca_gen.models.summary --all --attention all --json
