@@ -71,13 +71,15 @@ class Transport:
         b, c = x1.shape[:2]
         t0, t1 = self.interval(eval=False)
         if t is None:
-            t = rng.rand((b,), generator, device=x1.device) * (t1 - t0) + t0
+            t = rng.rand((b,), generator, device=x1.device, dtype=x1.dtype) * (t1 - t0) + t0
         x0 = rng.randn_like(x1, generator)
         xt, ut = self.path.plan(t, x0, x1)
         out = model_fn(xt, t, y)
-        if out.shape[0] != b or out.shape[2:] != x1.shape[2:] or out.shape[1] not in (c, 2 * c):
-            raise ValueError(f"flow objective: model output {tuple(out.shape)} does not fit input {tuple(x1.shape)}; "
-                             f"accepted channels: {c} or {2 * c} (second half ignored)")
+        if out.shape[1] not in (c, 2 * c):
+            raise ValueError(f"flow objective: model outputs {out.shape[1]} channels for {c} input channels; "
+                             f"accepted: {c} or {2 * c} (second half ignored)")
+        if out.shape[0] != b or out.shape[2:] != x1.shape[2:]:
+            raise ValueError(f"model output {tuple(out.shape)} does not match input {tuple(x1.shape)}")
         pred = out[:, :c]
         dims = tuple(range(1, x1.dim()))
         if self.prediction == "velocity":
