@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Iterator, NamedTuple
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -33,13 +32,26 @@ class ItemKey(NamedTuple):
     index: int
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One step of the SplitMix64 finaliser (a bijective 64-bit integer hash)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
 def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from non-negative integers (numpy SeedSequence hashing)."""
+    """A well-mixed 63-bit seed from non-negative integers (chained SplitMix64; ~1 us, platform-independent)."""
+    h = _splitmix64(len(parts))
     for p in parts:
-        if int(p) < 0:
+        p = int(p)
+        if p < 0:
             raise ValueError(f"seed parts must be non-negative integers, got {parts}")
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+        h = _splitmix64(h ^ _splitmix64(p & _MASK64) ^ (p >> 64))
+    return h & ((1 << 63) - 1)
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
