@@ -255,6 +255,9 @@ def config_from_container(user: Any, source: str = "<config>") -> DictConfig:
     if isinstance(user, DictConfig):
         user = OmegaConf.to_container(user, resolve=False)
     _check_keys(user, ExperimentConfig, "", source)
+    train = user.get("train") if isinstance(user, dict) else None
+    if isinstance(train, dict) and train.get("mixed_precision") is False:
+        train["mixed_precision"] = "no"  # YAML 1.1 reads a bare `no` as false
     schema = OmegaConf.structured(ExperimentConfig)
     try:
         cfg = OmegaConf.merge(schema, user)
