@@ -167,3 +167,28 @@ def test_global_batch_must_divide_micro_batch(tmp_path):
     with pytest.raises(ConfigError, match="micro_batch_size=3 must divide the per-process batch 4"):
         run(tiny_dict(tmp_path / "run", micro_batch_size=3))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_in_loop_fid_is_logged(tmp_path, images, inception_weights, monkeypatch):
+    """train.fid_every computes a small-sample FID of EMA samples against reference statistics."""
+    import numpy as np
+
+    from vca_gen.metrics import InceptionFeatureExtractor, compute_statistics, save_statistics
+
+    monkeypatch.setenv("VCA_GEN_INCEPTION", str(inception_weights))
+    fx = InceptionFeatureExtractor(mode="clean", weights=inception_weights)
+    rng = np.random.default_rng(0)
+    ref = tmp_path / "ref.npz"
+    save_statistics(compute_statistics(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), fx), ref)
+    from vca_gen.training import Trainer
+
+    reset_accelerate()
+    cfg = C.config_from_dict(tiny_dict(tmp_path / "run", data=image_data(images), max_steps=1, ckpt_every=0,
+                                       fid_every=1, fid_num_samples=6, fid_ref=str(ref)))
+    tr = Trainer(cfg)
+    monkeypatch.setattr("vca_gen.metrics.InceptionFeatureExtractor", lambda mode, device: fx)
+    logged = {}
+    monkeypatch.setattr(tr.acc, "log", lambda values, step=None: logged.update(values))
+    tr.run()
+    assert "eval/fid" in logged and math.isfinite(logged["eval/fid"]) and logged["eval/fid"] > 0

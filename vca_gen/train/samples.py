@@ -20,6 +20,7 @@ from vca_gen.data.sampler import mix_seed
 from vca_gen.utils.rng import per_sample_generators, randn
 
 GRID_NOISE_STREAM, GRID_SAMPLER_STREAM = 11, 12
+FID_SEED_OFFSET = 10_000_000  # FID sample seeds, disjoint from the grid's
 _VAE_CACHE: dict = {}
 
 
@@ -101,30 +102,32 @@ def save_sample_grid(cfg: DictConfig, model, objective, out: Path, device, norma
     return out
 
 
-def in_loop_fid(trainer) -> Optional[float]:
-    """Small-sample FID of the EMA model against ``train.fid_ref`` (main process), or None.
+def to_uint8_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (B, C, H, W) → uint8 (B, H, W, C) on the CPU (the evaluators' format)."""
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
-    Uses ``vca_gen.metrics`` when it provides a ``fid_from_samples``-style API; otherwise warns once.
-    """
-    try:
-        from vca_gen.metrics import fid_of_generator  # type: ignore[attr-defined]
-    except ImportError:
-        if not getattr(trainer, "_fid_warned", False):
-            warnings.warn("train.fid_every is set but vca_gen.metrics has no fid_of_generator(): in-loop FID skipped")
-            trainer._fid_warned = True
-        return None
+
+def in_loop_fid(trainer, batch_size: int = 64) -> Optional[float]:
+    """FID of ``train.fid_num_samples`` EMA samples (class-balanced labels, fixed seeds) against the
+    reference statistics ``train.fid_ref``, via ``vca_gen.metrics.fid_from_uint8``; main process
+    only (others return None). The Inception extractor and reference are loaded once."""
     if not trainer.acc.is_main_process:
         return None
-    cfg = trainer.cfg
-    n = int(cfg.train.fid_num_samples)
-    nc = int(cfg.model.num_classes)
+    from vca_gen.metrics import InceptionFeatureExtractor, fid_from_uint8, load_reference
 
-    def batches(batch_size: int = 64):
+    cfg = trainer.cfg
+    if getattr(trainer, "_fid_cache", None) is None:
+        ref = load_reference(cfg.train.fid_ref)
+        trainer._fid_cache = (ref, InceptionFeatureExtractor(mode=ref.mode, device=trainer.device))
+    ref, extractor = trainer._fid_cache
+    n, nc = int(cfg.train.fid_num_samples), int(cfg.model.num_classes)
+
+    def batches():
         for i0 in range(0, n, batch_size):
             idx = list(range(i0, min(n, i0 + batch_size)))
             with trainer.acc.autocast():
                 x = generate(cfg, trainer.ema.model, trainer.objective, [i % nc for i in idx],
-                             [10_000_000 + i for i in idx], trainer.device, trainer.normalizer, trainer.vae)
-            yield x
+                             [FID_SEED_OFFSET + i for i in idx], trainer.device, trainer.normalizer, trainer.vae)
+            yield to_uint8_nhwc(x).numpy()
 
-    return float(fid_of_generator(batches(), ref=cfg.train.fid_ref, device=trainer.device))
+    return float(fid_from_uint8(batches(), ref, extractor=extractor))
