@@ -77,7 +77,7 @@ def test_output_format_and_balanced_labels(reference):
     assert a.std() > 10  # real, varied images (not a constant)
     assert len({a[i].tobytes() for i in range(40)}) == 40
     man = json.loads((reference / "sampling.json").read_text())
-    assert man["sampler"] == "ddpm" and man["steps"] == 20 and man["cfg_scale"] == 1.0 and man["seed"] == 3
+    assert man["sampler"] == "ddpm" and man["steps"] == "20" and man["cfg_scale"] == 1.0 and man["seed"] == 3
     assert (reference / "grid.png").is_file()
 
 
@@ -173,7 +173,7 @@ def test_settings_mismatch_on_resume(capsys, export, tmp_path):
     assert main(["--ckpt", str(export), "--out", str(out), "--num-samples", "10", "--steps", "2", "--no-progress"]) == 0
     before = (out / "samples.npz").read_bytes()
     err = run_err(capsys, "--ckpt", str(export), "--out", str(out), "--num-samples", "10", "--steps", "3")
-    assert "different settings" in err and "steps: 2 (existing) vs 3 (this run)" in err and "--overwrite" in err
+    assert "different settings" in err and "steps: '2' (existing) vs '3' (this run)" in err and "--overwrite" in err
     assert (out / "samples.npz").read_bytes() == before
     assert main(["--ckpt", str(export), "--out", str(out), "--num-samples", "10", "--steps", "3", "--overwrite",
                  "--no-progress"]) == 0

@@ -120,6 +120,18 @@ def test_resume_after_interrupt_gives_same_bytes(tmp_path):
     assert np.array_equal(load(tmp_path / "run" / "samples.npz")[0], ref)
 
 
+def test_rerun_of_finished_run_reuses_or_reassembles(tmp_path):
+    run_world(spec(tmp_path), 1)
+    final = tmp_path / "samples.npz"
+    before, stamp = final.read_bytes(), final.stat().st_mtime_ns
+    calls = []
+    res = run_world(spec(tmp_path), 1, make=lambda *a: stand_in(*a, calls=calls))[0]
+    assert calls == [] and res.generated == 0 and final.stat().st_mtime_ns == stamp  # nothing redone
+    final.unlink()
+    run_world(spec(tmp_path), 2, make=lambda *a: stand_in(*a, calls=calls))
+    assert calls == [] and final.read_bytes() == before  # reassembled from the shards
+
+
 def test_settings_mismatch_on_resume(tmp_path):
     run_world(spec(tmp_path), 1)
     before = (tmp_path / "samples.npz").read_bytes()

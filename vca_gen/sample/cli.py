@@ -105,8 +105,9 @@ def run(args: argparse.Namespace) -> dict:
         image_shape=loaded.image_shape, seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size,
         settings={"ckpt_sha256": ckpt_sha, "ema": args.ema, "model": getattr(loaded.model, "name", None),
                   "objective": loaded.objective.kind, "sampler": sampler,
-                  "steps": steps if steps is not None else
-                  (loaded.objective.default_steps if sampler == loaded.objective.default_sampler else "default"),
+                  "steps": str(steps if steps is not None else
+                               (loaded.objective.default_steps if sampler == loaded.objective.default_sampler
+                                else "default")),
                   "sampler_options": options, "cfg_scale": args.cfg_scale, "guide_channels": args.guide_channels,
                   "vae": loaded.vae_id, "precision": args.precision, "device_type": device.type},
         info={"ckpt_path": str(args.ckpt), "world_size": state.num_processes,

@@ -120,6 +120,16 @@ def _assemble(spec: RunSpec, plan: ShardPlan) -> Path:
     return final
 
 
+def _final_is_current(spec: RunSpec, plan: ShardPlan) -> bool:
+    """A finished run re-run as is: ``samples.npz`` (and the grid) newer than every shard, no PNGs asked."""
+    out = Path(spec.out_dir)
+    final = out / FINAL
+    if spec.save_png or not final.is_file() or (spec.grid_classes and spec.grid_per_class and not (out / GRID).is_file()):
+        return False
+    newest = max(files.shard_path(out, k).stat().st_mtime for k in range(plan.num_shards))
+    return final.stat().st_mtime >= newest
+
+
 def run_sampling(make_images: MakeImages, spec: RunSpec, state=None, device=None) -> RunResult:
     """Generate (or finish) the run described by ``spec``; returns where ``samples.npz`` is."""
     state = state or _state()
@@ -156,6 +166,10 @@ def run_sampling(make_images: MakeImages, spec: RunSpec, state=None, device=None
         files.write_shard(Path(spec.out_dir), k, np.concatenate(imgs), np.concatenate(labs), idx)
     bar.close()
     state.wait_for_everyone()
-    path = _assemble(spec, plan) if state.is_main_process else None
+    path = None
+    if state.is_main_process:
+        path = Path(spec.out_dir) / FINAL
+        if not _final_is_current(spec, plan):
+            path = _assemble(spec, plan)
     state.wait_for_everyone()
     return RunResult(path, generated, resumed, nfe_sum / generated if generated else None)
