@@ -9,7 +9,7 @@ Public API::
     result = evaluate("samples.npz", "VIRTUAL_imagenet256_labeled.npz", kid=True, pr=True)
 """
 from vca_gen.metrics.errors import InceptionWeightsNotFound, InputFormatError, MetricsError, ModeMismatchError
-from vca_gen.metrics.evaluate import evaluate, fid_between, fid_from_uint8, prepare_reference
+from vca_gen.metrics.evaluation import evaluate, fid_between, fid_from_uint8, prepare_reference
 from vca_gen.metrics.inception import MODES, InceptionFeatureExtractor, tf1_resize_bilinear
 from vca_gen.metrics.scores import (frechet_distance, frechet_distance_from_features, kernel_inception_distance,
                                    precision_recall)

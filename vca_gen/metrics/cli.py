@@ -86,7 +86,7 @@ def _fmt(v, spec=".4f"):
 
 
 def run(a) -> dict:
-    from vca_gen.metrics.evaluate import evaluate, reference_mode
+    from vca_gen.metrics.evaluation import evaluate, reference_mode
     from vca_gen.metrics.sources import open_source
     from vca_gen.metrics.statistics import check_same_mode, compute_statistics, load_reference, save_statistics
 

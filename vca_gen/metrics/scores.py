@@ -5,7 +5,7 @@
   square root is not finite, retry with ``eps * I`` added to both covariances; a complex result is
   accepted (real part taken) only when the imaginary parts of its diagonal are below 1e-3.
   :func:`frechet_distance_from_features` computes the same quantity exactly from the n features of
-  a small set (n <= D) with an n x n square root; :mod:`vca_gen.metrics.evaluate` uses it whenever
+  a small set (n <= D) with an n x n eigenproblem; :mod:`vca_gen.metrics.evaluation` uses it whenever
   one side has at most 2048 images (the D x D path otherwise, i.e. for FID-50K as ADM/clean-fid).
 * :func:`kernel_inception_distance`: unbiased MMD^2 with the cubic polynomial kernel
   k(x, y) = (x.y / d + 1)^3, averaged over random subsets (clean-fid / StyleGAN-ADA: 100 subsets
@@ -121,9 +121,10 @@ def knn_radii(feats: np.ndarray, k: int = 3, block: int = 4096) -> np.ndarray:
     if len(feats) <= k:
         raise InputFormatError(f"precision/recall with k={k} needs more than {k} points, got {len(feats)}")
     radii = np.empty(len(feats), dtype=np.float64)
-    for i in range(0, len(feats), block):
-        dist = _sq_distances(feats[i:i + block], feats)                      # (b, N), self ~ 0
-        radii[i:i + block] = np.partition(dist, k, axis=1)[:, k]             # k-th excluding self
+    rows = int(np.clip((1 << 25) // len(feats), 1, block))                   # (rows, N) blocks of <= 32M entries
+    for i in range(0, len(feats), rows):
+        dist = _sq_distances(feats[i:i + rows], feats)                       # (rows, N), self ~ 0
+        radii[i:i + rows] = np.partition(dist, k, axis=1)[:, k]              # k-th excluding self
     return radii
 
 

@@ -80,6 +80,7 @@ def evaluate(samples, ref, mode: str | None = None, extractor: InceptionFeatureE
         "resolution": list(stats.resolution) if stats.resolution else None,
         "ref_resolution": list(ref_stats.resolution) if ref_stats.resolution else None,
         "weights": str(extractor.weights_path), "weights_sha256": extractor.weights_sha256,
+        "fid_method": fid_method(stats, ref_stats),
     }
     if ref_stats.mu_s is not None and stats.mu_s is not None:
         result["sfid"] = fid_between(stats, ref_stats, spatial=True)
@@ -110,14 +111,29 @@ def evaluate(samples, ref, mode: str | None = None, extractor: InceptionFeatureE
     return result
 
 
-def fid_between(a: FeatureStatistics, b: FeatureStatistics, spatial: bool = False) -> float:
-    """FID (or sFID) of two statistics; exact small-set form when either side has all its <= D features."""
+def _small_side(a: FeatureStatistics, b: FeatureStatistics, spatial: bool):
+    """(features, mu, sigma of the other side) when one side holds all its <= D features, else None."""
     mu_a, sig_a = (a.mu_s, a.sigma_s) if spatial else (a.mu, a.sigma)
     mu_b, sig_b = (b.mu_s, b.sigma_s) if spatial else (b.mu, b.sigma)
     for x, mu, sig in ((a.complete(spatial), mu_b, sig_b), (b.complete(spatial), mu_a, sig_a)):
         if x is not None and len(x) <= len(mu):
-            return frechet_distance_from_features(x, mu, sig)
-    return frechet_distance(mu_a, sig_a, mu_b, sig_b)
+            return x, mu, sig
+    return None
+
+
+def fid_method(a: FeatureStatistics, b: FeatureStatistics, spatial: bool = False) -> str:
+    """"small-set-exact" (n x n eigenproblem) or "sqrtm" (the D x D path of ADM / clean-fid)."""
+    return "sqrtm" if _small_side(a, b, spatial) is None else "small-set-exact"
+
+
+def fid_between(a: FeatureStatistics, b: FeatureStatistics, spatial: bool = False) -> float:
+    """FID (or sFID) of two statistics; exact small-set form when either side has all its <= D features."""
+    small = _small_side(a, b, spatial)
+    if small is not None:
+        return frechet_distance_from_features(*small)
+    if spatial:
+        return frechet_distance(a.mu_s, a.sigma_s, b.mu_s, b.sigma_s)
+    return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
 def fid_from_uint8(images, ref_stats, mode: str | None = None,
