@@ -14,6 +14,7 @@ from vca_gen.data.animal_mnist import AnimalMNIST
 from vca_gen.data.bench import loader_throughput
 from vca_gen.data.images import ImageFolderDataset
 from vca_gen.data.latents import LatentDataset, LatentStore, StoreError
+from vca_gen.data.latents import main as verify_main
 from vca_gen.data.sampler import ItemKey, ResumableLoader, item_generator
 from vca_gen.data.vae import LatentNormalizer, decode, encode_latents, encode_moments, load_vae
 from vca_gen.utils.rng import per_sample_generators
@@ -88,6 +89,7 @@ def test_corrupt_truncated_and_unfinished_stores(tiny_setup, tmp_path):
     (bad / "shard_00001.safetensors").write_bytes(bytes(data))
     with pytest.raises(StoreError, match=r"shard_00001\.safetensors is corrupt: sha256"):
         LatentStore(bad, verify="eager")
+    assert verify_main([str(bad)]) == 1 and verify_main([str(store)]) == 0
     lazy = LatentDataset(bad, verify="lazy")
     lazy[ItemKey(0, 0)]  # shard 0 is fine
     with pytest.raises(StoreError, match="is corrupt"):

@@ -45,7 +45,7 @@ class DataConfig:
     scale_factor: float = DEFAULT_SCALE_FACTOR
     split: str = "all"                    # animal_mnist: "all" | "a" | "b" (deterministic halves)
     strict: bool = False                  # images: raise on an unreadable file instead of substituting
-    verify: str = "lazy"                  # latents: checksum check "eager" | "lazy" | "size"
+    verify: str = "size"                  # latents: "size" (file sizes) | "lazy" | "eager" (sha256), see latents.py
 
 
 def validate_data_config(cfg: DataConfig) -> None:

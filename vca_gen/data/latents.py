@@ -20,8 +20,12 @@ of posterior samples over both copies, ``store_dtype``, ``classes``, ``num_class
 
 :class:`LatentDataset` items are ``(normalize(mean[k] + std[k] * eps), label)`` with the flip copy
 ``k`` and ``eps`` drawn from ``item_generator(seed, epoch, index)`` (constraint B), float32 (c, h, w).
-Checksums: ``verify="eager"`` hashes every shard at construction, ``"lazy"`` (default) hashes a shard
-the first time a process opens it, ``"size"`` only checks file sizes (always done).
+Checksums: ``verify="eager"`` hashes every shard at construction, ``"lazy"`` (class default) hashes a
+shard the first time a process opens it, ``"size"`` only checks file sizes (always done). Every
+DataLoader worker is its own process, so ``"lazy"`` re-reads the whole store once per worker and rank:
+fine for small stores, wasteful for ImageNet (84 GB in float32). Training configs therefore default to
+``"size"`` (``DataConfig.verify``): extraction already hashed every shard when writing it and re-hashes
+on resume; run ``LatentStore(path, verify="eager")`` once after copying a store to another machine.
 """
 from __future__ import annotations
 
@@ -237,3 +241,26 @@ class LatentDataset(Dataset):
         eps = torch.randn(mean.shape[1:], generator=g)
         x = self.normalizer.normalize(mean[copy] + std[copy] * eps)
         return x, torch.tensor(label, dtype=torch.int64)
+
+
+def main(argv=None) -> int:
+    """``python -m vca_gen.data.latents STORE``: verify every shard's sha256 and print a summary."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m vca_gen.data.latents", description="Verify a latent store.")
+    ap.add_argument("store", help="latent store directory (with manifest.json)")
+    args = ap.parse_args(argv)
+    try:
+        s = LatentStore(args.store, verify="eager")
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    m = s.manifest
+    print(f"{args.store}: OK — {m['count']} images x 2 copies, {m['image_size']} px, latents {m['latent_shape']}, "
+          f"VAE {m['vae']['id']}, {len(s.shards)} shards verified, {len(m['skipped'])} skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
