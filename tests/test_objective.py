@@ -191,3 +191,18 @@ def test_tiny_dit_loss_decreases(cfg, learn_sigma):
         opt.step()
     after = eval_loss()
     assert after < 0.7 * before, (before, after)
+
+
+@pytest.mark.parametrize("cfg,sampler,steps,learn_sigma", CASES)
+def test_low_precision_model_output_keeps_sampler_state_in_fp32(cfg, sampler, steps, learn_sigma):
+    """Under CUDA bf16 autocast the model returns bf16; the sampler state must stay fp32."""
+    obj = build_objective(cfg)
+    model = ToyModel(4, learn_sigma)
+    x, y = torch.randn(3, 4, 2, 2), torch.tensor([0, 2, 4])
+    bf16 = obj.sample(lambda a, t, c: model(a, t, c).bfloat16(), x, y, sampler=sampler, steps=steps,
+                      generator=torch.Generator().manual_seed(0))
+    ref = obj.sample(model, x, y, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
+    assert bf16.x.dtype == torch.float32
+    torch.testing.assert_close(bf16.x, ref.x, rtol=0.05, atol=0.05)
+    out = obj.training_losses(lambda a, t, c: model(a, t, c).bfloat16(), x, y)
+    assert out["loss"].dtype == torch.float32

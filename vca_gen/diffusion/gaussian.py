@@ -105,6 +105,7 @@ class GaussianDiffusion:
         Returns dict with ``mean``, ``log_variance``, ``pred_xstart``, ``eps`` (all (B, C, ...)).
         """
         c = x.shape[1]
+        model_output = model_output.to(x.dtype)  # bf16 under autocast → the sampler's dtype
         if variance == "learned_range":
             if model_output.shape[1] != 2 * c:
                 raise ValueError(f"learned-range variance needs {2 * c} output channels, got {model_output.shape[1]}")

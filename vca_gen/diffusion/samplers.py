@@ -122,6 +122,6 @@ def dpm_solver_pp_sample(
         timesteps = tqdm(timesteps)
     for ts in timesteps:
         t_model = torch.full((x.shape[0],), float(ts), device=x.device)
-        eps = model_fn(x, t_model, labels)[:, :c]
+        eps = model_fn(x, t_model, labels)[:, :c].to(x.dtype)  # diffusers casts its result to eps' dtype
         x = sched.step(eps, ts, x, return_dict=False)[0]
     return x

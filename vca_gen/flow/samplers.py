@@ -35,7 +35,7 @@ class _Model:
         if out.shape[1] not in (self.c, 2 * self.c):
             raise ValueError(f"flow objective: model outputs {out.shape[1]} channels for {self.c} input channels; "
                              f"accepted: {self.c} or {2 * self.c} (second half ignored)")
-        return out[:, : self.c], tb
+        return out[:, : self.c].to(x.dtype), tb  # bf16 under autocast → the sampler's dtype
 
     def velocity(self, x, t):
         p, tb = self.pred(x, t)
