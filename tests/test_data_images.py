@@ -93,6 +93,8 @@ def test_unreadable_image_policy(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"1\.png"):
         x, _ = ds[1]
     assert torch.equal(x, ds[2][0])  # deterministic substitute: the next readable file
+    with pytest.raises(IndexError, match="image index 3 out of range for 3 images"):
+        ds[3]
     assert ds.num_unreadable == 1
     strict = ImageFolderDataset(tmp_path, 32, strict=True)
     with pytest.raises(UnreadableImageError, match=r"cannot read image .*c/1\.png"):

@@ -138,8 +138,11 @@ def build_manifest(out: Path, params: dict, folder: ImageFolderDataset, vae_info
     }
 
 
-def pin_params(out: Path, params: dict) -> None:
-    """Record the content-defining options, or check them against an earlier (interrupted) run."""
+def pin_params(out: Path, params: dict, write: bool = True) -> None:
+    """Check the content-defining options against an earlier (interrupted) run, or record them
+    (``write``: main process only; every rank checks, so a mismatch stops all of them)."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} exists and is not a directory")
     p = out / PARAMS
     if p.is_file():
         old = json.loads(p.read_text())
@@ -148,7 +151,7 @@ def pin_params(out: Path, params: dict) -> None:
             lines = "\n  ".join(f"{k}: store has {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise SystemExit(f"error: {out} was extracted with different options:\n  {lines}\n"
                              f"Use the original options to resume, or a new --out directory.")
-    else:
+    elif write:
         write_json_atomic(p, params)
 
 
@@ -190,9 +193,9 @@ def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Option
               "vae": vae, "vae_subfolder": vae_subfolder, "dtype": dtype, "store_dtype": store_dtype,
               "shard_size": shard_size, "scale_factor": scale_factor, "per_channel_stats": per_channel_stats,
               "skip_unreadable": skip_unreadable}
+    pin_params(outp, params, write=False)  # all ranks: fail together rather than leave others waiting
+    state.wait_for_everyone()
     if state.is_main_process:
-        if outp.exists() and not outp.is_dir():
-            raise SystemExit(f"error: --out {outp} exists and is not a directory")
         outp.mkdir(parents=True, exist_ok=True)
         pin_params(outp, params)
     state.wait_for_everyone()

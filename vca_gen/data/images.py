@@ -131,6 +131,8 @@ class ImageFolderDataset(Dataset):
     def load_image(self, index: int) -> tuple[np.ndarray, int]:
         """Centre-cropped uint8 (S, S, 3) and label of ``index`` (after the unreadable policy)."""
         n = len(self.samples)
+        if not 0 <= index < n:
+            raise IndexError(f"image index {index} out of range for {n} images in {self.root}")
         for k in range(MAX_SUBSTITUTIONS + 1):
             path, label = self.samples[(index + k) % n]
             try:

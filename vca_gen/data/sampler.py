@@ -15,7 +15,11 @@ Contract (the trainer relies on it):
   across epochs and exposes ``state_dict() -> {"epoch", "batch"}`` (the *next* batch to be yielded;
   prefetching by workers does not advance it) and ``load_state_dict`` to resume mid-epoch exactly.
 
-Do not pass the loader through ``accelerator.prepare``: it is already sharded per rank.
+* Items are ``(x, y)``: x a float32 tensor (C, H, W), y an int64 scalar label; every dataset has
+  ``set_epoch(e)`` (used for bare-int indexing) and accepts ``dataset[ItemKey(epoch, index)]``.
+
+Do not pass the loader through ``accelerator.prepare``: it is already sharded per rank. Multi-node:
+``rank`` is the *global* process index (``accelerator.process_index``), ``num_replicas`` the world size.
 """
 from __future__ import annotations
 
