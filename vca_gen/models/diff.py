@@ -62,7 +62,7 @@ class DiffAttention(nn.Module):
         o = torch.cat([F.scaled_dot_product_attention(q, k, v[..., j, :].transpose(1, 2)) for j in range(2)], dim=-1)
         o = o.unflatten(1, (hd, 2))  # (B, hd, 2, N, 2d)
         lam = self.lambda_().to(o.dtype)
-        o = self.subln(o[:, :, 0] - lam * o[:, :, 1]) * (1.0 - self.lambda_init)  # (B, hd, N, 2d)
+        o = self.subln(o[:, :, 0] - lam * o[:, :, 1], scale=1.0 - self.lambda_init)  # (B, hd, N, 2d)
         return self.proj(o.transpose(1, 2).reshape(B, N, C))
 
     def extra_repr(self) -> str:

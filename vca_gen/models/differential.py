@@ -61,7 +61,8 @@ class RMSNorm(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """RMSNorm(x) * gain * ``scale`` (the scale is folded into the gain: one pass over x)."""
         dt = _at_least_fp32(x.dtype)
-        out = F.rms_norm(x.to(dt), (x.shape[-1],), self.weight.to(dt), self.eps)
+        out = F.rms_norm(x.to(dt), (x.shape[-1],), self.weight.to(dt) * scale, self.eps)
         return out.to(x.dtype)
