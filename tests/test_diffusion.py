@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vca_gen.diffusion import GaussianDiffusion, beta_schedule, space_timesteps
-from vca_gen.objective import DiffusionConfig, build_objective
+from vca_gen.objective import DiffusionConfig, ObjectiveConfig, build_objective
 from vca_gen.utils.rng import per_sample_generators
 
 # data N(MU, diag SD^2) on (2, 2, 2) "images"
@@ -258,6 +258,6 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="accepted: linear, cosine"):
         build_objective({"kind": "diffusion", "diffusion": {"beta_schedule": "quadratic"}})
     with pytest.raises(ValueError, match="accepted: large, small"):
-        build_objective(DiffusionConfig and {"diffusion": {"fixed_variance": "medium"}})
+        build_objective(ObjectiveConfig(diffusion=DiffusionConfig(fixed_variance="medium")))
     with pytest.raises(ValueError, match="accepted: diffusion, flow"):
         build_objective({"kind": "gan"})

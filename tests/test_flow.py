@@ -247,6 +247,8 @@ def test_bad_input_errors():
         obj.sample(model, x, y, sampler="sde", steps=1)
     with pytest.raises(ValueError, match="accepted: dopri5"):
         obj.sample(model, x, y, sampler="ode", ode_method="rk45")
+    with pytest.raises(ValueError, match="accepted: dopri5"):
+        _flow(ode_method="euler")
     with pytest.raises(ValueError, match="accepted: \\['atol', 'ode_method', 'rtol'\\]"):
         obj.sample(model, x, y, sampler="ode", last_step="mean")
     with pytest.raises(ValueError, match="accepted: 2 or 4"):

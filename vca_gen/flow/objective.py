@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from vca_gen.flow.path import make_path
-from vca_gen.flow.samplers import _Model, euler_sample, heun_sample, ode_sample, sde_sample
+from vca_gen.flow.samplers import ADAPTIVE_METHODS, _Model, euler_sample, heun_sample, ode_sample, sde_sample
 from vca_gen.flow.sde import check_diffusion_form, check_last_step
 from vca_gen.flow.transport import Transport
 from vca_gen.objective import FlowConfig, Objective, SampleOutput
@@ -44,6 +44,8 @@ class FlowObjective(Objective):
         self._check_steps(self.default_sampler, self.default_steps)
         check_diffusion_form(cfg.diffusion_form)
         check_last_step(cfg.last_step)
+        if cfg.ode_method not in ADAPTIVE_METHODS:
+            raise ValueError(f"unknown ode_method {cfg.ode_method!r}; accepted: {', '.join(ADAPTIVE_METHODS)}")
 
     def check_channels(self, in_channels: int, out_channels: int) -> None:
         if out_channels not in (in_channels, 2 * in_channels):
