@@ -98,6 +98,8 @@ def test_cli_errors(tmp_path, tiny_setup, capsys):
     assert "is not an existing folder" in capsys.readouterr().err
     assert main(["--images", str(images), "--out", str(out), "--vae", str(vae_dir), "--image-size", "33"]) == 2
     assert "not divisible by the VAE down-sampling factor 2" in capsys.readouterr().err
+    assert main(["--images", str(images), "--out", str(out), "--vae", str(vae_dir), "--scale-factor", "0"]) == 2
+    assert "--scale-factor must be > 0, got 0.0" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):  # argparse: mutually exclusive normalisations
         main(["--images", str(images), "--out", str(out), "--scale-factor", "1", "--per-channel-stats"])
 

@@ -181,6 +181,8 @@ def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Option
     for name, v in (("image-size", image_size), ("batch-size", batch_size), ("shard-size", shard_size)):
         if int(v) <= 0:
             raise ValueError(f"--{name} must be a positive integer, got {v}")
+    if not scale_factor > 0:
+        raise ValueError(f"--scale-factor must be > 0, got {scale_factor}")
     folder = ImageFolderDataset(images, image_size, random_flip=False, strict=True)
     outp = Path(out)
     model = load_vae(vae, subfolder=vae_subfolder, dtype=parse_dtype(dtype), device=state.device)
