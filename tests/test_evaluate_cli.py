@@ -178,3 +178,17 @@ def test_dataset_spec(animal_mnist_dir, monkeypatch):
     for bad, msg in (("dataset:animal_mnist:c", "split 'c'"), ("dataset:cifar", "unknown dataset")):
         with pytest.raises(InputFormatError, match=msg):
             open_source(bad)
+
+
+def test_bad_image_folders(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    code, _, err = _run_cli([empty, "--make-ref", tmp_path / "ref.npz"], capsys)
+    assert code == 2 and "no images found (accepted extensions: .png" in err
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not a png")
+    code, _, err = _run_cli([junk, "--make-ref", tmp_path / "ref.npz"], capsys)
+    assert code == 2 and "cannot identify image file" in err and "a.png" in err
+    assert not (tmp_path / "ref.npz").exists()

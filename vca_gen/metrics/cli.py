@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except MetricsError as e:
         print(f"evaluate_fid.py: error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:  # e.g. Animal-MNIST files missing
+    except OSError as e:  # missing Animal-MNIST files, unreadable images (PIL), unwritable outputs
         print(f"evaluate_fid.py: error: {e}", file=sys.stderr)
         return 2
     return 0
