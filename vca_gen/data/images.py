@@ -16,7 +16,6 @@ strict loading by default (``--skip-unreadable`` leaves such files out of the st
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ from vca_gen.data.sampler import item_generator, split_key
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MAX_SUBSTITUTIONS = 32  # consecutive unreadable files tolerated before giving up
+COUNTER_SLOTS = 1024     # per-process unreadable counters (DataLoader workers per dataset instance)
 
 
 class UnreadableImageError(RuntimeError):
@@ -107,7 +107,9 @@ class ImageFolderDataset(Dataset):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.targets = [c for _, c in self.samples]
         self.epoch = 0
-        self._unreadable = mp.Value("q", 0)
+        # one counter slot per process (main = 0, worker i = i + 1) in shared memory: no lock needed,
+        # and it pickles into DataLoader workers under both fork and spawn start methods.
+        self._unreadable = torch.zeros(COUNTER_SLOTS, dtype=torch.int64).share_memory_()
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -119,11 +121,11 @@ class ImageFolderDataset(Dataset):
     @property
     def num_unreadable(self) -> int:
         """How many loads hit an unreadable file and were substituted (all workers)."""
-        return int(self._unreadable.value)
+        return int(self._unreadable.sum())
 
     def _note_unreadable(self, err: UnreadableImageError, path: str) -> None:
-        with self._unreadable.get_lock():
-            self._unreadable.value += 1
+        info = torch.utils.data.get_worker_info()
+        self._unreadable[(0 if info is None else info.id + 1) % COUNTER_SLOTS] += 1
         if path not in self._warned:
             self._warned.add(path)
             warnings.warn(f"{err}; substituting the next readable image (strict=False)", RuntimeWarning)
