@@ -192,3 +192,20 @@ def test_in_loop_fid_is_logged(tmp_path, images, inception_weights, monkeypatch)
     monkeypatch.setattr(tr.acc, "log", lambda values, step=None: logged.update(values))
     tr.run()
     assert "eval/fid" in logged and math.isfinite(logged["eval/fid"]) and logged["eval/fid"] > 0
+
+
+def test_ema_warmup_schedule():
+    from vca_gen.training import ema_decay_at, lr_at
+
+    assert ema_decay_at(0, 0.9999, True) == pytest.approx(0.1) and ema_decay_at(0, 0.9999, False) == 0.9999
+    assert ema_decay_at(10**6, 0.999, True) == 0.999
+    assert lr_at(0, 1e-3, 4) == pytest.approx(2.5e-4) and lr_at(3, 1e-3, 4) == 1e-3 and lr_at(0, 1e-3, 0) == 1e-3
+
+
+def test_fresh_start_refuses_to_clobber_existing_checkpoints(tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path / "run", max_steps=1, ckpt_every=1))
+    assert train_cli("--config", str(cfg)) == 0
+    before = (tmp_path / "run/checkpoints/step_00000001/model.safetensors").read_bytes()
+    assert train_cli("--config", str(cfg), "train.resume=none") == 2
+    assert "train.resume=auto to continue" in capsys.readouterr().err
+    assert (tmp_path / "run/checkpoints/step_00000001/model.safetensors").read_bytes() == before

@@ -71,6 +71,7 @@ class TrainConfig:
     grad_clip: float = 0.0                      # max grad norm; 0 disables clipping
     max_steps: int = 400_000
     ema_decay: float = 0.9999
+    ema_warmup: bool = False                    # decay min(ema_decay, (1+n)/(10+n)) after n steps (short runs)
     mixed_precision: str = "auto"               # auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16
     tf32: bool = True
     compile: bool = False                       # torch.compile the training forward

@@ -63,6 +63,11 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr * min(1.0, (step + 1) / warmup_steps)
 
 
+def ema_decay_at(n: int, decay: float, warmup: bool) -> float:
+    """EMA decay for the update after ``n`` previous optimizer steps (warm-up: (1+n)/(10+n) cap)."""
+    return min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
+
+
 def step_generators(seed: int, step: int, first_index: int, count: int, device) -> List[torch.Generator]:
     """Generators of global samples ``first_index .. first_index+count-1`` of step ``step``."""
     return per_sample_generators(
@@ -133,6 +138,13 @@ class Trainer:
 
         # ---- resume (before prepare: plain modules)
         self.resumed_from = ckpt.resolve_resume(str(t.resume), self.ckpt_root)
+        existing = ckpt.latest_checkpoint(self.ckpt_root)
+        own = self.resumed_from is not None and self.resumed_from.parent.resolve() == self.ckpt_root.resolve()
+        if existing is not None and not own:
+            raise ConfigError(
+                f"{self.out_dir} already holds checkpoints up to {existing.name}, and train.resume={t.resume} would "
+                f"start a different run there and overwrite/prune them; use train.resume=auto to continue it, or a "
+                f"new train.output_dir")
         if self.resumed_from is not None:
             self._load(self.resumed_from)
 
@@ -226,7 +238,7 @@ class Trainer:
         finite = math.isfinite(float(loss_mean)) and (fp16 or math.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
-            self.ema.update(self.model)
+            self.ema.update(self.model, ema_decay_at(self.counters["optimizer_steps"], float(t.ema_decay), bool(t.ema_warmup)))
             self.counters["optimizer_steps"] += 1
             self.counters["nonfinite_consecutive"] = 0
         else:
