@@ -156,8 +156,10 @@ def test_checkpoint_from_a_different_model_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert train_cli("--config", str(cfg), "model.depth=1", "model.hidden_size=64", "train.max_steps=2") == 2
     err = capsys.readouterr().err
-    assert "does not fit this model" in err and "unexpected keys" in err and "blocks.1." in err
-    assert "shape mismatches" in err and "x_embedder.proj.weight: checkpoint (32, 1, 4, 4) vs model (64, 1, 4, 4)" in err
+    assert "different model/objective" in err and "model.depth: checkpoint 2 vs config 1" in err
+    assert "model.hidden_size: checkpoint 32 vs config 64" in err
+    assert train_cli("--config", str(cfg), "objective.kind=flow", "train.max_steps=2") == 2
+    assert "objective.kind: checkpoint 'diffusion' vs config 'flow'" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts} == files
 
 

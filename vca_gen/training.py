@@ -83,6 +83,18 @@ def drop_labels(y: torch.Tensor, prob: float, null_label: int, gens: List[torch.
     return torch.where(u < prob, torch.full_like(y, null_label), y)
 
 
+def _dict_diff(a, b, prefix: str) -> Dict[str, Any]:
+    """``{dotted key: (a value, b value)}`` for every leaf that differs between two nested dicts."""
+    out: Dict[str, Any] = {}
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.update(_dict_diff(va, vb, f"{prefix}.{k}"))
+        elif va != vb:
+            out[f"{prefix}.{k}"] = (va, vb)
+    return out
+
+
 class Trainer:
     """Builds everything from a validated experiment config; :meth:`run` trains to ``max_steps``."""
 
@@ -153,6 +165,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint I/O
     def _load(self, path: Path) -> None:
+        try:
+            self._load_unchecked(path)
+        except (ValueError, KeyError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ckpt.CheckpointError(f"cannot resume from {path}: {e}") from e
+
+    def _check_same_experiment(self, path: Path, config_yaml: str) -> None:
+        """Error naming every model/objective setting that differs from the checkpoint's config."""
+        import yaml
+
+        saved = yaml.safe_load(config_yaml) or {}
+        now = to_container(self.cfg)
+        diffs = []
+        for section in ("model", "objective"):
+            for key, (a, b) in _dict_diff(saved.get(section, {}), now[section], section).items():
+                if key != "model.grad_checkpointing":
+                    diffs.append(f"{key}: checkpoint {a!r} vs config {b!r}")
+        if diffs:
+            raise ckpt.CheckpointError(
+                f"{path} was saved from a different model/objective: " + "; ".join(diffs)
+                + ". Resume with the checkpoint's config or start a new train.output_dir")
+
+    def _load_unchecked(self, path: Path) -> None:
+        self._check_same_experiment(path, (path / "config.yaml").read_text())
         ckpt.load_state_into(self.model, ckpt.load_tensors(path / "model.safetensors"), str(path / "model.safetensors"))
         ckpt.load_state_into(self.ema.model, ckpt.load_tensors(path / "ema.safetensors"), str(path / "ema.safetensors"))
         extra = ckpt.load_training_state(path)
