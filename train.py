@@ -16,7 +16,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--config", help="experiment YAML (see configs/)")
     ap.add_argument("--export", nargs=2, metavar=("CKPT", "OUT"), help="export EMA weights of a checkpoint or run dir")
