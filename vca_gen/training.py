@@ -203,6 +203,8 @@ class Trainer:
                 f"{self.cfg.train.global_batch_size}: the data position would not carry over; keep the batch size "
                 f"or start a new output_dir")
         self.loader.load_state_dict(state["data"])
+        if self.acc.scaler is not None and "grad_scaler" in state:
+            self.acc.scaler.load_state_dict(state["grad_scaler"])
         rng = extra["rng"]
         rank = self.acc.process_index
         if int(rng["world_size"]) == self.acc.num_processes:
@@ -227,6 +229,8 @@ class Trainer:
                 "model": self.cfg.model.name,
                 "attention": self.cfg.model.attention,
             }
+            if self.acc.scaler is not None:  # fp16 loss scaling
+                state["grad_scaler"] = {k: v for k, v in self.acc.scaler.state_dict().items()}
             path = ckpt.save_checkpoint(
                 self.ckpt_root, self.step, model_state=self.model.state_dict(), ema_state=self.ema.state_dict(),
                 optimizer_state=self.optimizer.state_dict(), rng_states=rng_states, state=state,
