@@ -90,8 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="loader worker processes for the loader column")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    steps, warmup = (2, 1) if args.quick else (5, 1)
-    dit_batch = 4 if args.quick else 16
+    steps, warmup = (2, 1) if args.quick else (4, 1)
+    dit_batch = 4 if args.quick else 8
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store, vae = make_store(tmp, 64 if args.quick else 256)
