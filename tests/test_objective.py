@@ -206,3 +206,16 @@ def test_low_precision_model_output_keeps_sampler_state_in_fp32(cfg, sampler, st
     torch.testing.assert_close(bf16.x, ref.x, rtol=0.05, atol=0.05)
     out = obj.training_losses(lambda a, t, c: model(a, t, c).bfloat16(), x, y)
     assert out["loss"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("cfg", [{"kind": "diffusion"}, {"kind": "flow"}, {"kind": "flow", "flow": {"path": "vp", "prediction": "noise"}}])
+def test_training_loss_of_a_sample_depends_only_on_its_generator(cfg):
+    from vca_gen.utils.rng import per_sample_generators
+
+    obj = build_objective(cfg)
+    model = ToyModel(4, learn_sigma=cfg["kind"] == "diffusion")
+    x, y = torch.rand(4, 4, 2, 2) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    full = obj.training_losses(model, x, y, generator=per_sample_generators([5, 6, 7, 8]))["loss"]
+    part = obj.training_losses(model, x[1:3], y[1:3], generator=per_sample_generators([6, 7]))["loss"]
+    torch.testing.assert_close(full[1:3], part)
+    assert full.shape == (4,)
