@@ -98,6 +98,7 @@ def test_other_weights_format_gives_identical_features(fx, tmp_path, inception_w
         load_inception_layers(junk, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_self_fid_is_zero_and_streaming_is_batch_size_independent(fx, animal_mnist_dir):
     imgs = _animal(animal_mnist_dir, 8, offset=1)
     stats = compute_statistics(imgs, fx, batch_size=8)
