@@ -9,8 +9,9 @@ for many images takes hours, so the cost is measured in two honest parts and ext
 warm-up), and the sampler itself run end to end on the same batch with a stand-in model (counts
 the model evaluations, NFE, and times the sampler's own arithmetic, ``t_overhead``). Then
 ``images/s = batch / (NFE * t_forward + t_overhead)``. The adaptive ODE (dopri5) NFE depends on
-the model, so it is measured with the real model (demo: trained weights when ``--demo-ckpt`` has
-them; DiT-S/2 is untrained -- its NFE is marked as not representative).
+the model; it is counted with the stand-in (a smooth contraction), so that row is indicative only
+(and note that the flow ODE sampler passes every output-grid time to dopri5 as a forced step, so
+its NFE grows with ``steps``).
 Feature extraction: ``vca_gen.metrics.bench.feature_throughput`` (clean mode, 32 px inputs), with
 CPU utilisation = process CPU time / wall time (2.0 = both cores busy).
 """
@@ -63,27 +64,25 @@ def sampler_cost(objective, sampler: str, batch: int, shape, num_classes: int, o
     return int(out.nfe), time.perf_counter() - t0
 
 
-def bench_model(name: str, model, objective, batch: int, reps: int, ode_model=None, ode_note: str = "") -> list[dict]:
+def bench_model(name: str, model, objective, batch: int, reps: int) -> list[dict]:
     shape = (int(model.in_channels), int(model.input_size), int(model.input_size))
     t_fwd = time_forward(model, batch, shape, reps)
     rows = []
     for s in objective.samplers:
-        if s == "ode":
-            nfe, _ = sampler_cost(objective, s, min(batch, 4), shape, int(model.num_classes), int(model.out_channels),
-                                  ode_model or model)
-            overhead, note = 0.0, ode_note or "NFE measured with the real model (adaptive dopri5)"
-        else:
-            nfe, overhead = sampler_cost(objective, s, batch, shape, int(model.num_classes), int(model.out_channels))
-            note = ""
+        nfe, overhead = sampler_cost(objective, s, batch, shape, int(model.num_classes), int(model.out_channels))
+        note = "adaptive dopri5: NFE of the stand-in dynamics, indicative only" if s == "ode" else ""
         per_batch = nfe * t_fwd + overhead
         rows.append({"model": name, "sampler": s, "default_steps": _steps(objective, s), "nfe": nfe, "batch": batch,
                      "t_forward_s": round(t_fwd, 4), "t_overhead_s": round(overhead, 4),
-                     "images_per_s": batch / per_batch, "seconds_per_image": per_batch / batch, "note": note})
+                     "images_per_s": batch / per_batch, "seconds_per_image": per_batch / batch, "note": note,
+                     "model_params_m": sum(p.numel() for p in model.parameters()) / 1e6})
         print(f"  {name:10s} {s:13s} NFE {nfe:4d}  {batch / per_batch:9.3f} img/s", flush=True)
     return rows
 
 
 def _steps(objective, sampler):
+    if sampler == "ode":
+        return "adaptive"
     if sampler == objective.default_sampler:
         return str(objective.default_steps)
     table = getattr(sys.modules[type(objective).__module__], "SAMPLER_DEFAULT_STEPS", {})
@@ -124,22 +123,20 @@ def main(argv=None) -> int:
                                 "objective": {"kind": kind}, "data": {"kind": "latents", "path": "unused", "image_size": 256}})
         torch.manual_seed(0)
         model = build_model(cfg).eval()
-        rows += bench_model(f"{prefix}-S/2", model, protocol_objective(cfg.objective), 4 if a.quick else 8, reps,
-                            ode_note="untrained (adaLN-zero) model: dopri5 NFE not representative")
+        rows += bench_model(f"{prefix}-S/2", model, protocol_objective(cfg.objective), 4 if a.quick else 8, reps)
     model, dcfg, which = demo_model(a.demo_ckpt)
-    rows += bench_model("demo", model, protocol_objective(dcfg.objective), 32 if a.quick else 64, reps,
-                        ode_note=f"NFE measured with the demo model, {which}")
+    rows += bench_model("demo", model, protocol_objective(dcfg.objective), 32 if a.quick else 64, reps)
 
     from vca_gen.metrics.bench import feature_throughput
 
     n = 16 if a.quick else 48
     feat = feature_throughput(n=n, batch_size=16, mode="clean", image_size=32)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    print("\n| model | sampler | default steps | NFE/image | batch | forward s | img/s | s/image |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| model | sampler | default steps | NFE/image | batch | forward s | img/s | s/image | note |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['model']} | {r['sampler']} | {r['default_steps']} | {r['nfe']} | {r['batch']} | "
-              f"{r['t_forward_s']:.3f} | {r['images_per_s']:.3f} | {r['seconds_per_image']:.2f} |")
+              f"{r['t_forward_s']:.3f} | {r['images_per_s']:.4f} | {r['seconds_per_image']:.1f} | {r['note']} |")
     print(f"\nFID features (clean, 32 px -> 299, CPU, {feat['threads']} threads): {feat['images_per_s']:.2f} img/s, "
           f"CPU utilisation {feat['cpu_utilisation']:.2f} of {feat['cpus']} cores (load average {load})")
     result = {"sampling": rows, "features": feat, "demo_weights": which, "torch": torch.__version__,
