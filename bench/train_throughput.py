@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -88,7 +89,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few steps, small batches")
     ap.add_argument("--workers", type=int, default=0, help="loader worker processes for the loader column")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     steps, warmup = (2, 1) if args.quick else (4, 1)
     dit_batch = 4 if args.quick else 8
@@ -104,7 +108,8 @@ def main(argv=None) -> int:
             rows.append(measure(f"configs/dit_s2_{att}.yaml", latent + common, steps, warmup, args.workers))
     result = {
         "quick": args.quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.platform(), "processor": platform.processor(), "rows": rows,
+        "machine": platform.platform(), "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+        "rows": rows,
         "note": "CPU fp32, one process; loader = vca_gen.data.bench.loader_throughput on the same dataset",
     }
     out = REPO / "bench" / "results" / f"train_throughput{'_quick' if args.quick else ''}.json"
@@ -117,7 +122,8 @@ def main(argv=None) -> int:
               f"{r['batch']} | {r['train_images_per_s']:.1f} | {r['sec_per_step']:.2f} | "
               f"{r['loader_items_per_s']:.0f} {r['loader_unit']} |")
     slowest = min(r["loader_items_per_s"] / r["train_images_per_s"] for r in rows)
-    print(f"\nloader / training speed ratio (worst row): {slowest:.0f}x  → wrote {out}")
+    print(f"\nloader / training speed ratio (worst row): {slowest:.0f}x; 1-min load average "
+          f"{result['load_average_1min']:.1f} on {os.cpu_count()} CPUs → wrote {out}")
     return 0
 
 
