@@ -7,13 +7,13 @@ versus the token count N, for VCA, MHSA and DIFF; then a DiT-S/2 training step w
 How things are measured
 - Time: wall clock of ``layer(x).sum().backward()`` for x (1, N, C) on a square sqrt(N) grid,
   after warm-up, the median of ``--repeats`` runs (3 when one run exceeds 20 s), in a fresh
-  subprocess per (kind, N) with
+  subprocess per N that times the kinds round-robin (so background load hits them alike), with
   ``--threads`` torch threads (default 1: on a shared 2-core machine two OpenMP threads spin
   against other processes and time becomes erratic; one thread gives stable, comparable numbers).
 - Peak memory: the kernel's resident-set high-water mark. The worker runs with
   ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors go back to the OS, resets the mark
-  (``/proc/self/clear_refs`` = 5) after the warm-up, and reports ``VmHWM − VmRSS(before)`` over
-  one forward+backward: real bytes touched by the layer's activations, workspaces and gradients.
+  (``/proc/self/clear_refs`` = 5) before one forward+backward of each kind, and reports
+  ``VmHWM − VmRSS(before)``: real bytes touched by activations, workspaces and gradients.
 - Saved activations: bytes of the tensors autograd saves for backward (``saved_tensors_hooks``,
   parameters excluded, storages counted once) — deterministic, independent of the allocator.
 - Model step: DiT-S/2, 32x32 latent (256 tokens), batch ``--batch``; forward, MSE loss, backward,
@@ -46,8 +46,12 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(kind: str, n_tokens: int, repeats: int, threads: int) -> dict:
-    """Runs in a subprocess: time and memory of one attention layer."""
+def worker(kinds: list, n_tokens: int, repeats: int, threads: int) -> list:
+    """Runs in a subprocess: time and memory of one attention layer per kind at ``n_tokens``.
+
+    Kinds are timed round-robin (vca, mhsa, diff, vca, ...) so load from other processes
+    affects them alike.
+    """
     import torch
 
     from vca_gen.models import build_attention
@@ -55,58 +59,65 @@ def worker(kind: str, n_tokens: int, repeats: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     side = math.isqrt(n_tokens)
-    opts = {"num_contrast_tokens": N_CONTRAST} if kind == "vca" else {}
-    layer = build_attention(kind, C, HEADS, (side, side), 3, **opts)
     x = torch.randn(1, n_tokens, C, requires_grad=True)
+    layers, results = {}, {}
+    for kind in kinds:
+        opts = {"num_contrast_tokens": N_CONTRAST} if kind == "vca" else {}
+        layers[kind] = build_attention(kind, C, HEADS, (side, side), 3, **opts)
+        # warm-up of one-time initialisation (thread pool, kernels) on a small layer of the same kind
+        small = build_attention(kind, C, HEADS, (16, 16), 3, **opts)
+        small(torch.randn(1, 256, C, requires_grad=True)).sum().backward()
 
-    def step():
+    def step(layer):
         layer.zero_grad(set_to_none=True)
         x.grad = None
         layer(x).sum().backward()
 
-    # warm-up of one-time initialisation (thread pool, kernels) on a small layer of the same kind
-    small = build_attention(kind, C, HEADS, (16, 16), 3, **opts)
-    small(torch.randn(1, 256, C, requires_grad=True)).sum().backward()
-    # peak resident memory of one forward+backward (this run also warms up the timed shape)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    rss0 = _status_kb("VmRSS")
-    step()
-    peak_kb = _status_kb("VmHWM") - rss0
+    for kind, layer in layers.items():
+        # peak resident memory of one forward+backward (this run also warms up the timed shape)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        rss0 = _status_kb("VmRSS")
+        step(layer)
+        peak_kb = _status_kb("VmHWM") - rss0
+        # bytes saved for backward (activations only)
+        param_ptrs = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+        saved = {}
 
-    # bytes saved for backward (activations only)
-    param_ptrs = {p.untyped_storage().data_ptr() for p in layer.parameters()}
-    saved = {}
+        def pack(t):
+            st = t.untyped_storage()
+            if st.data_ptr() not in param_ptrs:
+                saved[st.data_ptr()] = st.nbytes()
+            return t
 
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in param_ptrs:
-            saved[s.data_ptr()] = s.nbytes()
-        return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = layer(x)
+        del out
+        results[kind] = {"kind": kind, "tokens": n_tokens, "times_s": [], "peak_mb": peak_kb / 1024,
+                         "saved_mb": sum(saved.values()) / 2**20}
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = layer(x)
-    del out
+    rounds = 0
+    while rounds < repeats:
+        for kind, layer in layers.items():
+            t0 = time.perf_counter()
+            step(layer)
+            results[kind]["times_s"].append(time.perf_counter() - t0)
+        rounds += 1
+        if rounds == 1 and max(r["times_s"][0] for r in results.values()) > SLOW_RUN_S:
+            repeats = min(repeats, 3)  # quadratic kinds at 16K tokens: 3 runs are enough for a median
+    for r in results.values():
+        r["median_s"] = statistics.median(r["times_s"])
+    return list(results.values())
 
-    times = []
-    while len(times) < repeats:
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-        if times[0] > SLOW_RUN_S:  # quadratic kinds at 16K tokens: 3 runs are enough for a median
-            repeats = min(repeats, 3)
-    return {"kind": kind, "tokens": n_tokens, "times_s": times, "median_s": statistics.median(times),
-            "peak_mb": peak_kb / 1024, "saved_mb": sum(saved.values()) / 2**20}
 
-
-def run_layer(kind: str, n_tokens: int, repeats: int, threads: int) -> dict:
+def run_layers(kinds: list, n_tokens: int, repeats: int, threads: int) -> list:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads),
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, __file__, "--worker", kind, str(n_tokens), "--repeats", str(repeats),
+    cmd = [sys.executable, __file__, "--worker", str(n_tokens), *kinds, "--repeats", str(repeats),
            "--threads", str(threads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
-        raise RuntimeError(f"worker {kind} N={n_tokens} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"worker N={n_tokens} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -218,11 +229,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="DiT-S/2 step batch size (default 8, quick 1)")
     p.add_argument("--no-model", action="store_true", help="skip the DiT-S/2 training-step benchmark")
     p.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--worker", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs="+", metavar="N KIND", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 5)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), repeats, args.threads)))
+        print(json.dumps(worker(args.worker[1:], int(args.worker[0]), repeats, args.threads)))
         return 0
     tokens = args.tokens or ([256, 1024] if args.quick else [256, 1024, 4096, 16384])
     bad = [n for n in tokens if math.isqrt(n) ** 2 != n]
@@ -232,10 +243,9 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     layer = []
     for n_tok in tokens:
-        for kind in args.kinds:
-            r = run_layer(kind, n_tok, repeats, args.threads)
+        for r in run_layers(args.kinds, n_tok, repeats, args.threads):
             layer.append(r)
-            print(f"{kind:>5} N={n_tok:>6}: {r['median_s']:.4f} s  peak {r['peak_mb']:.1f} MB  "
+            print(f"{r['kind']:>5} N={n_tok:>6}: {r['median_s']:.4f} s  peak {r['peak_mb']:.1f} MB  "
                   f"saved {r['saved_mb']:.1f} MB", flush=True)
     model = [] if args.no_model else run_model_step(batch, max(repeats, 2) if not args.quick else 1, args.threads)
     chk = checks(layer, model)
