@@ -203,9 +203,11 @@ def plot(layer: list, path: Path) -> None:
         if not rows:
             continue
         ns = [r["tokens"] for r in rows]
-        axes[0].plot(ns, [r["median_s"] for r in rows], "o-", label=kind)
-        axes[1].plot(ns, [max(r["peak_mb"], 1e-3) for r in rows], "o-", label=f"{kind} peak RSS")
-        axes[1].plot(ns, [r["saved_mb"] for r in rows], "x--", alpha=0.6, label=f"{kind} saved act.")
+        (line,) = axes[0].plot(ns, [r["median_s"] for r in rows], "o-", label=kind)
+        axes[1].plot(ns, [max(r["peak_mb"], 1e-3) for r in rows], "o-", color=line.get_color(),
+                     label=f"{kind} peak RSS")
+        axes[1].plot(ns, [r["saved_mb"] for r in rows], "x--", color=line.get_color(), alpha=0.6,
+                     label=f"{kind} saved act.")
     for ax, ylabel in zip(axes, ("forward+backward time (s)", "memory (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
