@@ -129,8 +129,8 @@ def run(args: argparse.Namespace) -> dict:
     if result.nfe_per_image is not None:
         extra = " (each on a doubled cond+uncond batch)" if args.cfg_scale != 1.0 else ""
         print(f"model evaluations per image: {result.nfe_per_image:g}{extra}", file=sys.stderr)
-    print(f"wrote {result.path} ({args.num_samples} images {loaded.image_shape}) and {Path(args.out) / 'grid.png'}",
-          file=sys.stderr)
+    grid = f" and {Path(args.out) / 'grid.png'}" if args.grid_classes and args.grid_per_class else ""
+    print(f"wrote {result.path} ({args.num_samples} images {loaded.image_shape}){grid}", file=sys.stderr)
     print(json.dumps(summary), flush=True)
     return summary
 
