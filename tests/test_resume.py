@@ -13,7 +13,6 @@ import pytest
 from test_training_common import REPO, assert_identical, ckpt_tensors, image_data, make_images, run, tiny_dict, write_yaml
 
 
-@pytest.mark.slow
 def test_resume_is_bit_exact_including_data_order(tmp_path):
     """N steps straight == N/2 steps, stop, resume, N/2 steps: model, EMA, optimizer bit-identical.
 
