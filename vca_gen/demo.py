@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-images", type=int, default=None, help="held-out real images for the FID floor; 0 = skip (1000)")
     p.add_argument("--batch-size", type=int, default=None, help="sampling batch size (125)")
     p.add_argument("--seed", type=int, default=0, help="sampling base seed (0)")
+    p.add_argument("--eval-steps", default=None,
+                   help="comma-separated training steps to sample and score, from 0 (untrained), mid and final "
+                        "(default: all three)")
     return p
 
 
@@ -178,6 +181,11 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg, eval_steps = demo_config(out, s.get("steps"), args.quick)
+    if args.eval_steps:
+        wanted = sorted({int(v) for v in str(args.eval_steps).split(",") if v.strip()})
+        if not wanted or not set(wanted) <= set(eval_steps):
+            raise ValueError(f"--eval-steps {args.eval_steps}: checkpoints exist for steps {eval_steps} only")
+        eval_steps = wanted
     train_dir = Path(cfg.train.output_dir)
     untrained = export_initial(cfg, out / "untrained")
     print(f"[demo] training {cfg.model.name} ({cfg.model.attention}) for {cfg.train.max_steps} steps -> {train_dir}",
