@@ -39,7 +39,7 @@ QUICK = {"steps": 20, "num_samples": 10, "ref_images": 20, "real_images": 10, "s
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vca_gen.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="output directory (runs/demo)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (config: 3000; --quick: 20)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: train.max_steps of configs/demo.yaml; --quick: 20)")
     p.add_argument("--quick", action="store_true", help="tiny smoke version (a minute or two on CPU)")
     p.add_argument("--num-samples", type=int, default=None, help="samples per evaluated checkpoint (1000)")
     p.add_argument("--sampler", default=None, help="sampler for the demo FIDs (euler)")

@@ -51,7 +51,9 @@ def check_batch_shape(dataset, cfg: DictConfig, encodes_on_the_fly: bool) -> Non
     x, _ = dataset[ItemKey(0, 0)]
     m = cfg.model
     if encodes_on_the_fly:
-        expected = (3, int(cfg.data.image_size), int(cfg.data.image_size))
+        from vca_gen.data.config import image_channels
+
+        expected = (image_channels(cfg.data), int(cfg.data.image_size), int(cfg.data.image_size))
         what = "images for on-the-fly VAE encoding"
     else:
         expected = (int(m.in_channels), int(m.input_size), int(m.input_size))
