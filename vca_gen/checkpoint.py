@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from vca_gen.utils.io import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file
+
 COMPLETE = "COMPLETE"
 CKPT_RE = re.compile(r"^step_(\d{8,})$")
 # Testing hook: seconds to sleep half-way through writing a checkpoint (to kill it mid-write).
@@ -47,35 +49,6 @@ SLOW_SAVE_ENV = "VCA_GEN_TEST_SLOW_SAVE"
 
 class CheckpointError(RuntimeError):
     """A checkpoint or export is missing, incomplete or does not fit the model."""
-
-
-# ----------------------------------------------------------------------------- file helpers
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename (never a half-written file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _cpu_state(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

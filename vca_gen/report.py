@@ -7,10 +7,10 @@
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from vca_gen.utils.io import atomic_open, atomic_write_text
 
 
 def read_scalars(log_dir: str | Path, tag: str) -> list[tuple[int, float]]:
@@ -31,10 +31,8 @@ def read_scalars(log_dir: str | Path, tag: str) -> list[tuple[int, float]]:
 
 
 def _atomic_png(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
     return path
 
 
@@ -121,8 +119,5 @@ def write_report(path: str | Path, r: dict) -> Path:
         f"- total time: {r['total_minutes']:.1f} min",
         "",
     ]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -30,7 +30,6 @@ on resume; run ``LatentStore(path, verify="eager")`` once after copying a store 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -43,6 +42,7 @@ from torch.utils.data import Dataset
 from vca_gen.data.config import VERIFY_MODES
 from vca_gen.data.sampler import item_generator, split_key
 from vca_gen.data.vae import LatentNormalizer, as_normalizer
+from vca_gen.utils.io import atomic_write_json, sha256_file
 
 FORMAT, VERSION = "vca-gen-latents", 1
 MANIFEST = "manifest.json"
@@ -54,12 +54,6 @@ class StoreError(ValueError):
     """A latent store is missing, incomplete, corrupt or incompatible."""
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shard_name(k: int) -> str:
@@ -67,14 +61,8 @@ def shard_name(k: int) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON (sorted keys, deterministic) to ``path.tmp`` then rename over ``path``."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON (sorted keys, deterministic) atomically."""
+    atomic_write_json(path, obj, indent=1)
 
 
 def same_vae(a: Optional[str], b: Optional[str]) -> bool:

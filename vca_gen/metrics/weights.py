@@ -15,7 +15,6 @@ fid-helper's ``default_1.pt`` is ``WrapNet`` with ``.net.layers`` and no resize.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from vca_gen.metrics.errors import InceptionWeightsNotFound, InputFormatError
+from vca_gen.utils.io import sha256_file as file_sha256
 
 CLEANFID_NAME = "inception-2015-12-05.pt"
 FID_HELPER_NAME = "default_1.pt"
@@ -77,12 +77,6 @@ def _how_to_get() -> str:
             f"--inception PATH (env VCA_GEN_INCEPTION). Nothing is downloaded automatically.")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_inception_layers(path: str | os.PathLike, device: torch.device) -> torch.nn.Module:

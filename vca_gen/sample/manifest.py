@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from vca_gen.utils.io import atomic_write_json, sha256_file
 
 from .plan import SamplingError
 
@@ -32,9 +32,7 @@ def checkpoint_hash(path: str | Path) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
+        sha256_file(f, h)
     return h.hexdigest()
 
 
@@ -62,11 +60,7 @@ def read_manifest(out_dir: Path) -> dict | None:
 def write_manifest(out_dir: Path, settings: dict) -> None:
     """Write ``sampling.json`` atomically."""
     p = Path(out_dir) / MANIFEST
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_canon(settings), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, p)
+    atomic_write_json(p, _canon(settings), indent=2)
 
 
 def check_resume(out_dir: Path, settings: dict, overwrite: bool) -> list[str]:
