@@ -28,6 +28,15 @@ def _steps(n: int, progress: bool):
     return it
 
 
+def _predict(diffusion: GaussianDiffusion, model_fn: Callable, x: torch.Tensor, i: int, labels: torch.Tensor,
+             fixed_variance: str, clip_denoised: bool):
+    """One model call at respaced step ``i``: the step's timestep tensor (B,) and p(x_{t-1} | x_t)."""
+    t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+    model_out = model_fn(x, diffusion.model_time(t), labels)
+    variance = resolve_variance(x.shape[1], model_out.shape[1], fixed_variance)
+    return t, diffusion.p_mean_variance(model_out, x, t, variance, clip_denoised)
+
+
 def ddpm_sample(
     diffusion: GaussianDiffusion,
     model_fn: Callable,
@@ -43,12 +52,8 @@ def ddpm_sample(
     The variance is learned-range for 2·C model outputs, ``fixed_variance`` for C outputs.
     """
     x = noise
-    b = x.shape[0]
     for i in _steps(diffusion.num_timesteps, progress):
-        t = torch.full((b,), i, device=x.device, dtype=torch.long)
-        model_out = model_fn(x, diffusion.model_time(t), labels)
-        variance = resolve_variance(x.shape[1], model_out.shape[1], fixed_variance)
-        out = diffusion.p_mean_variance(model_out, x, t, variance, clip_denoised)
+        t, out = _predict(diffusion, model_fn, x, i, labels, fixed_variance, clip_denoised)
         x = out["mean"]
         if i > 0:  # no noise at the last step
             x = x + torch.exp(0.5 * out["log_variance"]) * randn_like(x, generator)
@@ -71,12 +76,8 @@ def ddim_sample(
     if eta < 0:
         raise ValueError(f"ddim_eta must be >= 0, got {eta}")
     x = noise
-    b = x.shape[0]
     for i in _steps(diffusion.num_timesteps, progress):
-        t = torch.full((b,), i, device=x.device, dtype=torch.long)
-        model_out = model_fn(x, diffusion.model_time(t), labels)
-        variance = resolve_variance(x.shape[1], model_out.shape[1], fixed_variance)
-        out = diffusion.p_mean_variance(model_out, x, t, variance, clip_denoised)
+        t, out = _predict(diffusion, model_fn, x, i, labels, fixed_variance, clip_denoised)
         ab = extract(diffusion.alphas_cumprod, t, x)
         ab_prev = extract(diffusion.alphas_cumprod_prev, t, x)
         sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
