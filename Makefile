@@ -32,7 +32,7 @@ test-fast: $(STAMP) $(ASSETS_STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP) $(ASSETS_STAMP)
-	$(PY) -m vca_gen.demo
+	$(PY) -m vca_gen.apps.demo
 
 bench: $(STAMP) $(ASSETS_STAMP)
 	$(PY) bench/attention.py

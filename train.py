@@ -24,24 +24,24 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args(argv)
 
-    from vca_gen.checkpoint import CheckpointError
-    from vca_gen.config import ConfigError
+    from vca_gen.experiment.checkpoint import CheckpointError
+    from vca_gen.experiment.schema import ConfigError
 
     try:
         if args.export:
-            from vca_gen.checkpoint import export
+            from vca_gen.experiment.checkpoint import export
 
             print(f"exported to {export(*args.export)}")
             return 0
         if not args.config:
             ap.error("--config is required (or --export CKPT OUT)")
-        from vca_gen.config import load_config, to_yaml
+        from vca_gen.experiment.schema import load_config, to_yaml
 
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(to_yaml(cfg))
             return 0
-        from vca_gen.training import NonFiniteLossError, train
+        from vca_gen.train.trainer import NonFiniteLossError, train
 
         try:
             summary = train(cfg)

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from vca_gen.models import create_model  # noqa: E402
-from vca_gen.objective import build_objective  # noqa: E402
+from vca_gen.objectives import build_objective  # noqa: E402
 from vca_gen.utils.rng import per_sample_generators  # noqa: E402
 
 # (objective kind, sampler, steps, options, quick steps)

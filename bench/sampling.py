@@ -12,7 +12,7 @@ the model evaluations, NFE, and times the sampler's own arithmetic, ``t_overhead
 the model; it is counted with the stand-in (a smooth contraction), so that row is indicative only
 (and note that the flow ODE sampler passes every output-grid time to dopri5 as a forced step, so
 its NFE grows with ``steps``).
-Feature extraction: ``vca_gen.metrics.bench.feature_throughput`` (clean mode, 32 px inputs), with
+Feature extraction: ``features_lib.feature_throughput`` (clean mode, 32 px inputs), with
 CPU utilisation = process CPU time / wall time (2.0 = both cores busy).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vca_gen.objective import build_objective  # noqa: E402
+from vca_gen.objectives import build_objective  # noqa: E402
 from vca_gen.utils import rng  # noqa: E402
 
 
@@ -91,10 +91,10 @@ def _steps(objective, sampler):
 
 def demo_model(ckpt_dir):
     """The demo model: trained EMA weights from ``ckpt_dir`` when present, else its initial weights."""
-    from vca_gen.config import build_model, load_config
+    from vca_gen.experiment.schema import build_model, load_config
 
     if ckpt_dir and Path(ckpt_dir).exists():
-        from vca_gen.checkpoint import load_for_sampling
+        from vca_gen.experiment.checkpoint import load_for_sampling
 
         try:
             model, cfg = load_for_sampling(ckpt_dir)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--demo-ckpt", default=str(ROOT / "runs" / "demo" / "train"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling.json"))
     a = ap.parse_args(argv)
-    from vca_gen.config import build_model, config_from_dict
+    from vca_gen.experiment.schema import build_model, config_from_dict
     from vca_gen.sample.model import protocol_objective
 
     reps = 2 if a.quick else 3
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     model, dcfg, which = demo_model(a.demo_ckpt)
     rows += bench_model("demo", model, protocol_objective(dcfg.objective), 32 if a.quick else 64, reps)
 
-    from vca_gen.metrics.bench import feature_throughput
+    from features_lib import feature_throughput
 
     n = 16 if a.quick else 48
     feat = feature_throughput(n=n, batch_size=16, mode="clean", image_size=32)

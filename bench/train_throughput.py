@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Training throughput on this machine: images/s of full training steps (forward, backward, AdamW,
-EMA) through the real :class:`vca_gen.training.Trainer`, next to the data loader's items/s for the
+EMA) through the real :class:`vca_gen.train.trainer.Trainer`, next to the data loader's items/s for the
 same data, to show the loader is never the bottleneck.
 
 Rows: the demo model (``configs/demo.yaml``, Animal-MNIST pixels) and DiT-S/2 with MHSA and VCA
@@ -56,9 +56,9 @@ def make_store(root: Path, num_images: int) -> tuple[Path, Path]:
 def measure(config: str, overrides: list[str], steps: int, warmup: int, workers: int) -> dict:
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    from vca_gen.config import load_config
-    from vca_gen.data.bench import loader_throughput
-    from vca_gen.training import Trainer
+    from vca_gen.experiment.schema import load_config
+    from loader_lib import loader_throughput
+    from vca_gen.train.trainer import Trainer
 
     AcceleratorState._reset_state(True)
     PartialState._reset_state()
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         "quick": args.quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.platform(), "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
         "rows": rows,
-        "note": "CPU fp32, one process; loader = vca_gen.data.bench.loader_throughput on the same dataset",
+        "note": "CPU fp32, one process; loader = loader_lib.loader_throughput on the same dataset",
     }
     out = REPO / "bench" / "results" / f"train_throughput{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

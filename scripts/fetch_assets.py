@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = Path(os.environ.get("VCA_GEN_ASSETS", ROOT / ".assets"))
+ASSETS = Path(os.environ.get("VCA_GEN_ASSETS", ROOT / ".assets"))  # make assets: the checkout's .assets
 
 ASSET_SPECS = {
     "animal_mnist": {

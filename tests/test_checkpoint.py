@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vca_gen import checkpoint as ckpt
-from vca_gen import config as C
+from vca_gen.experiment import checkpoint as ckpt
+from vca_gen.experiment import schema as C
 
 REPO = Path(__file__).resolve().parent.parent
 

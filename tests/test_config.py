@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vca_gen import config as C
+from vca_gen.experiment import schema as C
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

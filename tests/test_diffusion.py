@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from vca_gen.diffusion import GaussianDiffusion, beta_schedule, space_timesteps
-from vca_gen.objective import DiffusionConfig, ObjectiveConfig, build_objective
+from vca_gen.objectives.diffusion import GaussianDiffusion, beta_schedule, space_timesteps
+from vca_gen.objectives import DiffusionConfig, ObjectiveConfig, build_objective
 from vca_gen.utils.rng import per_sample_generators
 
 # data N(MU, diag SD^2) on (2, 2, 2) "images"

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from vca_gen.flow import diffusion_coefficient, make_path
-from vca_gen.objective import build_objective
+from vca_gen.objectives.flow import diffusion_coefficient, make_path
+from vca_gen.objectives import build_objective
 from vca_gen.utils.rng import per_sample_generators
 
 MU = torch.tensor([0.5, -0.4, 0.0, 0.8, 0.3, -0.2, 0.6, -0.6]).view(1, 2, 2, 2)
@@ -21,7 +21,7 @@ PI = math.pi
 
 
 def coeffs(path: str, t: torch.Tensor):
-    """(α, α', σ, σ') written out independently of vca_gen.flow.path."""
+    """(α, α', σ, σ') written out independently of vca_gen.objectives.flow.path."""
     if path == "linear":
         return t, torch.ones_like(t), 1 - t, -torch.ones_like(t)
     if path == "gvp":

@@ -1,6 +1,6 @@
 import torch
 
-from vca_gen.guidance import cfg_forward
+from vca_gen.utils.guidance import cfg_forward
 from vca_gen.utils.rng import per_sample_generators, randn
 
 

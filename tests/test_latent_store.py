@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from test_data_common import tiny_setup  # noqa: F401 (fixture)
 from vca_gen.data import DataConfig, build_dataset, model_in_channels, model_input_size
 from vca_gen.data.animal_mnist import AnimalMNIST
-from vca_gen.data.bench import loader_throughput
+from loader_lib import loader_throughput
 from vca_gen.data.images import ImageFolderDataset
 from vca_gen.data.latents import LatentDataset, LatentStore, StoreError
 from vca_gen.data.latents import main as verify_main

@@ -127,7 +127,7 @@ def test_clean_mode_folder_features_equal_clean_fid_pipeline(fx, tmp_path, anima
 
 
 def test_feature_throughput_reports_rate_and_cpu_use(fx):
-    from vca_gen.metrics.bench import feature_throughput
+    from features_lib import feature_throughput
     r = feature_throughput(n=2, batch_size=2, mode="legacy_tensorflow", image_size=16, extractor=fx)
     assert r["n"] == 2 and r["mode"] == "legacy_tensorflow" and r["device"] == "cpu"
     assert r["images_per_s"] == pytest.approx(2 / r["seconds"]) and r["cpu_utilisation"] > 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vca_gen.objective import DiffusionConfig, FlowConfig, ObjectiveConfig, build_objective
+from vca_gen.objectives import DiffusionConfig, FlowConfig, ObjectiveConfig, build_objective
 
 
 # ----------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_sigkill_during_checkpoint_write(tmp_path):
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    from vca_gen import checkpoint as ckpt
+    from vca_gen.experiment import checkpoint as ckpt
 
     assert [s for s, _ in ckpt.list_checkpoints(ckroot)] == [2]
     assert (ckroot / "step_00000004.tmp").exists() and not (ckroot / "step_00000004").exists()

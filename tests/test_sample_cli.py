@@ -26,7 +26,7 @@ def make_export(path: Path, kind: str = "diffusion", depth: int = 2, seed: int =
     """A tiny VCA model with random (not adaLN-zero) weights, saved as an export directory."""
     from safetensors.torch import save_file
 
-    from vca_gen import config as C
+    from vca_gen.experiment import schema as C
 
     cfg = C.config_from_dict({
         "name": "tiny", "objective": {"kind": kind}, "data": {"kind": "animal_mnist", "image_size": 32, "vae": None},

@@ -10,7 +10,7 @@ import torch
 
 from test_training_common import (REPO, ckpt_tensors, image_data, make_images, reset_accelerate, run, tiny_dict,
                                   write_yaml)
-from vca_gen import config as C
+from vca_gen.experiment import schema as C
 
 
 def train_cli(*args: str) -> int:
@@ -66,7 +66,7 @@ def test_outputs_config_grid_and_tensorboard(tmp_path, images):
 
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, images, monkeypatch):
-    from vca_gen.training import NonFiniteLossError, Trainer
+    from vca_gen.train.trainer import NonFiniteLossError, Trainer
 
     reset_accelerate()
     cfg = C.config_from_dict(tiny_dict(tmp_path / "run", data=image_data(images), max_steps=10, ckpt_every=0,
@@ -167,7 +167,7 @@ def test_checkpoint_from_a_different_model_is_refused(tmp_path, capsys):
 
 
 def test_global_batch_must_divide_micro_batch(tmp_path):
-    from vca_gen.config import ConfigError
+    from vca_gen.experiment.schema import ConfigError
 
     with pytest.raises(ConfigError, match="micro_batch_size=3 must divide the per-process batch 4"):
         run(tiny_dict(tmp_path / "run", micro_batch_size=3))
@@ -186,7 +186,7 @@ def test_in_loop_fid_is_logged(tmp_path, images, inception_weights, monkeypatch)
     rng = np.random.default_rng(0)
     ref = tmp_path / "ref.npz"
     save_statistics(compute_statistics(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), fx), ref)
-    from vca_gen.training import Trainer
+    from vca_gen.train.trainer import Trainer
 
     reset_accelerate()
     cfg = C.config_from_dict(tiny_dict(tmp_path / "run", data=image_data(images), max_steps=1, ckpt_every=0,
@@ -200,7 +200,7 @@ def test_in_loop_fid_is_logged(tmp_path, images, inception_weights, monkeypatch)
 
 
 def test_ema_warmup_schedule():
-    from vca_gen.training import ema_decay_at, lr_at
+    from vca_gen.train.trainer import ema_decay_at, lr_at
 
     assert ema_decay_at(0, 0.9999, True) == pytest.approx(0.1) and ema_decay_at(0, 0.9999, False) == 0.9999
     assert ema_decay_at(10**6, 0.999, True) == 0.999

@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vca_gen import config as C
+from vca_gen.experiment import schema as C
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def reset_accelerate() -> None:
 
 def run(d: Dict[str, Any]) -> Dict[str, Any]:
     """Train in this process from a config dict."""
-    from vca_gen.training import train
+    from vca_gen.train.trainer import train
 
     reset_accelerate()
     return train(C.config_from_dict(d))

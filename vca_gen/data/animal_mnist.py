@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vca_gen.data.sampler import item_generator, split_key
+from vca_gen.utils.assets import assets_dir
 
 CLASSES = ("Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra")
 DATA_FILE, LABEL_FILE = "animal_data_version_3.gz", "animal_label_version_3.gz"
@@ -64,9 +65,8 @@ def load_numpy_pickle(path: str | os.PathLike) -> np.ndarray:
 
 
 def default_root() -> Path:
-    """``$VCA_GEN_ASSETS/animal_mnist`` or ``<repo>/.assets/animal_mnist``."""
-    repo = Path(__file__).resolve().parents[2]
-    return Path(os.environ.get("VCA_GEN_ASSETS", repo / ".assets")) / "animal_mnist"
+    """``<assets>/animal_mnist`` (see :func:`vca_gen.utils.assets.assets_dir`)."""
+    return assets_dir() / "animal_mnist"
 
 
 def load_arrays(root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:

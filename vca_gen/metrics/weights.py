@@ -23,17 +23,14 @@ from pathlib import Path
 import torch
 
 from vca_gen.metrics.errors import InceptionWeightsNotFound, InputFormatError
+from vca_gen.utils.assets import assets_dir
 from vca_gen.utils.io import sha256_file as file_sha256
 
 CLEANFID_NAME = "inception-2015-12-05.pt"
 FID_HELPER_NAME = "default_1.pt"
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def assets_dir() -> Path:
-    """``$VCA_GEN_ASSETS`` or ``<repo>/.assets``."""
-    return Path(os.environ.get("VCA_GEN_ASSETS", REPO_ROOT / ".assets"))
 
 
 def _cleanfid_dirs() -> list[str]:

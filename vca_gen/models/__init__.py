@@ -5,7 +5,7 @@
 """
 from vca_gen.models.attention import ATTENTION_KINDS, attention_options, build_attention
 from vca_gen.models.dit import DiT, DiTBlock, FinalLayer
-from vca_gen.models.loading import load_official_checkpoint, official_state_dict
+from vca_gen.models.official import load_official_checkpoint, official_state_dict
 from vca_gen.models.registry import SIZES, create_model, list_models, parse_model_name
 
 __all__ = [

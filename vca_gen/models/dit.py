@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from vca_gen.guidance import cfg_forward
+from vca_gen.utils.guidance import cfg_forward
 from vca_gen.models.attention import build_attention
 from vca_gen.models.embeddings import LabelEmbedder, PatchEmbed, TimestepEmbedder, get_2d_sincos_pos_embed
 
@@ -201,7 +201,7 @@ class DiT(nn.Module):
     def forward_with_cfg(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, guide_channels: Optional[int] = None
     ) -> torch.Tensor:
-        """Classifier-free guided output (see :func:`vca_gen.guidance.cfg_forward`).
+        """Classifier-free guided output (see :func:`vca_gen.utils.guidance.cfg_forward`).
 
         ``guide_channels=None`` guides every prediction channel; ``3`` reproduces DiT.
         """

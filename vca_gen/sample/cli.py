@@ -156,7 +156,7 @@ def process_state():
 
 def _weights_dir(ckpt) -> Path:
     """The directory whose weights ``load_for_sampling`` reads (a run dir resolves to its latest checkpoint)."""
-    from ..checkpoint import _find_weights_dir
+    from ..experiment.checkpoint import _find_weights_dir
 
     p = Path(ckpt)
     return p if p.is_file() else _find_weights_dir(p)
@@ -164,8 +164,8 @@ def _weights_dir(ckpt) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..checkpoint import CheckpointError
-    from ..config import ConfigError
+    from ..experiment.checkpoint import CheckpointError
+    from ..experiment.schema import ConfigError
 
     try:
         run(args)

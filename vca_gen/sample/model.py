@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..objective import DiffusionConfig, FlowConfig, Objective, build_objective
+from ..objectives import DiffusionConfig, FlowConfig, Objective, build_objective
 from ..utils import rng
 from .files import to_uint8
 from .plan import SamplingError
@@ -94,7 +94,7 @@ def _class_names(data_cfg) -> Optional[Sequence[str]]:
 
 def load(ckpt: str | Path, use_ema: bool = True, device: Any = "cpu", vae: Optional[str] = None) -> Loaded:
     """Load a checkpoint / export for sampling; ``vae`` overrides the config's ``data.vae``."""
-    from ..checkpoint import load_for_sampling
+    from ..experiment.checkpoint import load_for_sampling
 
     if not Path(ckpt).exists():
         raise SamplingError(f"--ckpt {ckpt} does not exist (expected an export directory, a training checkpoint "

@@ -1,1 +1,1 @@
-"""Training helpers used by :mod:`vca_gen.training` (set-up checks, sample grids, in-loop FID)."""
+"""Training helpers used by :mod:`vca_gen.train.trainer` (set-up checks, sample grids, in-loop FID)."""

@@ -7,7 +7,7 @@ from typing import Any, Dict, Tuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vca_gen.config import ConfigError
+from vca_gen.experiment.schema import ConfigError
 
 
 def resolve_mixed_precision(mode: str) -> str:

@@ -1,15 +1,16 @@
-"""DiT's diffusion objective behind the :class:`vca_gen.objective.Objective` interface."""
+"""DiT's diffusion objective behind the :class:`vca_gen.objectives.base.Objective` interface."""
 from __future__ import annotations
 
 from typing import Optional, Union
 
 import torch
 
-from vca_gen.diffusion.gaussian import GaussianDiffusion, resolve_variance
-from vca_gen.diffusion.respace import space_timesteps
-from vca_gen.diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_pp_sample
-from vca_gen.diffusion.schedule import beta_schedule
-from vca_gen.objective import DiffusionConfig, Objective, SampleOutput
+from vca_gen.objectives.diffusion.gaussian import GaussianDiffusion, resolve_variance
+from vca_gen.objectives.diffusion.respace import space_timesteps
+from vca_gen.objectives.diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_pp_sample
+from vca_gen.objectives.diffusion.schedule import beta_schedule
+from vca_gen.objectives.base import Objective, SampleOutput
+from vca_gen.objectives.diffusion.config import DiffusionConfig
 from vca_gen.utils import rng
 
 DIFFUSION_SAMPLERS = ("ddpm", "ddim", "dpm-solver++")

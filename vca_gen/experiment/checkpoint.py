@@ -19,7 +19,7 @@ An *export* is a directory with ``model.safetensors`` (EMA weights by default) a
 ``config.json`` (the experiment config). ``load_for_sampling`` accepts an export, a training
 checkpoint directory or a run directory (its latest complete checkpoint).
 
-CLI: ``python -m vca_gen.checkpoint export CKPT OUT [--live]``.
+CLI: ``python -m vca_gen.experiment.checkpoint export CKPT OUT [--live]``.
 """
 from __future__ import annotations
 
@@ -302,7 +302,7 @@ def load_for_sampling(path: Path | str, use_ema: bool = True, device: Any = "cpu
     ``use_ema`` picks the EMA weights of a training checkpoint (an export holds only EMA weights,
     unless it was made with ``--live``).
     """
-    from vca_gen import config as C
+    from vca_gen.experiment import schema as C
 
     p = Path(path)
     if not p.exists():
@@ -325,7 +325,7 @@ def export(ckpt: Path | str, out: Path | str, use_ema: bool = True) -> Path:
     Refuses to overwrite an existing non-empty ``out``. The weights are checked against the
     config's model before anything is written.
     """
-    from vca_gen import config as C
+    from vca_gen.experiment import schema as C
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -345,7 +345,7 @@ def export(ckpt: Path | str, out: Path | str, use_ema: bool = True) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vca_gen.checkpoint", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m vca_gen.experiment.checkpoint", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="export EMA weights + config from a checkpoint or run dir")
     ex.add_argument("ckpt", help="training checkpoint dir (step_XXXXXXXX) or run dir (latest checkpoint)")

@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vca_gen.models.attention import check_heads
-from vca_gen.models.differential import DifferentialLambda, RMSNorm, lambda_init_fn
+from vca_gen.models.attention.mhsa import check_heads
+from vca_gen.models.attention.differential import DifferentialLambda, RMSNorm, lambda_init_fn
 
 
 class DiffAttention(nn.Module):

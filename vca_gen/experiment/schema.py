@@ -1,7 +1,7 @@
 """Typed experiment configs (OmegaConf structured configs), YAML composition and validation.
 
 An experiment YAML has the sections ``model`` (:class:`ModelConfig`), ``objective``
-(:class:`vca_gen.objective.ObjectiveConfig`), ``data`` (:class:`vca_gen.data.config.DataConfig`),
+(:class:`vca_gen.objectives.base.ObjectiveConfig`), ``data`` (:class:`vca_gen.data.config.DataConfig`),
 ``train`` (:class:`TrainConfig`) and ``logging`` (:class:`LoggingConfig`), plus ``name``.
 A YAML may start with ``_base_: other.yaml`` (or a list of files; paths relative to the YAML),
 which are merged first, in order, so experiment files only state their differences.
@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vca_gen.data.config import DataConfig, model_in_channels, model_input_size, validate_data_config
-from vca_gen.objective import OBJECTIVE_KINDS, ObjectiveConfig
+from vca_gen.objectives import OBJECTIVE_KINDS, ObjectiveConfig
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "none")

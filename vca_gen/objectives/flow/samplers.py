@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from vca_gen.flow.sde import check_last_step, diffusion_coefficient
-from vca_gen.flow.transport import Transport
+from vca_gen.objectives.flow.sde import check_last_step, diffusion_coefficient
+from vca_gen.objectives.flow.transport import Transport
 from vca_gen.utils.rng import GeneratorSpec, randn_like
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")

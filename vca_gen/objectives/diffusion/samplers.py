@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from vca_gen.diffusion.gaussian import GaussianDiffusion, extract, resolve_variance
+from vca_gen.objectives.diffusion.gaussian import GaussianDiffusion, extract, resolve_variance
 from vca_gen.utils.rng import GeneratorSpec, randn_like
 
 

@@ -17,8 +17,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vca_gen.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from vca_gen.diffusion.respace import respace_betas
+from vca_gen.objectives.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from vca_gen.objectives.diffusion.respace import respace_betas
 
 VARIANCE_TYPES = ("learned_range", "large", "small")
 

@@ -1,15 +1,16 @@
-"""SiT's transport objective behind the :class:`vca_gen.objective.Objective` interface."""
+"""SiT's transport objective behind the :class:`vca_gen.objectives.base.Objective` interface."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 
-from vca_gen.flow.path import make_path
-from vca_gen.flow.samplers import ADAPTIVE_METHODS, _Model, euler_sample, heun_sample, ode_sample, sde_sample
-from vca_gen.flow.sde import check_diffusion_form, check_last_step
-from vca_gen.flow.transport import Transport
-from vca_gen.objective import FlowConfig, Objective, SampleOutput
+from vca_gen.objectives.flow.path import make_path
+from vca_gen.objectives.flow.samplers import ADAPTIVE_METHODS, _Model, euler_sample, heun_sample, ode_sample, sde_sample
+from vca_gen.objectives.flow.sde import check_diffusion_form, check_last_step
+from vca_gen.objectives.flow.transport import Transport
+from vca_gen.objectives.base import Objective, SampleOutput
+from vca_gen.objectives.flow.config import FlowConfig
 
 FLOW_SAMPLERS = ("sde", "ode", "euler", "heun")
 # steps used when sample(sampler=X) differs from the configured sampler and steps=None

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from vca_gen.flow.path import Path
+from vca_gen.objectives.flow.path import Path
 
 DIFFUSION_FORMS = ("constant", "sbdm", "sigma", "linear", "decreasing", "increasing-decreasing")
 LAST_STEPS = ("mean", "tweedie", "euler", "none")

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from vca_gen.flow.path import PREDICTIONS, Path, expand_t
+from vca_gen.objectives.flow.path import PREDICTIONS, Path, expand_t
 from vca_gen.utils import rng
 
 LOSS_WEIGHTS = ("none", "velocity", "likelihood")

@@ -28,12 +28,12 @@ from typing import Any, Dict, List, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vca_gen import checkpoint as ckpt
-from vca_gen.config import ConfigError, build_model, to_container, to_yaml
+from vca_gen.experiment import checkpoint as ckpt
+from vca_gen.experiment.schema import ConfigError, build_model, to_container, to_yaml
 from vca_gen.data.factory import build_loader
 from vca_gen.data.sampler import mix_seed
-from vca_gen.ema import EMA
-from vca_gen.objective import build_objective
+from vca_gen.train.ema import EMA
+from vca_gen.objectives import build_objective
 from vca_gen.train.helpers import (
     batch_geometry,
     build_dataset_for,

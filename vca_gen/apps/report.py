@@ -68,7 +68,7 @@ def _fmt(v, spec=".2f") -> str:
 
 
 def write_report(path: str | Path, r: dict) -> Path:
-    """Write the markdown report from the demo's result dict ``r`` (see :mod:`vca_gen.demo`)."""
+    """Write the markdown report from the demo's result dict ``r`` (see :mod:`vca_gen.apps.demo`)."""
     path = Path(path)
     rows = "\n".join(f"| {e['step']} | {_fmt(e['fid'])} | {e['n']} | {_fmt(e['sampling_seconds'], '.0f')} |"
                      for e in r["evals"])

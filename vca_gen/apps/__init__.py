@@ -1,0 +1,1 @@
+"""Applications that use every layer: the demo pipeline and its report."""
