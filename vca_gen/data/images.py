@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vca_gen.errors import UserError
 from vca_gen.data.sampler import item_generator, split_key
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -32,7 +33,7 @@ MAX_SUBSTITUTIONS = 32  # consecutive unreadable files tolerated before giving u
 COUNTER_SLOTS = 1024     # per-process unreadable counters (DataLoader workers per dataset instance)
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(UserError, RuntimeError):
     """An image file could not be decoded."""
 
 

@@ -39,6 +39,7 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
+from vca_gen.errors import UserError
 from vca_gen.data.config import VERIFY_MODES
 from vca_gen.data.sampler import item_generator, split_key
 from vca_gen.data.vae import LatentNormalizer, as_normalizer
@@ -50,7 +51,7 @@ REQUIRED_KEYS = ("format", "version", "count", "image_size", "latent_shape", "va
                  "latent_stats", "classes", "shards")
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """A latent store is missing, incomplete, corrupt or incompatible."""
 
 

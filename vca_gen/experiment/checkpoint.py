@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from vca_gen.errors import UserError
 from vca_gen.utils.io import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file
 
 COMPLETE = "COMPLETE"
@@ -47,7 +48,7 @@ CKPT_RE = re.compile(r"^step_(\d{8,})$")
 SLOW_SAVE_ENV = "VCA_GEN_TEST_SLOW_SAVE"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint or export is missing, incomplete or does not fit the model."""
 
 

@@ -26,6 +26,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vca_gen.errors import UserError
 from vca_gen.data.config import DataConfig, model_in_channels, model_input_size, validate_data_config
 from vca_gen.objectives import OBJECTIVE_KINDS, ObjectiveConfig
 
@@ -34,7 +35,7 @@ TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvc
 BASE_KEY = "_base_"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Invalid experiment config: the message names the key, the value and what is accepted."""
 
 

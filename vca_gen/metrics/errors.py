@@ -1,8 +1,10 @@
 """Errors raised by :mod:`vca_gen.metrics`; the CLI turns every one into a message and exit code 2."""
 from __future__ import annotations
 
+from vca_gen.errors import UserError
 
-class MetricsError(Exception):
+
+class MetricsError(UserError):
     """Base class: a problem with the user's input, not a bug."""
 
 

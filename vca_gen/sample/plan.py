@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
+from vca_gen.errors import UserError
 
-class SamplingError(ValueError):
+
+class SamplingError(UserError, ValueError):
     """Bad input to a sampling run (reported to the user without a traceback)."""
 
 

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vca_gen.errors import UserError
 from vca_gen.experiment import checkpoint as ckpt
 from vca_gen.experiment.schema import ConfigError, build_model, to_container, to_yaml
 from vca_gen.data.factory import build_loader
@@ -48,7 +49,7 @@ from vca_gen.utils.rng import per_sample_generators
 SEED_STREAM_STEP = 7  # seed stream tag of the per-sample training generators
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot start or continue (message says why and what to change)."""
 
 
