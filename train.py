@@ -3,7 +3,7 @@
 
     accelerate launch train.py --config configs/dit_s2_vca.yaml [key=value ...]
     python train.py --config configs/demo.yaml train.max_steps=100 train.output_dir=runs/try
-    python train.py --export RUN_OR_CHECKPOINT OUT_DIR      # EMA weights + config.json
+    python train.py --export RUN_OR_CHECKPOINT OUT_DIR      # EMA weights + config.json + decoder.json
 
 Overrides are dotted config keys (``train.lr=2e-4 model.attention=mhsa``). The run directory is
 ``train.output_dir``; ``train.resume=auto`` (default) continues from its latest complete checkpoint.
@@ -19,19 +19,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--config", help="experiment YAML (see configs/)")
-    ap.add_argument("--export", nargs=2, metavar=("CKPT", "OUT"), help="export EMA weights of a checkpoint or run dir")
+    ap.add_argument("--export", nargs=2, metavar=("CKPT", "OUT"),
+                    help="write a stand-alone export (EMA weights, experiment, decoder.json) of a checkpoint or run dir")
+    ap.add_argument("--live", action="store_true", help="with --export: the live weights instead of the EMA")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = ap.parse_args(argv)
 
-    from vca_gen.experiment.checkpoint import CheckpointError
-    from vca_gen.experiment.schema import ConfigError
+    from vca_gen.errors import cli_boundary
 
-    try:
+    def work() -> int:
         if args.export:
             from vca_gen.experiment.checkpoint import export
 
-            print(f"exported to {export(*args.export)}")
+            print(f"exported {'live' if args.live else 'EMA'} weights to {export(*args.export, use_ema=not args.live)}")
             return 0
         if not args.config:
             ap.error("--config is required (or --export CKPT OUT)")
@@ -46,14 +47,13 @@ def main(argv=None) -> int:
         try:
             summary = train(cfg)
         except NonFiniteLossError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"train.py: error: {e}", file=sys.stderr)
             return 3
         if summary["is_main_process"]:
             print(f"finished at step {summary['step']}; run directory {summary['output_dir']}")
         return 0
-    except (ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    return cli_boundary("train.py", work)
 
 
 if __name__ == "__main__":

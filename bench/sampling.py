@@ -97,7 +97,7 @@ def demo_model(ckpt_dir):
         from vca_gen.experiment.checkpoint import load_for_sampling
 
         try:
-            model, cfg = load_for_sampling(ckpt_dir)
+            model, cfg, _, _ = load_for_sampling(ckpt_dir)
             return model, cfg, f"trained ({ckpt_dir})"
         except Exception as e:  # noqa: BLE001 - fall back, and say so in the output
             print(f"  (cannot load {ckpt_dir}: {e}; using initial weights)")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vca_gen.experiment import checkpoint as ckpt
+from vca_gen.experiment import build as B
 from vca_gen.experiment import schema as C
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def cfg_model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ck")
     cfg = tiny_cfg(tmp)
     torch.manual_seed(0)
-    return cfg, C.build_model(cfg)
+    return cfg, B.build_model(cfg)
 
 
 def test_layout_and_safe_loading(tmp_path, cfg_model):
@@ -96,12 +97,21 @@ def test_resave_same_step_replaces_atomically(tmp_path, cfg_model):
 def test_checkpoint_from_a_different_model_names_the_mismatch(tmp_path, cfg_model):
     cfg, model = cfg_model
     path = write_ckpt(tmp_path, 1, model, cfg)
-    other = C.build_model(tiny_cfg(tmp_path, attention="mhsa", attention_options={}, learn_sigma=False))
+    other = B.build_model(tiny_cfg(tmp_path, attention="mhsa", attention_options={}, learn_sigma=False))
     with pytest.raises(ckpt.CheckpointError) as e:
         ckpt.load_state_into(other, ckpt.load_tensors(path / "model.safetensors"), "ckpt")
     msg = str(e.value)
     assert "unexpected keys" in msg and "blocks.0.attn." in msg
     assert "shape mismatches" in msg and "final_layer.linear.weight" in msg
+
+
+def train_cli(*argv) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_cli", Path(__file__).resolve().parent.parent / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(list(argv))
 
 
 def test_export_and_load_for_sampling(tmp_path, cfg_model, capsys):
@@ -110,29 +120,31 @@ def test_export_and_load_for_sampling(tmp_path, cfg_model, capsys):
     path = ckpt.save_checkpoint(tmp_path / "run" / "checkpoints", 3, model_state=model.state_dict(), ema_state=ema,
                                 optimizer_state={}, rng_states=[ckpt.capture_rng_state()], state={"step": 3},
                                 config_yaml=C.to_yaml(cfg))
-    m_ema, cfg2 = ckpt.load_for_sampling(path)
-    m_live, _ = ckpt.load_for_sampling(path, use_ema=False)
-    m_run, _ = ckpt.load_for_sampling(tmp_path / "run")  # run dir → latest checkpoint
+    m_ema, cfg2, spec, _ = ckpt.load_for_sampling(path)
+    m_live, *_ = ckpt.load_for_sampling(path, use_ema=False)
+    m_run, *_ = ckpt.load_for_sampling(tmp_path / "run")  # run dir → latest checkpoint
+    assert spec is None  # saved without a decoder description (as older versions did)
     w = "final_layer.linear.bias"
     assert torch.equal(m_ema.state_dict()[w], ema[w]) and torch.equal(m_live.state_dict()[w], model.state_dict()[w])
     assert torch.equal(m_run.state_dict()[w], ema[w]) and not m_ema.training
     assert cfg2.model.attention == "vca"
 
     out = tmp_path / "export"
-    assert ckpt.main(["export", str(tmp_path / "run"), str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert train_cli("--export", str(tmp_path / "run"), str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "decoder.json", "model.safetensors"]
     assert json.loads((out / "config.json").read_text())["model"]["name"] == "DiT-S/4"
-    m_exp, cfg3 = ckpt.load_for_sampling(out)
+    m_exp, cfg3, spec3, _ = ckpt.load_for_sampling(out)
+    assert spec3 is not None and spec3.vae is None  # pixel space: nothing to decode
     assert torch.equal(m_exp.state_dict()[w], ema[w]) and C.to_container(cfg3) == C.to_container(cfg)
     # the export is loadable by create_model directly
     from safetensors.torch import load_file
     from vca_gen.models import create_model
 
-    fresh = create_model(cfg3.model.name, **C.model_kwargs(cfg3.model))
+    fresh = create_model(cfg3.model.name, **B.model_kwargs(cfg3.model))
     fresh.load_state_dict(load_file(out / "model.safetensors"))
     # refusing to overwrite: non-zero exit, export untouched
     before = (out / "model.safetensors").read_bytes()
-    assert ckpt.main(["export", str(path), str(out)]) == 2
+    assert train_cli("--export", str(path), str(out)) == 2
     assert "not empty" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == before
 

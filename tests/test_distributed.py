@@ -41,8 +41,8 @@ def test_two_processes_match_one(tmp_path):
     images = make_images(tmp_path / "images")
     runs = {}
     for n in (1, 2):
-        d = tiny_dict(tmp_path / f"run{n}", data=image_data(images), max_steps=4, ckpt_every=2, sample_every=4,
-                      sample_num=2)
+        d = tiny_dict(tmp_path / f"run{n}", data=image_data(images), max_steps=4, ckpt_every=2,
+                      grid={"every": 4, "num": 2})
         d["logging"] = {"tracker": "tensorboard"}
         out = launch(write_yaml(tmp_path / f"c{n}.yaml", d), n)
         assert out.returncode == 0, out.stderr[-3000:]

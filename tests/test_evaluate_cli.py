@@ -1,9 +1,11 @@
 """evaluate_fid.py / vca_gen.metrics: bad input -> clear error, exit code 2, nothing written.
 
-All checks here fail before Inception would run (inputs are validated first), so they are fast.
+All checks here fail before Inception would run (inputs are validated first), so they are fast;
+the notes on metrics from too few images are checked with a stand-in extractor (``FakeExtractor``).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -192,3 +194,114 @@ def test_bad_image_folders(tmp_path, capsys):
     code, _, err = _run_cli([junk, "--make-ref", tmp_path / "ref.npz"], capsys)
     assert code == 2 and "cannot identify image file" in err and "a.png" in err
     assert not (tmp_path / "ref.npz").exists()
+
+
+# ------------------------------------------------------------ notes on metrics from too few images
+class FakeExtractor:
+    """Stands in for Inception in CLI tests: fixed random projections of the pixels to ``POOL_DIM``
+    pool and ``SPATIAL_DIM`` spatial features (deterministic, no weights, milliseconds)."""
+
+    POOL_DIM, SPATIAL_DIM = 64, 48
+
+    def __init__(self, mode="clean", device=None, weights=None):
+        self.mode = mode
+        self.weights_path = Path("fake-inception.pt")
+        self.weights_sha256 = "f" * 64
+
+    def __call__(self, images, mode=None):
+        from vca_gen.metrics.inception import FeatureBatch
+
+        x = np.asarray(images, np.float64).reshape(len(images), -1) / 255.0
+        rng = np.random.default_rng(x.shape[1])
+        w = rng.normal(size=(x.shape[1], self.POOL_DIM + self.SPATIAL_DIM)) / np.sqrt(x.shape[1])
+        f = (x @ w).astype(np.float32)
+        return FeatureBatch(f[:, :self.POOL_DIM], f[:, self.POOL_DIM:])
+
+
+@pytest.fixture
+def fake_inception(monkeypatch):
+    monkeypatch.setattr(cli, "InceptionFeatureExtractor", FakeExtractor)
+    return FakeExtractor
+
+
+def _score(tmp_path, capsys, n, n_ref, *extra, seed=0):
+    s, r = tmp_path / f"s{n}.npz", tmp_path / f"r{n_ref}.npz"
+    np.savez(s, arr_0=_images(n, 8, seed=seed))
+    np.savez(r, arr_0=_images(n_ref, 8, seed=seed + 100))
+    code, out, err = _run_cli([s, "--ref", r, "--no-progress", "--device", "cpu", "--threads", "1", *extra], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    return result, out
+
+
+def _notes(result, prefix):
+    return [n for n in result["notes"] if n.startswith(prefix + ":")]
+
+
+def test_fid_from_fewer_images_than_feature_dims_is_noted(tmp_path, capsys, fake_inception):
+    d, ds = FakeExtractor.POOL_DIM, FakeExtractor.SPATIAL_DIM
+    # 50 samples: fewer than the 64 pool dimensions (noted), more than the 48 spatial ones (not noted)
+    result, out = _score(tmp_path, capsys, 50, 80)
+    assert isinstance(result["notes"], list) and all(isinstance(n, str) for n in result["notes"])
+    (fid_note,) = _notes(result, "fid")
+    assert f"its {d} feature dimensions (samples 50):" in fid_note
+    assert "rank-deficient" in fid_note and f"note      : {fid_note}" in out
+    assert result["fid"] is not None and result["fid"] > 0  # still computed
+    assert not _notes(result, "sfid") and result["sfid"] is not None
+    # 40 reference images: both sides below 64 and the spatial 48 too
+    result, _ = _score(tmp_path, capsys, 50, 40)
+    (fid_note,) = _notes(result, "fid")
+    assert "(samples 50, reference 40):" in fid_note
+    (sfid_note,) = _notes(result, "sfid")
+    assert f"its {ds} feature dimensions (reference 40):" in sfid_note
+    # enough images on both sides: no note at all
+    result, _ = _score(tmp_path, capsys, 70, 80)
+    assert result["notes"] == [] and result["fid"] is not None
+
+
+def _mmd2_unbiased(x, y):
+    d = x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    m = len(x)
+    return ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
+
+
+def test_kid_with_fewer_images_than_the_subset_size_is_noted(tmp_path, capsys, fake_inception):
+    # 10 vs 10 images, default --kid-subset-size 1000: subsets are the whole sets -> std 0 by construction
+    result, out = _score(tmp_path, capsys, 10, 10, "--kid", "--kid-subsets", "7")
+    assert result["kid_subset_size"] == 10 and result["kid_subsets"] == 7
+    (note,) = _notes(result, "kid")
+    assert "subsets of 10 images, not the requested --kid-subset-size 1000" in note and "0 by construction" in note
+    assert f"note      : {note}" in out and "(subsets of 10)" in out
+    fx = FakeExtractor()
+    x = fx(_images(10, 8, seed=0)).pool.astype(np.float64)
+    y = fx(_images(10, 8, seed=100)).pool.astype(np.float64)
+    assert result["kid"] == pytest.approx(_mmd2_unbiased(x, y), rel=1e-9)
+    assert abs(result["kid_std"]) <= 1e-12 * abs(result["kid"])
+    # one set smaller than requested: subsets of 10, the std understates the spread
+    result, _ = _score(tmp_path, capsys, 10, 30, "--kid", "--kid-subset-size", "20")
+    (note,) = _notes(result, "kid")
+    assert result["kid_subset_size"] == 10 and "requested --kid-subset-size 20" in note and "understates" in note
+    # both sets at least the subset size: no note, the requested size is used, a real spread
+    result, _ = _score(tmp_path, capsys, 10, 30, "--kid", "--kid-subset-size", "5")
+    assert result["kid_subset_size"] == 5 and not _notes(result, "kid") and result["kid_std"] > 0
+
+
+def test_precision_recall_with_too_few_images_for_k_is_noted(tmp_path, capsys, fake_inception):
+    result, out = _score(tmp_path, capsys, 10, 3, "--pr", "--pr-k", "3")
+    (note,) = _notes(result, "precision_recall")
+    assert "more than k=3 images per set" in note and "samples have 10, the reference 3" in note
+    assert result["precision"] is None and result["recall"] is None and f"note      : {note}" in out
+    result, _ = _score(tmp_path, capsys, 10, 4, "--pr", "--pr-k", "3")
+    assert not _notes(result, "precision_recall") and result["precision"] is not None
+    assert result["n_ref_features"] == 4
+
+
+def test_make_ref_from_few_images_is_noted(tmp_path, capsys, fake_inception):
+    s = tmp_path / "s.npz"
+    np.savez(s, arr_0=_images(12, 8))
+    code, out, err = _run_cli([s, "--make-ref", tmp_path / "ref.npz", "--no-progress", "--device", "cpu"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    (note,) = result["notes"]
+    assert "statistics of 12 images, fewer than the 64 feature dimensions" in note and f"note      : {note}" in out

@@ -16,7 +16,7 @@ from vca_gen.data.images import ImageFolderDataset
 from vca_gen.data.latents import LatentDataset, LatentStore, StoreError
 from vca_gen.data.latents import main as verify_main
 from vca_gen.data.sampler import ItemKey, ResumableLoader, item_generator
-from vca_gen.data.vae import LatentNormalizer, decode, encode_latents, encode_moments, load_vae
+from vca_gen.data.vae import LatentNormalizer, VAELoadError, decode, encode_latents, encode_moments, load_vae
 from vca_gen.utils.rng import per_sample_generators
 
 
@@ -158,5 +158,5 @@ def test_vae_helpers(tiny_setup):
         decode(vae, z[:, :3])
     with pytest.raises(OSError, match=r"pre-download it into the Hugging Face cache.*or pass a local folder"):
         load_vae("vca-gen-test/no-such-vae")
-    with pytest.raises(FileNotFoundError, match="is not an existing folder"):
+    with pytest.raises(VAELoadError, match="is not an existing folder"):
         load_vae(str(vae_dir / "missing"))

@@ -7,6 +7,7 @@ from scipy.spatial.distance import cdist
 
 from vca_gen.metrics import (InputFormatError, RunningMoments, frechet_distance, frechet_distance_from_features,
                              kernel_inception_distance, precision_recall)
+from vca_gen.metrics.scores import kid_subset_size
 
 
 def _gaussian_features(rng, n, d, shift=0.0, scale=1.0):
@@ -86,6 +87,20 @@ def test_kid_equals_unbiased_mmd_with_one_full_subset():
     kid, std = kernel_inception_distance(x, y, num_subsets=1, max_subset_size=25)
     assert kid == pytest.approx(_mmd2_unbiased_loops(x, y, 6), rel=1e-10)
     assert std == 0.0
+
+
+def test_kid_subset_size_is_clipped_to_the_smaller_set():
+    assert kid_subset_size(10, 30, 1000) == 10 and kid_subset_size(30, 12, 1000) == 12
+    assert kid_subset_size(5000, 3000, 1000) == 1000
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(12, 6)), rng.normal(size=(12, 6)) + 0.3
+    # a requested size above both set sizes: every subset is a permutation of both whole sets, so
+    # the mean is the full-set unbiased MMD^2 and the spread over subsets vanishes
+    kid, std = kernel_inception_distance(x, y, num_subsets=9, max_subset_size=1000)
+    assert kid == pytest.approx(_mmd2_unbiased_loops(x, y, 6), rel=1e-10)
+    assert std <= 1e-12 * abs(kid)
+    _, std_small = kernel_inception_distance(x, y, num_subsets=9, max_subset_size=6)
+    assert std_small > 1e-6 * abs(kid)
 
 
 def test_kid_near_zero_for_same_distribution_and_positive_otherwise():

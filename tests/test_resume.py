@@ -58,7 +58,7 @@ def test_sigkill_during_checkpoint_write(tmp_path):
 
     assert [s for s, _ in ckpt.list_checkpoints(ckroot)] == [2]
     assert (ckroot / "step_00000004.tmp").exists() and not (ckroot / "step_00000004").exists()
-    model, _ = ckpt.load_for_sampling(tmp_path / "run")  # previous checkpoint loads
+    model, *_ = ckpt.load_for_sampling(tmp_path / "run")  # previous checkpoint loads
     assert model is not None
     out = subprocess.run([sys.executable, "train.py", "--config", str(cfg)], cwd=REPO, capture_output=True,
                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)

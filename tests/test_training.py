@@ -42,8 +42,8 @@ def test_micro_batches_match_the_full_batch(tmp_path, images):
 
 
 def test_outputs_config_grid_and_tensorboard(tmp_path, images):
-    d = tiny_dict(tmp_path / "run", data=image_data(images), max_steps=2, ckpt_every=2, sample_every=2,
-                  sample_num=4, sample_nrow=2)
+    d = tiny_dict(tmp_path / "run", data=image_data(images), max_steps=2, ckpt_every=2,
+                  grid={"every": 2, "num": 4, "nrow": 2})
     d["logging"] = {"tracker": "tensorboard"}
     summary = run(d)
     out = tmp_path / "run"
@@ -102,7 +102,7 @@ def test_images_encoded_on_the_fly_with_a_vae(tmp_path, images):
 
     vae = make_tiny_vae(tmp_path / "vae")
     data = image_data(images, image_size=16, vae=str(vae), vae_downsample=2)
-    summary = run(tiny_dict(tmp_path / "run", data=data, max_steps=2, ckpt_every=2, sample_every=2, sample_num=2))
+    summary = run(tiny_dict(tmp_path / "run", data=data, max_steps=2, ckpt_every=2, grid={"every": 2, "num": 2}))
     cfg = C.load_config(tmp_path / "run/config.yaml")
     assert (cfg.model.in_channels, cfg.model.input_size) == (4, 8)
     assert summary["step"] == 2 and (tmp_path / "run/samples/step_00000002.png").is_file()
@@ -159,8 +159,8 @@ def test_checkpoint_from_a_different_model_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert train_cli("--config", str(cfg), "model.depth=1", "model.hidden_size=64", "train.max_steps=2") == 2
     err = capsys.readouterr().err
-    assert "different model/objective" in err and "model.depth: checkpoint 2 vs config 1" in err
-    assert "model.hidden_size: checkpoint 32 vs config 64" in err
+    assert "was saved by a different run" in err and "model.depth: checkpoint 2 vs now 1" in err
+    assert "model.hidden_size: checkpoint 32 vs now 64" in err
     assert train_cli("--config", str(cfg), "objective.kind=flow", "train.max_steps=2") == 2
     assert "objective.kind: checkpoint 'diffusion' vs config 'flow'" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts} == files
@@ -176,7 +176,7 @@ def test_global_batch_must_divide_micro_batch(tmp_path):
 
 @pytest.mark.slow
 def test_in_loop_fid_is_logged(tmp_path, images, inception_weights, monkeypatch):
-    """train.fid_every computes a small-sample FID of EMA samples against reference statistics."""
+    """train.fid.every computes a small-sample FID of EMA samples against reference statistics."""
     import numpy as np
 
     from vca_gen.metrics import InceptionFeatureExtractor, compute_statistics, save_statistics
@@ -190,7 +190,7 @@ def test_in_loop_fid_is_logged(tmp_path, images, inception_weights, monkeypatch)
 
     reset_accelerate()
     cfg = C.config_from_dict(tiny_dict(tmp_path / "run", data=image_data(images), max_steps=1, ckpt_every=0,
-                                       fid_every=1, fid_num_samples=6, fid_ref=str(ref)))
+                                       fid={"every": 1, "num_samples": 10, "ref": str(ref)}))
     tr = Trainer(cfg)
     monkeypatch.setattr("vca_gen.metrics.InceptionFeatureExtractor", lambda mode, device: fx)
     logged = {}

@@ -28,7 +28,7 @@ def tiny_dict(out: Path, data: Dict[str, Any] | None = None, **train: Any) -> Di
         "objective": {"kind": "diffusion", "diffusion": {"sample_steps": "3"}},
         "data": data or {"kind": "animal_mnist", "image_size": 32, "vae": None, "num_workers": 0, "split": "a"},
         "train": {"global_batch_size": 4, "max_steps": 6, "lr": 1e-3, "warmup_steps": 2, "grad_clip": 1.0,
-                  "ema_decay": 0.9, "log_every": 2, "ckpt_every": 3, "sample_every": 0, "keep_last": 0,
+                  "ema_decay": 0.9, "log_every": 2, "ckpt_every": 3, "grid": {"every": 0}, "keep_last": 0,
                   "output_dir": str(out), **train},
         "logging": {"tracker": "none"},
     }

@@ -18,6 +18,10 @@ class UserError(Exception):
     """An error the user can fix; the message names the value, where it came from and what is accepted."""
 
 
+class ConfigError(UserError, ValueError):
+    """Invalid experiment config: the message names the key, the value and what is accepted."""
+
+
 def report(tool: str, err: BaseException) -> None:
     """Print ``<tool>: error: <message>`` (one line) to stderr."""
     msg = " ".join(str(err).split("\n")).strip() or type(err).__name__
@@ -34,4 +38,4 @@ def cli_boundary(tool: str, fn: Callable[[], int | None]) -> int:
     return 0 if rc is None else int(rc)
 
 
-__all__ = ["UserError", "EXIT_USAGE", "report", "cli_boundary"]
+__all__ = ["UserError", "ConfigError", "EXIT_USAGE", "report", "cli_boundary"]

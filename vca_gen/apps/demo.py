@@ -65,7 +65,7 @@ def settings(args) -> dict:
 # ---------------------------------------------------------------------------------------- training
 def demo_config(out: Path, steps: Optional[int], quick: bool):
     """``configs/demo.yaml`` with the run directory under ``out`` and a checkpoint at mid-training."""
-    from .config import load_config
+    from vca_gen.experiment.schema import load_config
 
     base = load_config(CONFIG, QUICK_OVERRIDES if quick else [])
     total = int(steps if steps is not None else base.train.max_steps)
@@ -82,7 +82,7 @@ def export_initial(cfg, path: Path) -> Path:
     """The untrained model: initial weights exactly as the trainer creates them, as an export."""
     from safetensors.torch import save_file
 
-    from .config import build_model, to_container
+    from vca_gen.experiment.schema import build_model, to_container
 
     if (path / "model.safetensors").is_file():
         return path
@@ -100,7 +100,7 @@ def export_initial(cfg, path: Path) -> Path:
 
 def train_model(cfg) -> float:
     """Train (or finish training) the demo run; returns the training minutes over all invocations."""
-    from .training import train
+    from vca_gen.train.trainer import train
 
     record = Path(cfg.train.output_dir) / "demo_train_minutes.json"
     before = json.loads(record.read_text())["minutes"] if record.is_file() else 0.0
@@ -114,8 +114,8 @@ def train_model(cfg) -> float:
 # ---------------------------------------------------------------------------------------- metrics
 def balanced_real(split: str, n: int):
     """The first ``n / 10`` images of each class of Animal-MNIST ``split``, as a metrics source."""
-    from .data.animal_mnist import CLASSES, load_arrays, split_indices
-    from .metrics.sources import AnimalMNISTSource, ArraySource
+    from vca_gen.data.animal_mnist import CLASSES, load_arrays, split_indices
+    from vca_gen.metrics.sources import AnimalMNISTSource, ArraySource
 
     k = n // len(CLASSES)
     if k < 1 or n % len(CLASSES):
@@ -128,7 +128,7 @@ def balanced_real(split: str, n: int):
 
 
 def reference(out: Path, n: int, fx) -> Path:
-    from .metrics import compute_statistics, save_statistics
+    from vca_gen.metrics import compute_statistics, save_statistics
 
     path = out / f"ref_animal_mnist_a{n}_clean.npz"
     if not path.is_file():
@@ -151,9 +151,9 @@ def cached_json(path: Path, newer_than: Sequence[Path], compute) -> dict:
 
 def sample_and_score(ckpt: Path, out_dir: Path, s: dict, seed: int, ref: Path, fx) -> dict:
     """``sample.py`` on ``ckpt`` (EMA) into ``out_dir``, then FID against ``ref``."""
-    from .metrics import evaluate
-    from .sample.cli import build_parser as sample_parser
-    from .sample.cli import run as sample_run
+    from vca_gen.metrics import evaluate
+    from vca_gen.sample.cli import build_parser as sample_parser
+    from vca_gen.sample.cli import run as sample_run
 
     def compute():
         argv = ["--ckpt", str(ckpt), "--out", str(out_dir), "--num-samples", str(s["num_samples"]),
@@ -172,9 +172,9 @@ def sample_and_score(ckpt: Path, out_dir: Path, s: dict, seed: int, ref: Path, f
 
 # ---------------------------------------------------------------------------------------- main
 def run(args) -> dict:
-    from .checkpoint import step_dir_name
-    from .metrics import InceptionFeatureExtractor
-    from .report import plot_series, read_scalars, write_report
+    from vca_gen.experiment.checkpoint import step_dir_name
+    from vca_gen.metrics import InceptionFeatureExtractor
+    from vca_gen.apps.report import plot_series, read_scalars, write_report
 
     t_start = time.perf_counter()
     s = settings(args)
@@ -232,7 +232,7 @@ def run(args) -> dict:
 
 
 def evaluate_real(n: int, ref: Path, fx) -> float:
-    from .metrics import evaluate
+    from vca_gen.metrics import evaluate
 
     return evaluate(balanced_real("b", n), ref, mode="clean", extractor=fx, batch_size=50)["fid"]
 
@@ -245,10 +245,10 @@ def _state_dict(export_dir: Path) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .metrics import MetricsError
-    from .sample.plan import SamplingError
+    from vca_gen.experiment.checkpoint import CheckpointError
+    from vca_gen.experiment.schema import ConfigError
+    from vca_gen.metrics import MetricsError
+    from vca_gen.sample.plan import SamplingError
 
     try:
         r = run(args)

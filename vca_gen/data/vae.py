@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from vca_gen.errors import UserError
 from vca_gen.data.config import DEFAULT_SCALE_FACTOR, DEFAULT_VAE, LATENT_NORMS
 from vca_gen.utils.rng import GeneratorSpec, randn
 
@@ -35,6 +36,10 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+class VAELoadError(UserError, OSError):
+    """The VAE cannot be loaded from the given hub id or folder."""
+
+
 def load_vae(id_or_path: str = DEFAULT_VAE, subfolder: Optional[str] = None, dtype: str | torch.dtype = torch.float32,
              device: torch.device | str = "cpu"):
     """An ``AutoencoderKL`` in eval mode, frozen, from a hub id or a local folder."""
@@ -43,7 +48,7 @@ def load_vae(id_or_path: str = DEFAULT_VAE, subfolder: Optional[str] = None, dty
     local = Path(id_or_path).expanduser()
     is_path_like = str(id_or_path).startswith((".", "/", "~")) or str(id_or_path).count("/") > 1
     if (local.exists() or is_path_like) and not local.is_dir():
-        raise FileNotFoundError(f"VAE folder {local} is not an existing folder (expected a diffusers AutoencoderKL folder "
+        raise VAELoadError(f"VAE folder {local} is not an existing folder (expected a diffusers AutoencoderKL folder "
                                 f"with config.json and diffusion_pytorch_model.safetensors, or a hub id "
                                 f"like {DEFAULT_VAE!r})")
     try:
@@ -51,7 +56,7 @@ def load_vae(id_or_path: str = DEFAULT_VAE, subfolder: Optional[str] = None, dty
                                             torch_dtype=parse_dtype(dtype))
     except (OSError, ValueError) as e:
         where = f"{id_or_path}" + (f" (subfolder {subfolder!r})" if subfolder else "")
-        raise OSError(f"cannot load the VAE {where}: {e}\nWithout network access, pre-download it into the "
+        raise VAELoadError(f"cannot load the VAE {where}: {e}\nWithout network access, pre-download it into the "
                       f"Hugging Face cache (`huggingface-cli download {id_or_path}` on a machine with access, "
                       f"then copy ~/.cache/huggingface) or pass a local folder saved with "
                       f"`AutoencoderKL.save_pretrained`.") from e

@@ -9,27 +9,27 @@ Layout of a training checkpoint (one directory per saved step)::
         rng.pt              torch CPU/CUDA, numpy and python RNG states of every process, as tensors
         state.json          step, data position, counters
         config.yaml         the resolved experiment config
+        decoder.json        what decoding needs (VAE, latent normalisation statistics, class names)
         COMPLETE            marker written last
 
 Everything is written into ``step_XXXXXXXX.tmp`` first, flushed to disk, marked ``COMPLETE`` and
 then renamed, so a kill at any moment leaves the previous checkpoints intact; directories without
 the marker (or still named ``*.tmp``) are never loaded. Nothing here unpickles arbitrary objects.
 
-An *export* is a directory with ``model.safetensors`` (EMA weights by default) and
-``config.json`` (the experiment config). ``load_for_sampling`` accepts an export, a training
+An *export* is a directory with ``model.safetensors`` (EMA weights by default),
+``config.json`` (the experiment) and ``decoder.json``: it stands alone. ``load_for_sampling`` accepts an export, a training
 checkpoint directory or a run directory (its latest complete checkpoint).
 
-CLI: ``python -m vca_gen.experiment.checkpoint export CKPT OUT [--live]``.
+Export command: ``train.py --export CKPT OUT [--live]``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import re
 import shutil
-import sys
+
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -39,7 +39,10 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from vca_gen.errors import UserError
+from vca_gen.errors import ConfigError, UserError
+from vca_gen.data.decoder import DecoderSpec
+from vca_gen.experiment.build import build_model, decoder_spec
+from vca_gen.experiment.schema import config_from_dict, config_from_yaml_text, to_container
 from vca_gen.utils.io import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file
 
 COMPLETE = "COMPLETE"
@@ -156,6 +159,7 @@ def save_checkpoint(
     rng_states: List[Mapping[str, Any]],
     state: Mapping[str, Any],
     config_yaml: str,
+    decoder: Optional[DecoderSpec] = None,
 ) -> Path:
     """Write one checkpoint atomically and return its final directory (call on the main process).
 
@@ -180,6 +184,8 @@ def save_checkpoint(
     torch.save({"world_size": len(rng_states), "states": list(rng_states)}, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(dict(state), indent=2, sort_keys=True))
     (tmp / "config.yaml").write_text(config_yaml)
+    if decoder is not None:
+        decoder.save(tmp)
     for f in tmp.iterdir():
         _fsync_file(f)
     (tmp / COMPLETE).write_text(f"step {int(step)}\n")
@@ -298,69 +304,59 @@ def _find_weights_dir(path: Path) -> Path:
 
 
 def load_for_sampling(path: Path | str, use_ema: bool = True, device: Any = "cpu"):
-    """``(model, experiment_cfg)`` from an export, a checkpoint dir or a run dir; model in eval mode.
-
-    ``use_ema`` picks the EMA weights of a training checkpoint (an export holds only EMA weights,
-    unless it was made with ``--live``).
-    """
-    from vca_gen.experiment import schema as C
-
+    """``(model, experiment, decoder spec or None, source)`` from an export, a checkpoint dir or a run
+    dir; model in eval mode. ``use_ema`` picks the EMA weights of a training checkpoint (an export
+    holds only EMA weights, unless it was made with ``--live``). The decoder spec is ``None`` only
+    for checkpoints written before ``decoder.json`` existed."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p} does not exist")
     d = _find_weights_dir(p)
     if (d / "config.json").is_file() and not (d / COMPLETE).is_file():
-        cfg = C.config_from_dict(json.loads((d / "config.json").read_text()), source=str(d / "config.json"))
+        cfg = config_from_dict(json.loads((d / "config.json").read_text()), source=str(d / "config.json"))
         weights = d / "model.safetensors"
+        kind = "export"
     else:
-        cfg = C.config_from_yaml_text((d / "config.yaml").read_text(), source=str(d / "config.yaml"))
+        cfg = config_from_yaml_text((d / "config.yaml").read_text(), source=str(d / "config.yaml"))
         weights = d / ("ema.safetensors" if use_ema else "model.safetensors")
-    model = C.build_model(cfg)
+        kind = "checkpoint"
+    model = build_model(cfg)
     load_state_into(model, load_tensors(weights), str(weights))
-    return model.to(device).eval().requires_grad_(False), cfg
+    source = {"kind": kind, "path": str(d), "weights": weights.name}
+    return model.to(device).eval().requires_grad_(False), cfg, DecoderSpec.load(d), source
 
 
 def export(ckpt: Path | str, out: Path | str, use_ema: bool = True) -> Path:
-    """Write ``out/model.safetensors`` (EMA weights) + ``out/config.json`` from a checkpoint.
+    """Write a stand-alone export: ``out/model.safetensors`` (EMA weights), ``out/config.json`` (the
+    experiment, unchanged) and ``out/decoder.json`` (VAE id and subfolder, latent normalisation
+    statistics, class names), from a checkpoint or run directory.
 
-    Refuses to overwrite an existing non-empty ``out``. The weights are checked against the
-    config's model before anything is written.
+    Refuses an existing non-empty ``out`` and an ``out`` inside the source. The weights are checked
+    against the experiment's model before anything is written.
     """
-    from vca_gen.experiment import schema as C
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"export target {out} exists and is not empty; choose a new directory")
-    model, cfg = load_for_sampling(ckpt, use_ema=use_ema)
+    src = Path(ckpt).resolve()
+    if out.resolve() == src or src in out.resolve().parents:
+        raise CheckpointError(f"export target {out} is inside the source {ckpt}; choose a directory outside it")
+    model, cfg, spec, _ = load_for_sampling(ckpt, use_ema=use_ema)
+    if spec is None:
+        try:
+            spec = decoder_spec(cfg)
+        except ConfigError as e:
+            raise CheckpointError(f"{ckpt} has no decoder.json (written by an older version) and {e}") from None
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_file(_cpu_state(model.state_dict()), str(tmp / "model.safetensors"),
               metadata={"format": "pt", "weights": "ema" if use_ema else "live"})
-    (tmp / "config.json").write_text(json.dumps(C.to_container(cfg), indent=2))
+    atomic_write_text(tmp / "config.json", json.dumps(to_container(cfg), indent=2))
+    spec.save(tmp)
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vca_gen.experiment.checkpoint", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    ex = sub.add_parser("export", help="export EMA weights + config from a checkpoint or run dir")
-    ex.add_argument("ckpt", help="training checkpoint dir (step_XXXXXXXX) or run dir (latest checkpoint)")
-    ex.add_argument("out", help="new directory to write model.safetensors + config.json into")
-    ex.add_argument("--live", action="store_true", help="export the live weights instead of the EMA")
-    args = ap.parse_args(argv)
-    try:
-        path = export(args.ckpt, args.out, use_ema=not args.live)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported {'live' if args.live else 'EMA'} weights to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,17 +26,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vca_gen.errors import UserError
-from vca_gen.data.config import DataConfig, model_in_channels, model_input_size, validate_data_config
-from vca_gen.objectives import OBJECTIVE_KINDS, ObjectiveConfig
+from vca_gen.errors import ConfigError
+from vca_gen.data.config import DataConfig
+from vca_gen.experiment.validate import MIXED_PRECISION, TRACKERS, check_experiment  # noqa: F401
+from vca_gen.objectives import ObjectiveConfig
 
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "none")
 BASE_KEY = "_base_"
 
 
-class ConfigError(UserError, ValueError):
-    """Invalid experiment config: the message names the key, the value and what is accepted."""
 
 
 @dataclass
@@ -56,6 +53,47 @@ class ModelConfig:
     mlp_ratio: Optional[float] = None
     input_size: Optional[int] = None            # derived from data (error if set and different)
     in_channels: Optional[int] = None           # derived from data (error if set and different)
+    init_from: Optional[str] = None             # start from these weights (official DiT/SiT .pt, checkpoint, export)
+
+
+@dataclass
+class GridConfig:
+    """EMA preview grid PNGs during training (``train.grid``), made by the sampling engine's image maker.
+
+    Sample i of the grid has label ``classes[i % len(classes)]`` and all its randomness from a
+    generator seeded ``seed + i`` (as sample.py), so grids of successive steps are comparable.
+    ``sampler``/``steps``/``options`` ``None``/empty: the objective's sampling protocol.
+    """
+
+    every: int = 10_000                         # optimizer steps between grids; 0 = off
+    num: int = 16                               # images in the grid
+    classes: List[int] = field(default_factory=list)  # empty: 0, 1, 2, … cycling
+    nrow: int = 0                               # images per row; 0 = about sqrt(num)
+    seed: int = 0                               # image i uses seed + i
+    sampler: Optional[str] = None               # None: the objective's sampler
+    steps: Optional[str] = None                 # None: that sampler's default steps
+    cfg_scale: float = 1.0                      # classifier-free guidance (1 = none)
+    options: Dict[str, Any] = field(default_factory=dict)  # extra sampler options (eta, last_step, ...)
+
+
+@dataclass
+class FidConfig:
+    """In-loop FID (``train.fid``): a small-N version of ``sample.py`` + ``evaluate_fid.py``.
+
+    Sample i has label ``i % num_classes`` and its randomness from a generator seeded
+    ``seed + i``, exactly as ``sample.py --seed SEED``, and every process samples its share.
+    Defaults are the objective's sampling protocol with no guidance (the FID protocol).
+    """
+
+    every: int = 0                              # optimizer steps between evaluations; 0 = off
+    num_samples: int = 5000                     # N (a multiple of model.num_classes)
+    ref: Optional[str] = None                   # reference statistics .npz (evaluate_fid.py --make-ref) or ADM batch
+    seed: int = 0                               # sample i uses seed + i (sample.py --seed)
+    sampler: Optional[str] = None               # None: the objective's FID-protocol sampler
+    steps: Optional[str] = None                 # None: that sampler's default steps
+    cfg_scale: float = 1.0                      # 1 = no guidance (the papers' protocol)
+    options: Dict[str, Any] = field(default_factory=dict)  # extra sampler options
+    batch_size: int = 50                        # per-process sampling and Inception batch (evaluate_fid.py's 50)
 
 
 @dataclass
@@ -81,17 +119,8 @@ class TrainConfig:
     ckpt_every: int = 10_000
     keep_last: int = 2                          # newest checkpoints kept (plus milestones); 0 keeps all
     milestone_every: int = 100_000              # checkpoints at multiples are never pruned; 0 = none
-    sample_every: int = 10_000                  # EMA sample grid PNG; 0 = off
-    sample_num: int = 16
-    sample_classes: List[int] = field(default_factory=list)  # empty: 0, 1, 2, … cycling
-    sample_nrow: int = 0                        # images per grid row; 0 = about sqrt(sample_num)
-    sample_seed: int = 0
-    sample_cfg_scale: float = 1.0
-    sample_sampler: Optional[str] = None        # None: the objective's default sampler
-    sample_steps: Optional[str] = None          # None: default for the sampler (e.g. "250")
-    fid_every: int = 0                          # in-loop FID of EMA samples; 0 = off
-    fid_num_samples: int = 5000
-    fid_ref: Optional[str] = None               # reference statistics / folder for vca_gen.metrics
+    grid: GridConfig = field(default_factory=GridConfig)  # EMA preview grids
+    fid: FidConfig = field(default_factory=FidConfig)     # in-loop FID
     max_nonfinite: int = 10                     # stop after this many consecutive non-finite steps
     output_dir: str = "runs/${name}"
     resume: str = "auto"                        # auto | none | PATH (checkpoint or run dir)
@@ -180,76 +209,34 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from e
 
 
-# ----------------------------------------------------------------------------- validation
-def _choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not valid; accepted: {', '.join(map(str, allowed))}")
+# Settings that define what a run computes: resume refuses any change to them (naming each key).
+# Everything else (max_steps, logging, checkpoint cadence, grids, FID, workers, paths) may change.
+RUN_DEFINING_SECTIONS = ("model", "objective", "data")
+RUN_FREE_KEYS = {"model.grad_checkpointing", "model.init_from", "data.num_workers", "data.path", "data.verify",
+                 "data.strict"}
+RUN_DEFINING_TRAIN = ("seed", "global_batch_size", "lr", "betas", "eps", "weight_decay", "warmup_steps", "grad_clip",
+                      "ema_decay", "ema_warmup")
 
 
-def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
-    if value is None or (value < 0 if allow_zero else value <= 0):
-        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+def _dict_diff(a: Any, b: Any, prefix: str) -> Dict[str, Any]:
+    """``{dotted key: (a value, b value)}`` for every leaf that differs between two nested dicts."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return {} if a == b else {prefix: (a, b)}
+    out: Dict[str, Any] = {}
+    for k in sorted(set(a) | set(b), key=str):
+        out.update(_dict_diff(a.get(k), b.get(k), f"{prefix}.{k}"))
+    return out
 
 
-def _validate(cfg: DictConfig, source: str) -> None:
-    from vca_gen.models import ATTENTION_KINDS, list_models
-    from vca_gen.models.attention import check_attention_options
-
-    m, t = cfg.model, cfg.train
-    try:
-        _choice("model.name", m.name, list_models())
-        _choice("model.attention", m.attention, ATTENTION_KINDS)
-        check_attention_options(m.attention, dict(m.attention_options))
-    except ValueError as e:
-        raise ConfigError(f"{source}: {e}") from e
-    if not 0.0 <= m.class_dropout_prob < 1.0:
-        raise ConfigError(f"{source}: model.class_dropout_prob={m.class_dropout_prob} must be in [0, 1)")
-    _positive("model.num_classes", m.num_classes)
-    _choice("objective.kind", cfg.objective.kind, OBJECTIVE_KINDS)
-    try:
-        validate_data_config(OmegaConf.to_object(cfg.data))
-    except ValueError as e:
-        raise ConfigError(f"{source}: {e}") from e
-    for key in ("global_batch_size", "max_steps", "log_every", "sample_num", "fid_num_samples", "max_nonfinite"):
-        _positive(f"train.{key}", t[key])
-    for key in ("warmup_steps", "ckpt_every", "keep_last", "milestone_every", "sample_every", "fid_every",
-                "grad_clip", "weight_decay"):
-        _positive(f"train.{key}", t[key], allow_zero=True)
-    _positive("train.lr", t.lr)
-    if t.micro_batch_size is not None:
-        _positive("train.micro_batch_size", t.micro_batch_size)
-    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
-        raise ConfigError(f"train.betas={list(t.betas)} must be two numbers in [0, 1)")
-    if not 0.0 <= t.ema_decay <= 1.0:
-        raise ConfigError(f"train.ema_decay={t.ema_decay} must be in [0, 1]")
-    _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
-    if t.resume not in ("auto", "none") and not t.resume:
-        raise ConfigError("train.resume must be 'auto', 'none' or a checkpoint path")
-    if t.fid_every and not t.fid_ref:
-        raise ConfigError("train.fid_every > 0 needs train.fid_ref (reference statistics for the FID)")
-    bad = [c for c in t.sample_classes if not 0 <= c < m.num_classes]
-    if bad:
-        raise ConfigError(f"train.sample_classes {bad} outside [0, {m.num_classes})")
-    _choice("logging.tracker", cfg.logging.tracker, TRACKERS)
-    # derived shapes
-    data_obj = OmegaConf.to_object(cfg.data)
-    for key, derived in (("input_size", model_input_size(data_obj)), ("in_channels", model_in_channels(data_obj))):
-        given = m[key]
-        if given is not None and given != derived:
-            raise ConfigError(
-                f"{source}: model.{key}={given} does not match the data ({derived} for data.kind={cfg.data.kind}, "
-                f"image_size={cfg.data.image_size}, vae={cfg.data.vae}); remove model.{key} (it is derived)"
-            )
-        m[key] = derived
-    _, _, patch = _parse_name(m.name)
-    if m.input_size % patch:
-        raise ConfigError(f"{source}: model input size {m.input_size} is not divisible by the patch size {patch} of {m.name}")
-
-
-def _parse_name(name: str):
-    from vca_gen.models import parse_model_name
-
-    return parse_model_name(name)
+def run_defining_diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> Dict[str, Any]:
+    """Run-defining settings that differ between two experiment containers (saved vs now)."""
+    diffs: Dict[str, Any] = {}
+    for section in RUN_DEFINING_SECTIONS:
+        diffs.update(_dict_diff(dict(saved.get(section) or {}), dict(now.get(section) or {}), section))
+    st, nt = dict(saved.get("train") or {}), dict(now.get("train") or {})
+    for key in RUN_DEFINING_TRAIN:
+        diffs.update(_dict_diff(st.get(key), nt.get(key), f"train.{key}"))
+    return {k: v for k, v in diffs.items() if k not in RUN_FREE_KEYS}
 
 
 def config_from_container(user: Any, source: str = "<config>") -> DictConfig:
@@ -269,7 +256,7 @@ def config_from_container(user: Any, source: str = "<config>") -> DictConfig:
         msg = str(e).split("\n")[0]
         raise ConfigError(f"{source}: invalid value for '{key}': {msg}") from e
     try:
-        _validate(cfg, source)
+        check_experiment(cfg)
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
@@ -309,42 +296,8 @@ def to_json(cfg: DictConfig) -> str:
     return json.dumps(to_container(cfg), indent=2)
 
 
-def model_kwargs(model_cfg: Any) -> Dict[str, Any]:
-    """Keyword arguments of ``create_model`` for a validated ``model`` section."""
-    m = model_cfg
-    kw: Dict[str, Any] = dict(
-        attention=m.attention,
-        input_size=int(m.input_size),
-        in_channels=int(m.in_channels),
-        num_classes=int(m.num_classes),
-        learn_sigma=bool(m.learn_sigma),
-        class_dropout_prob=float(m.class_dropout_prob),
-        grad_checkpointing=bool(m.grad_checkpointing),
-    )
-    for key in ("depth", "hidden_size", "num_heads", "mlp_ratio"):
-        if m[key] is not None:
-            kw[key] = m[key]
-    opts = m.attention_options
-    kw.update(OmegaConf.to_container(opts, resolve=True) if isinstance(opts, DictConfig) else dict(opts))
-    return kw
-
-
-def build_model(cfg: DictConfig, device: Any = None):
-    """``create_model`` for an experiment config (``device="meta"`` builds without memory)."""
-    import torch
-
-    from vca_gen.models import create_model
-
-    if cfg.model.input_size is None or cfg.model.in_channels is None:
-        raise ConfigError("build_model needs a validated config (model.input_size / in_channels derived)")
-    if device is None:
-        return create_model(cfg.model.name, **model_kwargs(cfg.model))
-    with torch.device(device):
-        return create_model(cfg.model.name, **model_kwargs(cfg.model))
-
-
 __all__ = [
     "ConfigError", "ModelConfig", "TrainConfig", "LoggingConfig", "ExperimentConfig",
     "load_config", "config_from_dict", "config_from_yaml_text", "config_from_container",
-    "compose_yaml", "parse_overrides", "to_container", "to_yaml", "to_json", "model_kwargs", "build_model",
+    "compose_yaml", "parse_overrides", "run_defining_diff", "to_container", "to_yaml", "to_json",
 ]

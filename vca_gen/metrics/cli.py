@@ -1,7 +1,14 @@
 """``evaluate_fid.py``: FID / sFID / KID / precision-recall of a sample set, or ``--make-ref``.
 
-Prints a human summary, then exactly one JSON line (the last line of stdout). Errors: a message
-on stderr and exit code 2; nothing is written under a final name unless the run succeeds.
+Prints a human summary, then exactly one JSON line (the last line of stdout). Errors (through
+:func:`vca_gen.errors.cli_boundary`): ``evaluate_fid.py: error: <message>`` on one line of stderr
+and exit code 2; nothing is written under a final name unless the run succeeds.
+
+Outputs (``--make-ref OUT``, ``--json-out FILE``) are checked before the slow Inception pass: one
+that is the same file as an input (SAMPLES, ``--ref``) or as the other output is always refused;
+an existing ``--make-ref`` file is refused unless ``--overwrite``; a folder that cannot be created
+is an error. Every file is written with :mod:`vca_gen.utils.io` (atomic, mode per umask).
+Metrics computed from fewer images than their definition assumes carry a note (``notes``).
 """
 from __future__ import annotations
 
@@ -9,23 +16,28 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-from vca_gen.metrics.errors import MetricsError
+from vca_gen.errors import cli_boundary
 from vca_gen.metrics.inception import MODES, InceptionFeatureExtractor, default_device
+from vca_gen.utils.io import (atomic_write_text, check_output_path, make_parent_dir, refuse_input_as_output,
+                              refuse_overwrite)
+
+TOOL = "evaluate_fid.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="evaluate_fid.py", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog=TOOL, description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("samples", metavar="SAMPLES",
                     help="images: .npz with arr_0 uint8 (N,H,W,3), an image folder, or dataset:animal_mnist[:all|a|b[:SIZE]]")
     ap.add_argument("--ref", help="reference: our statistics .npz, an ADM reference batch (mu, sigma[, mu_s, "
                     "sigma_s, arr_0]), or another image set (.npz arr_0 / folder / dataset:animal_mnist)")
     ap.add_argument("--make-ref", metavar="OUT", help="instead of scoring, write the statistics of SAMPLES to OUT (.npz)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="with --make-ref: replace an existing OUT (an OUT that is an input is always refused)")
     ap.add_argument("--mode", choices=MODES, default=None,
                     help="feature mode; default: the reference's (ADM batches: legacy_tensorflow), else clean")
     ap.add_argument("--batch-size", type=int, default=50)
@@ -66,19 +78,31 @@ def _check_args(ap, a) -> None:
         ap.error("--kid / --pr score samples; they do not apply to --make-ref")
     if a.threads is not None and a.threads < 1:
         ap.error("--threads must be >= 1")
+    if a.overwrite and not a.make_ref:
+        ap.error("--overwrite applies to --make-ref OUT only")
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _is_dataset(spec) -> bool:
+    return str(spec).startswith("dataset:") or (spec == "animal_mnist" and not Path(spec).exists())
+
+
+def _outputs(a) -> dict:
+    return {"--make-ref": a.make_ref, "--json-out": a.json_out}
+
+
+def _refuse_outputs_that_are_inputs(a) -> None:
+    """Always refused, with or without --overwrite (checked first: the clearest message)."""
+    refuse_input_as_output(_outputs(a), {"SAMPLES": None if _is_dataset(a.samples) else a.samples,
+                                         "--ref": None if a.ref is None or _is_dataset(a.ref) else a.ref})
+
+
+def _check_outputs(a) -> None:
+    """After the inputs are validated, before the slow work: existing --make-ref, uncreatable folders."""
+    if a.make_ref:
+        refuse_overwrite(a.make_ref, a.overwrite, "--make-ref")
+    for flag, path in _outputs(a).items():
+        if path is not None:
+            check_output_path(path, flag)
 
 
 def _fmt(v, spec=".4f"):
@@ -95,30 +119,39 @@ def run(a) -> dict:
     workers = min(2, cpus) if a.num_workers is None else a.num_workers
     device = torch.device(a.device) if a.device else default_device()
     progress = not a.no_progress
-    # validate every input before the (slow) Inception load
+    # validate every input and output before the (slow) Inception load
+    _refuse_outputs_that_are_inputs(a)
     ds_opts = {"split": a.dataset_split, "image_size": a.dataset_size}
-    is_ds = str(a.samples).startswith("dataset:") or (a.samples == "animal_mnist" and not Path(a.samples).exists())
+    is_ds = _is_dataset(a.samples)
     samples = open_source(a.samples, max_images=a.max_images, **(ds_opts if is_ds else {}))
     if a.make_ref:
+        _check_outputs(a)
         mode = a.mode or "clean"
         fx = InceptionFeatureExtractor(mode=mode, device=device, weights=a.inception)
         stats = compute_statistics(samples, fx, mode, a.batch_size, workers, keep_features=a.ref_features > 0,
                                    progress=progress)
         out = save_statistics(stats, a.make_ref, max_features=a.ref_features, seed=a.seed)
+        notes = []
+        if stats.count < len(stats.mu):
+            notes.append(f"reference: statistics of {stats.count} images, fewer than the {len(stats.mu)} feature "
+                         f"dimensions: the covariance is rank-deficient, so FIDs against this reference are "
+                         f"biased upward and comparable only with FIDs against references of as many images")
         result = {"made_ref": str(out), "n": stats.count, "mode": mode, "resolution": stats.resolution,
                   "source": stats.source, "spatial": stats.mu_s is not None,
                   "features_stored": min(a.ref_features, stats.count), "weights": str(fx.weights_path),
-                  "weights_sha256": fx.weights_sha256}
+                  "weights_sha256": fx.weights_sha256, "notes": notes}
         print(f"wrote {out}: {stats.count} images from {stats.source}, mode {mode}, "
               f"resolution {stats.resolution}, {result['features_stored']} features stored")
+        for note in notes:
+            print(f"note      : {note}")
     else:
         ref = a.ref
         ref_mode = reference_mode(ref)  # validates a statistics file; None for image sets
         if ref_mode is None:
-            ref_is_ds = str(ref).startswith("dataset:") or (ref == "animal_mnist" and not Path(ref).exists())
-            ref = open_source(ref, **(ds_opts if ref_is_ds else {}))
+            ref = open_source(ref, **(ds_opts if _is_dataset(ref) else {}))
         elif a.mode is not None and a.mode != ref_mode:
             check_same_mode(a.mode, load_reference(ref))  # raises, naming both modes
+        _check_outputs(a)
         mode = a.mode or ref_mode or "clean"
         fx = InceptionFeatureExtractor(mode=mode, device=device, weights=a.inception)
         result = evaluate(samples, ref, mode=mode, extractor=fx, kid=a.kid, pr=a.pr, batch_size=a.batch_size,
@@ -130,15 +163,18 @@ def run(a) -> dict:
         print(f"FID       : {_fmt(result['fid'])}")
         print(f"sFID      : {_fmt(result['sfid'])}")
         if a.kid:
-            print(f"KID       : {_fmt(result['kid'], '.6f')} ± {_fmt(result['kid_std'], '.6f')}")
+            used = result["kid_subset_size"]
+            size = f" (subsets of {used})" if used is not None else ""
+            print(f"KID       : {_fmt(result['kid'], '.6f')} ± {_fmt(result['kid_std'], '.6f')}{size}")
         if a.pr:
             print(f"precision : {_fmt(result['precision'])}   recall: {_fmt(result['recall'])}")
-        for k, v in result["notes"].items():
-            print(f"note      : {k}: {v}")
+        for note in result["notes"]:
+            print(f"note      : {note}")
     print(f"weights   : {fx.weights_path} sha256 {fx.weights_sha256}")
     line = json.dumps(result, default=lambda o: list(o) if isinstance(o, tuple) else str(o))
     if a.json_out:
-        _write_text_atomic(a.json_out, line + "\n")
+        make_parent_dir(a.json_out, "--json-out")
+        atomic_write_text(a.json_out, line + "\n")
     print(line, flush=True)
     return result
 
@@ -147,15 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     _check_args(ap, a)
-    try:
+
+    def work() -> None:
         run(a)
-    except MetricsError as e:
-        print(f"evaluate_fid.py: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # missing Animal-MNIST files, unreadable images (PIL), unwritable outputs
-        print(f"evaluate_fid.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_boundary(TOOL, work)
 
 
 if __name__ == "__main__":

@@ -18,3 +18,11 @@ class ModeMismatchError(MetricsError, ValueError):
 
 class InceptionWeightsNotFound(MetricsError, FileNotFoundError):
     """No Inception weights file could be found offline."""
+
+
+class DatasetNotFound(MetricsError, FileNotFoundError):
+    """The files of a named data set (``dataset:animal_mnist``) are not on disk."""
+
+
+class UnreadableImageError(InputFormatError):
+    """An image file in a folder cannot be opened or decoded."""

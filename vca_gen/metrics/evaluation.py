@@ -2,6 +2,12 @@
 
 A reference is our statistics file, an ADM reference batch, or another image set (``.npz`` with
 ``arr_0``, a folder, ``dataset:animal_mnist``, a uint8 array), or a :class:`FeatureStatistics`.
+
+The result's ``notes`` (a list of ``"<metric>: <text>"`` strings) say why a metric is missing and
+when one was computed from fewer images than its definition assumes: FID / sFID from fewer images
+than feature dimensions (rank-deficient covariance: still computed, but biased and only comparable
+at equal N), KID with subsets smaller than requested (the size used is ``kid_subset_size``),
+precision/recall with no more images than k.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from vca_gen.metrics.errors import InputFormatError
 from vca_gen.metrics.inception import InceptionFeatureExtractor, check_mode
 from vca_gen.metrics.scores import (frechet_distance, frechet_distance_from_features, kernel_inception_distance,
                                    precision_recall)
+from vca_gen.metrics.scores import kid_subset_size as kid_subset_used
 from vca_gen.metrics.sources import NpzSource, open_source
 from vca_gen.metrics.statistics import (FeatureStatistics, check_same_mode, compute_statistics,
                                         load_reference, reference_kind)
@@ -71,7 +78,7 @@ def evaluate(samples, ref, mode: str | None = None, extractor: InceptionFeatureE
     ref_stats = prepare_reference(ref, extractor, mode, need, batch_size, num_workers, progress)
     stats = compute_statistics(samples, extractor, mode, batch_size, num_workers, keep_features=need,
                                progress=progress)
-    notes: dict[str, str] = {}
+    notes: list[str] = []
     result = {
         "fid": fid_between(stats, ref_stats),
         "sfid": None, "kid": None, "kid_std": None, "precision": None, "recall": None,
@@ -81,34 +88,75 @@ def evaluate(samples, ref, mode: str | None = None, extractor: InceptionFeatureE
         "ref_resolution": list(ref_stats.resolution) if ref_stats.resolution else None,
         "weights": str(extractor.weights_path), "weights_sha256": extractor.weights_sha256,
         "fid_method": fid_method(stats, ref_stats),
+        "kid_subsets": None, "kid_subset_size": None,
+        "n_ref_features": None if ref_stats.feats is None or not need else len(ref_stats.feats),
     }
+    notes += few_images_notes("fid", len(stats.mu), stats.count, ref_stats.count)
     if ref_stats.mu_s is not None and stats.mu_s is not None:
         result["sfid"] = fid_between(stats, ref_stats, spatial=True)
+        notes += few_images_notes("sfid", len(stats.mu_s), stats.count, ref_stats.count)
     else:
-        notes["sfid"] = ("unavailable: the reference has no spatial statistics (mu_s/sigma_s)"
-                         if ref_stats.mu_s is None else "unavailable: no spatial features were extracted")
+        notes.append("sfid: unavailable: the reference has no spatial statistics (mu_s/sigma_s)"
+                     if ref_stats.mu_s is None else "sfid: unavailable: no spatial features were extracted")
     ref_feats_missing = ("unavailable: the reference holds no features or images (make it with "
                          "--make-ref and --ref-features > 0, or use an ADM batch with arr_0)")
     if kid:
-        if ref_stats.feats is None:
-            notes["kid"] = ref_feats_missing
+        n1, n2 = len(stats.feats), (None if ref_stats.feats is None else len(ref_stats.feats))
+        if n2 is None:
+            notes.append(f"kid: {ref_feats_missing}")
+        elif min(n1, n2) < 2:
+            notes.append(f"kid: unavailable: the unbiased MMD needs at least 2 features per set; the samples "
+                         f"have {n1}, the reference {n2}")
         else:
+            m = kid_subset_used(n1, n2, kid_subset_size)
             result["kid"], result["kid_std"] = kernel_inception_distance(
                 stats.feats, ref_stats.feats, kid_subsets, kid_subset_size, seed)
+            result["kid_subsets"], result["kid_subset_size"] = kid_subsets, m
+            notes += kid_notes(n1, n2, kid_subset_size)
     if pr:
         if ref_stats.feats is None:
-            notes["precision_recall"] = ref_feats_missing
+            notes.append(f"precision_recall: {ref_feats_missing}")
         elif len(ref_stats.feats) <= pr_k or len(stats.feats) <= pr_k:
-            notes["precision_recall"] = f"unavailable: needs more than k={pr_k} images per set"
+            notes.append(f"precision_recall: unavailable: the radius of a point is the distance to its "
+                         f"k-th nearest neighbour in its own set, which needs more than k={pr_k} images per "
+                         f"set; the samples have {len(stats.feats)}, the reference {len(ref_stats.feats)} "
+                         f"features (use more images or a smaller --pr-k)")
         else:
             result["precision"], result["recall"] = precision_recall(ref_stats.feats, stats.feats, k=pr_k)
     if ref_stats.extractor_sha256 and ref_stats.extractor_sha256 != extractor.weights_sha256:
-        notes["weights"] = (f"reference made with weights sha256 {ref_stats.extractor_sha256}, "
-                            f"samples with {extractor.weights_sha256}")
+        notes.append(f"weights: reference made with weights sha256 {ref_stats.extractor_sha256}, "
+                     f"samples with {extractor.weights_sha256}")
     if result["resolution"] and result["ref_resolution"] and result["resolution"] != result["ref_resolution"]:
-        notes["resolution"] = f"samples are {result['resolution']}, reference {result['ref_resolution']}"
+        notes.append(f"resolution: samples are {result['resolution']}, reference {result['ref_resolution']}")
     result["notes"] = notes
     return result
+
+
+def few_images_notes(metric: str, dim: int, n: int | None, n_ref: int | None) -> list[str]:
+    """A note when either set has fewer images than the ``dim`` feature dimensions of ``metric``
+    (its sample covariance then has rank <= n - 1 < dim: the Fréchet distance is still computed,
+    but it is biased upward and depends strongly on n). ``None`` counts (ADM batches) are unknown."""
+    small = [f"{what} {k}" for what, k in (("samples", n), ("reference", n_ref)) if k is not None and k < dim]
+    if not small:
+        return []
+    return [f"{metric}: computed from fewer images than its {dim} feature dimensions ({', '.join(small)}): the "
+            f"sample covariance is rank-deficient, so the value is biased upward and depends on the number "
+            f"of images; compare it only with {metric.upper()}s computed from the same numbers of images"]
+
+
+def kid_notes(n1: int, n2: int, requested: int) -> list[str]:
+    """A note when KID subsets are smaller than ``requested`` because a set has fewer features."""
+    m = kid_subset_used(n1, n2, requested)
+    if m >= requested:
+        return []
+    note = (f"kid: subsets of {m} images, not the requested --kid-subset-size {requested} (the samples have {n1}, "
+            f"the reference {n2} features)")
+    if m == n1 and m == n2:
+        note += "; every subset is the whole of both sets, so kid_std is 0 by construction, not an uncertainty"
+    else:
+        note += (f"; every subset of the {'samples' if m == n1 else 'reference'} is the whole set, so kid_std "
+                 f"understates the uncertainty")
+    return [note]
 
 
 def _small_side(a: FeatureStatistics, b: FeatureStatistics, spatial: bool):

@@ -9,7 +9,9 @@
   one side has at most 2048 images (the D x D path otherwise, i.e. for FID-50K as ADM/clean-fid).
 * :func:`kernel_inception_distance`: unbiased MMD^2 with the cubic polynomial kernel
   k(x, y) = (x.y / d + 1)^3, averaged over random subsets (clean-fid / StyleGAN-ADA: 100 subsets
-  of min(1000, n1, n2) images, without replacement), with a seeded generator.
+  of min(1000, n1, n2) images, without replacement, :func:`kid_subset_size`), with a seeded
+  generator. :mod:`vca_gen.metrics.evaluation` reports the size used and notes when it is smaller
+  than requested (with both sets smaller, every subset is a whole set and the std is exactly 0).
 * :func:`precision_recall`: improved precision/recall (Kynkaanniemi et al. 2019) as the ADM
   evaluator computes it: the radius of each point is the distance to its k-th nearest neighbour
   (k = 3, self excluded) within its own set; precision = share of samples inside the union of the
@@ -88,14 +90,24 @@ def _check_features(name: str, f) -> np.ndarray:
     return f
 
 
+def kid_subset_size(n1: int, n2: int, max_subset_size: int = 1000) -> int:
+    """The subset size KID actually uses: ``min(n1, n2, max_subset_size)`` (subsets are drawn
+    without replacement). Below ``max_subset_size`` the estimate is not the requested one, and
+    when it equals both set sizes every subset is a whole set, so the std over subsets is 0."""
+    return int(min(n1, n2, max_subset_size))
+
+
 def kernel_inception_distance(feats1, feats2, num_subsets: int = 100, max_subset_size: int = 1000,
                               seed: int = 0) -> tuple[float, float]:
-    """KID (mean, std over subsets) between two feature sets (N1, D), (N2, D); float64."""
+    """KID (mean, std over subsets) between two feature sets (N1, D), (N2, D); float64.
+
+    Subsets have :func:`kid_subset_size` images (fewer than ``max_subset_size`` when a set is smaller).
+    """
     f1, f2 = _check_features("feats1", feats1), _check_features("feats2", feats2)
     if f1.shape[1] != f2.shape[1]:
         raise InputFormatError(f"KID: feature dimensions differ ({f1.shape[1]} vs {f2.shape[1]})")
     d = f1.shape[1]
-    m = min(len(f1), len(f2), max_subset_size)
+    m = kid_subset_size(len(f1), len(f2), max_subset_size)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(num_subsets):

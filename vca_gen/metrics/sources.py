@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from vca_gen.metrics.errors import InputFormatError
+from vca_gen.metrics.errors import DatasetNotFound, InputFormatError, UnreadableImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DATASETS = ("animal_mnist",)
@@ -144,6 +144,22 @@ def _read_npy_header(f, where: str):
         raise InputFormatError(f"{where}: not a readable .npy array ({e})") from e
 
 
+def _read_rgb(path) -> np.ndarray:
+    """(H, W, 3) uint8 of one image file; :class:`UnreadableImageError` when PIL cannot open or decode it."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as e:  # PIL: UnidentifiedImageError, truncated data; or no permission to read the file
+        raise UnreadableImageError(f"{path}: cannot read this image ({e}); fix, convert or remove the file "
+                                   f"(accepted: files PIL can decode, extensions {', '.join(IMAGE_EXTENSIONS)})") from e
+
+
+class _Unreadable(str):
+    """The message of an image a DataLoader worker could not read (raised in the main process, so
+    the user sees one line rather than the worker's re-raised traceback text)."""
+
+
 class _FolderDataset(torch.utils.data.Dataset):
     def __init__(self, files):
         self.files = files
@@ -152,9 +168,10 @@ class _FolderDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        from PIL import Image
-        with Image.open(self.files[i]) as im:
-            return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+        try:
+            return _read_rgb(self.files[i])  # (H, W, 3) uint8
+        except UnreadableImageError as e:
+            return _Unreadable(str(e))
 
 
 class FolderSource(ImageSource):
@@ -166,9 +183,7 @@ class FolderSource(ImageSource):
         self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.files:
             raise InputFormatError(f"{path}: no images found (accepted extensions: {', '.join(IMAGE_EXTENSIONS)})")
-        from PIL import Image
-        with Image.open(self.files[0]) as im:
-            self.resolution = (im.height, im.width)
+        self.resolution = tuple(_read_rgb(self.files[0]).shape[:2])
 
     def __len__(self) -> int:
         return len(self.files)
@@ -176,11 +191,18 @@ class FolderSource(ImageSource):
     def batches(self, batch_size: int, num_workers: int = 0) -> Iterator[np.ndarray]:
         loader = torch.utils.data.DataLoader(_FolderDataset(self.files), batch_size=batch_size,
                                              num_workers=num_workers, collate_fn=_collate)
-        yield from loader
+        for batch in loader:
+            if isinstance(batch, _Unreadable):
+                raise UnreadableImageError(str(batch))
+            yield batch
 
 
 def _collate(items):
-    """Stack same-size images into (B, H, W, 3); keep a list when sizes differ."""
+    """Stack same-size images into (B, H, W, 3); keep a list when sizes differ; the first unreadable
+    image's message instead, if any."""
+    bad = [im for im in items if isinstance(im, _Unreadable)]
+    if bad:
+        return bad[0]
     return np.stack(items) if len({im.shape for im in items}) == 1 else list(items)
 
 
@@ -190,7 +212,10 @@ class AnimalMNISTSource(ArraySource):
 
     def __init__(self, split: str = "all", image_size: int = 32, root=None):
         from vca_gen.data.animal_mnist import load_arrays, split_indices
-        images, labels = load_arrays(root)
+        try:
+            images, labels = load_arrays(root)
+        except FileNotFoundError as e:  # its message names the missing file and how to fetch it
+            raise DatasetNotFound(str(e)) from e
         if image_size < 28:
             raise InputFormatError(f"animal_mnist image_size={image_size}: must be >= 28")
         lo = (image_size - 28) // 2

@@ -1,6 +1,7 @@
 """Feature statistics: streamed computation, our ``.npz`` statistics files, ADM reference batches.
 
-Our statistics file (written atomically by :func:`save_statistics`, ``--make-ref``) is an ``.npz``:
+Our statistics file (written atomically by :func:`save_statistics`, ``--make-ref``, with the
+umask's mode) is an ``.npz``:
 ``mu`` (2048,) / ``sigma`` (2048, 2048) float64 (pool3), ``mu_s`` / ``sigma_s`` (2023-d spatial,
 for sFID), optionally ``feats`` (K, 2048) float32 (a seeded random subset of pool3 features, for
 KID and precision/recall), and ``vca_gen_meta``: a JSON string with ``format``, ``version``,
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +23,7 @@ import numpy as np
 
 from vca_gen.metrics.errors import InputFormatError, ModeMismatchError
 from vca_gen.metrics.inception import EXTRACTOR_NAME, InceptionFeatureExtractor, check_mode
+from vca_gen.utils.io import atomic_savez, make_parent_dir
 
 FORMAT_NAME, FORMAT_VERSION = "vca-gen-fid-stats", 1
 META_KEY = "vca_gen_meta"
@@ -136,9 +137,29 @@ def compute_statistics(source, extractor: InceptionFeatureExtractor, mode: str |
                              source=src.description, kind="computed")
 
 
+def statistics_from_features(feature_batches, mode: str, extractor_sha256: str | None = None,
+                             resolution: tuple[int, int] | None = None, source: str = "features") -> FeatureStatistics:
+    """Pool3 statistics from feature batches (each (B, 2048) float32), accumulated exactly as
+    :func:`compute_statistics` does for the images they came from (same order and batches → the
+    same float64 sums): in-loop FID gathers per-process features and finishes here."""
+    pool, kept = RunningMoments(), []
+    for feats in feature_batches:
+        pool.update(feats)
+        kept.append(feats)
+    if pool.n < 2:
+        raise InputFormatError(f"{source}: {pool.n} image(s); FID statistics need at least 2")
+    mu, sigma = pool.finalize()
+    return FeatureStatistics(mu=mu, sigma=sigma, count=pool.n, mode=check_mode(mode),
+                             feats=np.concatenate(kept) if pool.n <= SMALL_SET else None,
+                             resolution=resolution, extractor_sha256=extractor_sha256, source=source,
+                             kind="computed")
+
+
 def save_statistics(stats: FeatureStatistics, path: str | os.PathLike, max_features: int = 10000,
                     seed: int = 0) -> Path:
-    """Write our statistics file atomically (temp file in the same folder, then ``os.replace``)."""
+    """Write our statistics file atomically (:func:`vca_gen.utils.io.atomic_savez`: temp file in the
+    same folder, mode per umask, then ``os.replace``); overwrites ``path`` (the CLI refuses that
+    without ``--overwrite``). Its folder is created; one that cannot be raises ``OutputDirError``."""
     path = Path(path)
     arrays = {"mu": stats.mu, "sigma": stats.sigma, META_KEY: np.array(json.dumps(stats.meta()))}
     if stats.mu_s is not None:
@@ -151,16 +172,8 @@ def save_statistics(stats: FeatureStatistics, path: str | os.PathLike, max_featu
     if stats.complete(spatial=True) is not None and stats.complete() is not None and "feats" in arrays \
             and len(arrays["feats"]) == stats.count:
         arrays["feats_s"] = stats.feats_s.astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    make_parent_dir(path, "statistics file")
+    return atomic_savez(path, **arrays)
 
 
 def reference_kind(path: str | os.PathLike) -> str:

@@ -70,8 +70,10 @@ def build_objective(cfg: Union[ObjectiveConfig, Mapping, Any, None] = None) -> O
     cfg = _to_config(cfg)
     kind = str(cfg.kind).lower()
     if kind == "diffusion":
+        cfg.diffusion.check()
         return DiffusionObjective(cfg.diffusion)
     if kind == "flow":
+        cfg.flow.check()
         return FlowObjective(cfg.flow)
     raise ValueError(f"unknown objective kind {cfg.kind!r}; accepted: {', '.join(OBJECTIVE_KINDS)}")
 

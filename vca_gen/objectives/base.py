@@ -64,6 +64,18 @@ def infer_null_label(model_fn: Any) -> Optional[int]:
     return None
 
 
+class _Probe(Exception):
+    """Raised by the stand-in model of :meth:`Objective.check_sample_args`."""
+
+
+def parse_steps(steps: Union[int, str, None]) -> Union[int, str, None]:
+    """Config/CLI steps: ``None``, an int (``"250"`` → 250) or a respacing string (``"ddim50"``)."""
+    if steps is None:
+        return None
+    s = str(steps).strip()
+    return int(s) if s.isdigit() else s
+
+
 class Objective:
     """Base class: channel checks, guidance wiring and NFE counting shared by both objectives."""
 
@@ -111,6 +123,31 @@ class Objective:
         fn = guided_model_fn(model_fn, float(cfg_scale), null_label, noise.shape[1], guide_channels)
         return CountingModelFn(fn)
 
+    def check_sample_args(self, sampler: Optional[str] = None, steps: Union[int, str, None] = None,
+                          cfg_scale: float = 1.0, guide_channels: Optional[int] = None,
+                          options: Optional[Mapping[str, Any]] = None, channels: int = 4,
+                          null_label: Optional[int] = 0) -> str:
+        """Validate sampling settings without evaluating a model; returns the resolved sampler name.
+
+        Runs :meth:`sample` with a model function that stops at its first call, so every check
+        the sampler makes before its first step (names, steps, options, guidance) raises
+        ``ValueError`` here exactly as it would in a real run.
+        """
+        def stop(*_):
+            raise _Probe
+
+        name = self.check_sampler(sampler)
+        gens = [torch.Generator().manual_seed(0)]
+        try:
+            self.sample(stop, torch.zeros(1, int(channels), 2, 2), torch.zeros(1, dtype=torch.long), sampler=sampler,
+                        steps=steps, cfg_scale=cfg_scale, guide_channels=guide_channels, generator=gens,
+                        null_label=null_label, **dict(options or {}))
+        except _Probe:
+            return name
+        except TypeError as e:  # e.g. an option of the wrong type
+            raise ValueError(str(e)) from None
+        raise RuntimeError("the sampler finished without calling the model")  # pragma: no cover
+
     def training_losses(self, model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, generator: GeneratorSpec = None) -> dict:  # pragma: no cover
         raise NotImplementedError
 
@@ -119,4 +156,4 @@ class Objective:
         raise NotImplementedError
 
 
-__all__ = ["Objective", "SampleOutput", "CountingModelFn", "ModelFn", "infer_null_label"]
+__all__ = ["Objective", "SampleOutput", "CountingModelFn", "ModelFn", "infer_null_label", "parse_steps"]

@@ -14,6 +14,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..errors import cli_boundary
+from ..experiment.checkpoint import _find_weights_dir
+from ..utils.io import refuse_input_as_output
+from .engine import RunSpec, run_sampling
+from .manifest import checkpoint_hash
+from .model import check_sampler_args, load, loaded_image_maker, parse_steps
 from .plan import SamplingError
 
 EPILOG = """\
@@ -56,7 +62,13 @@ def parse_options(items: Sequence[str]) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sample.py", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="export dir, training checkpoint step_XXXXXXXX/ or run dir (latest)")
+    p.add_argument("--ckpt", required=True, help="export dir, training checkpoint step_XXXXXXXX/, run dir (latest), "
+                                                 "or an official DiT/SiT .pt file (with --model)")
+    p.add_argument("--model", default=None, help="with an official .pt file: its model, e.g. DiT-XL/2 or SiT-XL/2 "
+                                                 "(the family sets the paper protocol: DiT DDPM 250, SiT SDE 250)")
+    p.add_argument("--image-size", type=int, default=256, choices=(256, 512),
+                   help="with --model: the image resolution of the official file (256)")
+    p.add_argument("--num-classes", type=int, default=1000, help="with --model: classes of the file (1000)")
     p.add_argument("--out", required=True, help="output directory (created; resumed when it holds the same run)")
     p.add_argument("--num-samples", type=int, default=50_000, help="N, a multiple of the number of classes (50000)")
     p.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed + i (0)")
@@ -71,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra sampler option, repeatable (eta, order, clip_denoised; diffusion_form, last_step, "
                         "last_step_size, atol, rtol, ...)")
-    p.add_argument("--vae", default=None, help="decoder hub id or folder, overriding the config's data.vae "
-                                                "(e.g. stabilityai/sd-vae-ft-mse as DiT reports)")
+    p.add_argument("--vae", default=None, help="decoder hub id or folder, overriding the checkpoint's decoder "
+                                                "(official files default to stabilityai/sd-vae-ft-mse, as DiT reports)")
     p.add_argument("--vae-batch-size", type=int, default=16, help="images per VAE decode call (16)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast for the model (fp32)")
     p.add_argument("--save-png", action="store_true", help="also write OUT/png/XXXXXX.png")
@@ -85,10 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Sample as ``args`` say; returns a summary (main process) or ``{}``."""
-    from .engine import RunSpec, run_sampling
-    from .manifest import checkpoint_hash
-    from .model import check_sampler_args, image_maker, load, parse_steps
-
+    refuse_input_as_output({"--out": args.out}, {"--ckpt": Path(args.ckpt)})
     state = process_state()
     device = state.device
     steps = parse_steps(args.steps)
@@ -97,9 +106,13 @@ def run(args: argparse.Namespace) -> dict:
         raise SamplingError(f"--vae-batch-size must be >= 1, got {args.vae_batch_size}")
     if args.grid_classes < 0 or args.grid_per_class < 0:
         raise SamplingError("--grid-classes and --grid-per-class must be >= 0")
-    loaded = load(args.ckpt, use_ema=args.ema, device=device, vae=args.vae)
+    loaded = load(args.ckpt, use_ema=args.ema, device=device, vae=args.vae, model_name=args.model,
+                  image_size=args.image_size, num_classes=args.num_classes)
+    loaded.decoder.batch_size = args.vae_batch_size
+    loaded.decoder.check_channels(loaded.latent_shape[0])
     sampler = check_sampler_args(loaded, args.sampler, steps, args.cfg_scale, args.guide_channels, options)
     ckpt_sha = checkpoint_hash(_weights_dir(args.ckpt))
+    protocol = protocol_of(loaded, sampler, steps, options, args)
     spec = RunSpec(
         out_dir=Path(args.out), num_samples=args.num_samples, num_classes=int(loaded.model.num_classes),
         image_shape=loaded.image_shape, seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size,
@@ -109,15 +122,15 @@ def run(args: argparse.Namespace) -> dict:
                                (loaded.objective.default_steps if sampler == loaded.objective.default_sampler
                                 else "default")),
                   "sampler_options": options, "cfg_scale": args.cfg_scale, "guide_channels": args.guide_channels,
-                  "vae": loaded.vae_id, "precision": args.precision, "device_type": device.type},
+                  "vae": loaded.vae_id, "precision": args.precision, "device_type": device.type,
+                  "protocol": protocol},
         info={"ckpt_path": str(args.ckpt), "world_size": state.num_processes,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": shlex.join(sys.argv)},
         overwrite=args.overwrite, save_png=args.save_png, grid_classes=args.grid_classes,
         grid_per_class=args.grid_per_class, class_names=loaded.class_names, progress=args.progress)
-    make = image_maker(loaded, device, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,
-                       guide_channels=args.guide_channels, options=options, precision=args.precision,
-                       vae_batch_size=args.vae_batch_size)
+    make = loaded_image_maker(loaded, device, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,
+                              guide_channels=args.guide_channels, options=options, precision=args.precision)
     t0 = time.perf_counter()
     result = run_sampling(make, spec, state=state)
     if not state.is_main_process:
@@ -125,7 +138,8 @@ def run(args: argparse.Namespace) -> dict:
     summary = {"samples": str(result.path), "num_samples": args.num_samples, "sampler": sampler,
                "steps": spec.settings["steps"], "cfg_scale": args.cfg_scale, "processes": state.num_processes,
                "generated_by_main": result.generated, "resumed_shards": result.resumed_shards,
-               "nfe_per_image": result.nfe_per_image, "seconds": round(time.perf_counter() - t0, 2)}
+               "nfe_per_image": result.nfe_per_image, "seconds": round(time.perf_counter() - t0, 2),
+               "protocol": protocol}
     if result.nfe_per_image is not None:
         extra = " (each on a doubled cond+uncond batch)" if args.cfg_scale != 1.0 else ""
         print(f"model evaluations per image: {result.nfe_per_image:g}{extra}", file=sys.stderr)
@@ -133,6 +147,21 @@ def run(args: argparse.Namespace) -> dict:
     print(f"wrote {result.path} ({args.num_samples} images {loaded.image_shape}){grid}", file=sys.stderr)
     print(json.dumps(summary), flush=True)
     return summary
+
+
+def protocol_of(loaded, sampler: str, steps, options: dict, args) -> dict:
+    """The sampling protocol of this run, for the summary and ``sampling.json``."""
+    obj = loaded.objective
+    cfg = obj.cfg
+    resolved_steps = steps if steps is not None else (obj.default_steps if sampler == obj.default_sampler else "default")
+    out = {"family": "SiT" if obj.kind == "flow" else "DiT", "objective": obj.kind, "sampler": sampler,
+           "steps": str(resolved_steps), "cfg_scale": args.cfg_scale, "decoder": loaded.vae_id or "none (pixel space)",
+           "weights": loaded.source.get("weights") or loaded.source.get("used"), "source": loaded.source.get("kind")}
+    if obj.kind == "flow" and sampler == "sde":
+        out.update(diffusion_form=options.get("diffusion_form", cfg.diffusion_form),
+                   last_step=options.get("last_step", cfg.last_step),
+                   last_step_size=options.get("last_step_size", cfg.last_step_size))
+    return out
 
 
 def process_state():
@@ -156,20 +185,10 @@ def process_state():
 
 def _weights_dir(ckpt) -> Path:
     """The directory whose weights ``load_for_sampling`` reads (a run dir resolves to its latest checkpoint)."""
-    from ..experiment.checkpoint import _find_weights_dir
-
     p = Path(ckpt)
     return p if p.is_file() else _find_weights_dir(p)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..experiment.checkpoint import CheckpointError
-    from ..experiment.schema import ConfigError
-
-    try:
-        run(args)
-    except (SamplingError, CheckpointError, ConfigError, ValueError, OSError) as e:
-        print(f"sample.py: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    return cli_boundary("sample.py", lambda: run(args) and None)

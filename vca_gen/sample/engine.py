@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..utils.io import make_dir
 from ..utils.rng import per_sample_generators
 from . import files
 from .grid import GridCollector, save_grid
@@ -137,7 +138,7 @@ def run_sampling(make_images: MakeImages, spec: RunSpec, state=None, device=None
     check_num_samples(spec.num_samples, spec.num_classes)
     plan = ShardPlan(spec.num_samples, spec.shard_size)
     batches(range(1), spec.batch_size)  # validates the batch size
-    Path(spec.out_dir).mkdir(parents=True, exist_ok=True)
+    make_dir(spec.out_dir, "the sampling output (--out)")
 
     pending = _prepare(spec, plan, state)
     mine = ShardPlan.assign(pending, state.process_index, state.num_processes)

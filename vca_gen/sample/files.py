@@ -1,22 +1,25 @@
 """Sample files: uint8 conversion, atomic shard files, the streamed final ``.npz``, PNGs.
 
-Every file is written under a temporary name in the same directory and moved into place with
-``os.replace``, so a kill never leaves a partial file under a final name. The final ``samples.npz``
+Every file is written through :mod:`vca_gen.utils.io` (``atomic_savez``, ``atomic_path``,
+``atomic_open``): under a temporary name ``.<name>.<random>.tmp`` in the same directory, given the
+umask's mode (0644 under umask 022), and moved into place with ``os.replace``, so a kill never
+leaves a partial file under a final name. The final ``samples.npz``
 holds ``arr_0`` uint8 (N, H, W, 3) -- the ADM evaluator's sample-batch format -- and ``arr_1`` the
 int64 class labels (as guided-diffusion's sampling script writes them); it is streamed shard by
 shard into the zip archive, so 50K images never sit in memory at once.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+
+from vca_gen.utils.io import atomic_open, atomic_path
+from vca_gen.utils.io import atomic_savez as _atomic_savez
 
 SHARD_RE = re.compile(r"^shard_(\d{5,})\.npz$")
 
@@ -38,23 +41,9 @@ def shard_path(out_dir: Path, shard: int) -> Path:
     return Path(out_dir) / f"shard_{shard:05d}.npz"
 
 
-def _temp_in(directory: Path, prefix: str) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
-
-
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = _temp_in(path.parent, f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``np.savez`` to ``path`` atomically (see :func:`vca_gen.utils.io.atomic_savez`)."""
+    _atomic_savez(path, **arrays)
 
 
 def write_shard(out_dir: Path, shard: int, images: np.ndarray, labels: np.ndarray, indices: range) -> Path:
@@ -84,11 +73,12 @@ def read_shard(path: Path, indices: range, image_shape: tuple[int, int, int] | N
 
 
 def clean_temp_files(out_dir: Path) -> int:
-    """Remove temporary files left by a killed run; returns how many were removed."""
+    """Remove temporary files left by a killed run (in ``out_dir`` and ``out_dir/png``); returns how many."""
     n = 0
-    for p in Path(out_dir).glob(".*.tmp"):
-        p.unlink(missing_ok=True)
-        n += 1
+    for d in (Path(out_dir), Path(out_dir) / "png"):
+        for p in d.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+            n += 1
     return n
 
 
@@ -103,10 +93,8 @@ def stream_npz(path: Path, total: int, item_shape: tuple[int, ...], chunks: Iter
     ``chunks`` yields (images, labels) in order; the file appears under ``path`` only when complete.
     """
     path = Path(path)
-    fd, tmp = _temp_in(path.parent, f".{path.name}.")
-    os.close(fd)
     labels_all = np.empty(total, dtype=np.int64)
-    try:
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             written = 0
             with zf.open("arr_0.npy", "w", force_zip64=True) as f:
@@ -123,26 +111,18 @@ def stream_npz(path: Path, total: int, item_shape: tuple[int, ...], chunks: Iter
                 raise ValueError(f"only {written} of {total} images supplied")
             with zf.open("arr_1.npy", "w") as f:
                 np.lib.format.write_array(f, labels_all)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_pngs(directory: Path, images: np.ndarray, start: int) -> None:
-    """Save images as ``{index:06d}.png`` (atomic per file)."""
+    """Save images as ``{index:06d}.png`` (atomic per file, mode per umask)."""
     from PIL import Image
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for j, img in enumerate(images):
         final = directory / f"{start + j:06d}.png"
-        fd, tmp = _temp_in(directory, f".{final.name}.")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(final, "wb", durable=False) as f:  # 50K files: no per-file fsync
             Image.fromarray(img).save(f, format="PNG")
-        os.replace(tmp, final)
 
 
 def iter_shards(out_dir: Path, plan, image_shape=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:

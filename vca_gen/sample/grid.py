@@ -1,12 +1,12 @@
 """A labelled sample grid: one row per class, the class name on the left."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from vca_gen.utils.io import atomic_open
 
 
 class GridCollector:
@@ -56,11 +56,9 @@ def render_grid(rows: Mapping[int, Sequence[np.ndarray]], class_names: Sequence[
 
 
 def save_grid(path: Path, rows, class_names=None) -> Path:
-    """Render and save the grid atomically as PNG."""
+    """Render and save the grid atomically as PNG (mode per umask)."""
     path = Path(path)
     img = render_grid(rows, class_names)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_open(path, "wb") as f:
         img.save(f, format="PNG")
-    os.replace(tmp, path)
     return path

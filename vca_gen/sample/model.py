@@ -1,62 +1,51 @@
-"""From a checkpoint to ``make_images``: model, objective with the FID-protocol sampler, VAE.
+"""From a checkpoint to ``make_images``: the one generation path of the project.
 
-Sampling defaults are the papers' FID protocols, not the training config's in-loop preview
-settings: the ``objective`` section's sampler fields (``sampler``, ``sample_steps``, ``ddim_eta``,
-``dpm_solver_order``; flow: ``diffusion_form``, ``diffusion_norm``, ``last_step``,
-``last_step_size``, ``atol``, ``rtol``, ``ode_method``) are reset to the dataclass defaults (DiT:
-DDPM 250 respaced steps; SiT: SDE Euler-Maruyama 250 steps, diffusion form "sigma", last step
-"Mean" of size 0.04). Everything that defines the model's process (schedule, path, prediction,
-eps) comes from the checkpoint's config.
+:func:`load` reads a checkpoint, run directory or export of this project (or, with
+``model_name``, an official DiT / SiT file) into a :class:`Loaded`: the model, the experiment it
+came from, the experiment's objective with its sampling protocol, and the decoder described by the
+checkpoint's ``decoder.json``. :func:`image_maker` turns model + objective + decoder into the
+engine's ``make_images(indices, labels, generators)``; ``sample.py``, the training preview grids,
+in-loop FID and the demo all generate through it, so the same seed gives the same image everywhere.
+
+Sampling defaults are the experiment's objective protocol (DiT: DDPM 250 respaced steps; SiT: SDE
+Euler–Maruyama 250 steps, diffusion form "sigma", last step "Mean" of 0.04, unless the experiment
+chose otherwise); training preview settings (``train.grid``) never leak into ``sample.py``.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
+from omegaconf import DictConfig
 
-from ..objectives import DiffusionConfig, FlowConfig, Objective, build_objective
+from ..data.decoder import Decoder, DecoderSpec
+from ..experiment.build import build_objective_for, decoder_spec
+from ..experiment.checkpoint import load_for_sampling
+from ..experiment.official import official_experiment
+from ..models.official import read_checkpoint_file
+from ..objectives import Objective
+from ..objectives.base import parse_steps
 from ..utils import rng
 from .files import to_uint8
 from .plan import SamplingError
 
-SAMPLING_FIELDS = {
-    "diffusion": ("sampler", "sample_steps", "ddim_eta", "dpm_solver_order"),
-    "flow": ("sampler", "sample_steps", "diffusion_form", "diffusion_norm", "last_step", "last_step_size",
-             "atol", "rtol", "ode_method"),
-}
 PRECISIONS = ("fp32", "bf16")
-
-
-def protocol_objective(objective_cfg: Any) -> Objective:
-    """The checkpoint's objective with its sampler settings reset to the FID-protocol defaults."""
-    from omegaconf import DictConfig, OmegaConf
-
-    cfg = OmegaConf.to_container(objective_cfg, resolve=True) if isinstance(objective_cfg, DictConfig) else \
-        dataclasses.asdict(objective_cfg) if dataclasses.is_dataclass(objective_cfg) else dict(objective_cfg or {})
-    kind = str(cfg.get("kind", "diffusion")).lower()
-    defaults = {"diffusion": DiffusionConfig(), "flow": FlowConfig()}.get(kind)
-    if defaults is not None:
-        sub = dict(cfg.get(kind) or {})
-        sub.update({f: getattr(defaults, f) for f in SAMPLING_FIELDS[kind]})
-        cfg[kind] = sub
-    return build_objective(cfg)
+MakeImages = Callable[[Sequence[int], torch.Tensor, list], "tuple[np.ndarray, int]"]
 
 
 @dataclass
 class Loaded:
-    """A checkpoint ready to sample: model in eval mode on ``device`` and what surrounds it."""
+    """A model ready to sample: model in eval mode on its device and what surrounds it."""
 
     model: torch.nn.Module
-    cfg: Any  # the experiment config (DictConfig)
+    experiment: DictConfig
     objective: Objective
-    vae: Optional[torch.nn.Module]
-    vae_id: Optional[str]
-    normalizer: Any
-    class_names: Optional[Sequence[str]]
+    decoder: Decoder
+    source: dict = field(default_factory=dict)  # what was loaded: kind, path, weights (ema/live), ...
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -65,69 +54,66 @@ class Loaded:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        from ..data.vae import vae_downsample_factor
+        return self.decoder.image_shape(self.latent_shape)
 
-        side = int(self.model.input_size) * (vae_downsample_factor(self.vae) if self.vae is not None else 1)
-        return side, side, 3
+    @property
+    def class_names(self) -> Optional[Sequence[str]]:
+        return self.decoder.spec.class_names
 
-
-def _normalizer(data_cfg):
-    from ..data.vae import LatentNormalizer
-
-    if data_cfg.get("latent_norm", "scale") == "scale":
-        return LatentNormalizer("scale", float(data_cfg.scale_factor))
-    from ..data.latents import LatentStore
-
-    if not data_cfg.get("path"):
-        raise SamplingError("the checkpoint was trained with per-channel latent normalisation but its config has no "
-                            "data.path (latent store) to read the statistics from")
-    return LatentStore(data_cfg.path, verify="size").channel_stats_normalizer()
+    @property
+    def vae_id(self) -> Optional[str]:
+        return self.decoder.vae_id if self.decoder.spec.latent else None
 
 
-def _class_names(data_cfg) -> Optional[Sequence[str]]:
-    if data_cfg.get("kind") == "animal_mnist":
-        from ..data.animal_mnist import CLASSES
+def _load_official(path: Path, model_name: str, use_ema: bool, image_size: int, num_classes: int,
+                   vae: Optional[str]):
+    from ..experiment.build import build_model
+    from ..models.official import diagnose_mismatch, infer_learn_sigma
+    from ..models.registry import parse_model_name
 
-        return CLASSES
-    return None
+    state, info = read_checkpoint_file(path, prefer="ema" if use_ema else "model")
+    _, _, patch = parse_model_name(model_name)
+    learn_sigma = infer_learn_sigma(state, patch, 4)
+    exp = official_experiment(model_name, image_size=image_size, num_classes=num_classes,
+                              learn_sigma=bool(learn_sigma) if learn_sigma is not None else True,
+                              **({"vae": vae} if vae is not None else {}))
+    model = build_model(exp)
+    expected = model.state_dict()
+    if set(expected) != set(state) or any(tuple(expected[k].shape) != tuple(state[k].shape) for k in expected):
+        raise SamplingError(f"--ckpt {path} does not fit --model {model_name} at {image_size} px: "
+                            + diagnose_mismatch(state, model_name, int(exp.model.input_size), 4, num_classes,
+                                                bool(exp.model.learn_sigma)))
+    model.load_state_dict(state, strict=True)
+    return model, exp, decoder_spec(exp), {"kind": "official", "path": str(path), **info}
 
 
-def load(ckpt: str | Path, use_ema: bool = True, device: Any = "cpu", vae: Optional[str] = None) -> Loaded:
-    """Load a checkpoint / export for sampling; ``vae`` overrides the config's ``data.vae``."""
-    from ..experiment.checkpoint import load_for_sampling
-
-    if not Path(ckpt).exists():
+def load(ckpt: str | Path, use_ema: bool = True, device: Any = "cpu", vae: Optional[str] = None,
+         model_name: Optional[str] = None, image_size: int = 256, num_classes: int = 1000) -> Loaded:
+    """Load for sampling. ``ckpt``: an export, a training checkpoint ``step_XXXXXXXX/``, a run directory
+    (its latest checkpoint), or with ``model_name`` an official DiT/SiT ``.pt`` (plain state dict or a
+    ``{"model", "ema", "opt", "args"}`` training dict). ``vae`` overrides the decoder's VAE."""
+    p = Path(ckpt)
+    if not p.exists():
         raise SamplingError(f"--ckpt {ckpt} does not exist (expected an export directory, a training checkpoint "
-                            f"step_XXXXXXXX/ or a run directory)")
-    model, cfg = load_for_sampling(ckpt, use_ema=use_ema)
+                            f"step_XXXXXXXX/, a run directory, or an official .pt file with --model)")
+    if p.is_file():
+        if model_name is None:
+            raise SamplingError(f"--ckpt {ckpt} is a file: official DiT/SiT checkpoints need --model (e.g. --model "
+                                f"DiT-XL/2); this project's checkpoints and exports are directories")
+        model, exp, spec, source = _load_official(p, model_name, use_ema, image_size, num_classes, vae)
+    else:
+        if model_name is not None:
+            raise SamplingError(f"--model {model_name} is only for official .pt files; {ckpt} is a directory of this "
+                                f"project, which records its own model")
+        model, exp, spec, source = load_for_sampling(p, use_ema=use_ema)
+        spec = spec if spec is not None else decoder_spec(exp)
     model = model.to(device).eval().requires_grad_(False)
-    objective = protocol_objective(cfg.objective)
+    objective = build_objective_for(exp)
     objective.check_model(model)
-    data = cfg.data
-    vae_id = vae if vae is not None else data.get("vae")
-    vae_module, norm = None, None
-    latent = data.get("kind") == "latents" or data.get("vae") is not None
-    if latent:
-        from ..data.vae import load_vae
-
-        if vae_id in (None, "none"):
-            raise SamplingError("the model works in latent space; it needs a VAE decoder (--vae ID_OR_FOLDER)")
-        vae_module = load_vae(vae_id, subfolder=data.get("vae_subfolder") if vae is None else None, device=device)
-        norm = _normalizer(data)
-        if int(vae_module.config.latent_channels) != int(model.in_channels):
-            raise SamplingError(f"--vae {vae_id} has {vae_module.config.latent_channels} latent channels, the model "
-                                f"{model.in_channels}")
-    elif vae not in (None, "none"):
-        raise SamplingError(f"--vae {vae}: the model works in pixel space (data.vae is null), there is nothing to decode")
-    return Loaded(model, cfg, objective, vae_module, vae_id if latent else None, norm, _class_names(data))
-
-
-def parse_steps(steps: Optional[str]):
-    """``--steps``: an int ("250") or a respacing string ("ddim50", "10,10,10") kept as a string."""
-    if steps is None:
-        return None
-    s = str(steps).strip()
-    return int(s) if s.isdigit() else s
+    decoder = Decoder(spec, device=device, vae=vae)
+    if spec.latent and decoder.vae_id in (None, "none"):
+        raise SamplingError("the model works in latent space; it needs a VAE decoder (--vae ID_OR_FOLDER)")
+    return Loaded(model, exp, objective, decoder, source)
 
 
 def autocast(device: torch.device, precision: str):
@@ -138,49 +124,53 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-class _Probe(Exception):
-    pass
-
-
 def check_sampler_args(loaded: Loaded, sampler, steps, cfg_scale, guide_channels, options: dict) -> str:
-    """Validate sampler, steps and options before anything is written (no model evaluation).
-
-    Runs ``objective.sample`` with a model function that stops at its first call, so every check
-    the objective makes up front raises here. Returns the resolved sampler name.
-    """
-    def stop(*_):
-        raise _Probe
-
-    c, h, w = loaded.latent_shape
+    """Validate sampler, steps and options before anything is written; returns the sampler name."""
     try:
-        name = loaded.objective.check_sampler(sampler)
-        loaded.objective.sample(stop, torch.zeros(1, c, h, w), torch.zeros(1, dtype=torch.long), sampler=sampler,
-                                steps=steps, cfg_scale=cfg_scale, guide_channels=guide_channels,
-                                generator=rng.per_sample_generators([0]), null_label=int(loaded.model.num_classes),
-                                **options)
-    except _Probe:
-        return name
-    raise SamplingError("the sampler finished without calling the model")  # pragma: no cover
+        return loaded.objective.check_sample_args(sampler, steps, cfg_scale, guide_channels, options,
+                                                  loaded.latent_shape[0], int(loaded.model.num_classes))
+    except ValueError as e:
+        raise SamplingError(str(e)) from None
 
 
-def image_maker(loaded: Loaded, device: torch.device, sampler=None, steps=None, cfg_scale: float = 1.0,
-                guide_channels: Optional[int] = None, options: Optional[dict] = None, precision: str = "fp32",
-                vae_batch_size: int = 16):
-    """``make_images(indices, labels, generators) -> (uint8 (B, H, W, 3), nfe)`` for the engine."""
-    from ..data.vae import decode
-
-    model, objective, options = loaded.model, loaded.objective, dict(options or {})
-    null = int(model.num_classes)
+def image_maker(model: torch.nn.Module, objective: Objective, decoder: Decoder, latent_shape: tuple,
+                device: Any, sampler=None, steps=None, cfg_scale: float = 1.0, guide_channels: Optional[int] = None,
+                options: Optional[dict] = None, precision: str = "fp32") -> MakeImages:
+    """``make_images(indices, labels, generators) -> (uint8 (B, H, W, 3), nfe)``: noise from
+    ``generators`` (one per sample), the objective's sampler, then the decoder."""
+    device = torch.device(device)
+    options, null = dict(options or {}), int(model.num_classes)
+    steps = parse_steps(steps)
 
     @torch.no_grad()
     def make_images(indices, labels, generators):
-        noise = rng.randn((len(indices), *loaded.latent_shape), generators, device=device)
+        noise = rng.randn((len(indices), *latent_shape), generators, device=device)
         with autocast(device, precision):
-            out = objective.sample(model, noise, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+            out = objective.sample(model, noise, labels.to(device), sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                                    guide_channels=guide_channels, generator=generators, null_label=null, **options)
-        x = out.x.float()
-        if loaded.vae is not None:
-            x = decode(loaded.vae, x, loaded.normalizer, batch_size=vae_batch_size)
-        return to_uint8(x), int(out.nfe)
+        return to_uint8(decoder(out.x.float())), int(out.nfe)
 
     return make_images
+
+
+def loaded_image_maker(loaded: Loaded, device: Any, **kwargs) -> MakeImages:
+    """:func:`image_maker` for a :class:`Loaded` checkpoint."""
+    return image_maker(loaded.model, loaded.objective, loaded.decoder, loaded.latent_shape, device, **kwargs)
+
+
+def generate(make_images: MakeImages, labels: Sequence[int], seeds: Sequence[int], device: Any,
+             batch_size: int = 64) -> np.ndarray:
+    """uint8 images for explicit labels and seeds (image j from a generator seeded ``seeds[j]``), in
+    batches; the preview grids and in-loop FID use this with the engine's seeding rule."""
+    out = []
+    for i0 in range(0, len(labels), batch_size):
+        idx = list(range(i0, min(len(labels), i0 + batch_size)))
+        gens = rng.per_sample_generators([int(seeds[i]) for i in idx], device=device)
+        y = torch.tensor([int(labels[i]) for i in idx], dtype=torch.long, device=device)
+        images, _ = make_images(idx, y, gens)
+        out.append(images)
+    return np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+__all__ = ["Loaded", "load", "autocast", "check_sampler_args", "image_maker", "loaded_image_maker", "generate",
+           "parse_steps", "PRECISIONS", "DecoderSpec"]

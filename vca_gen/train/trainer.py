@@ -29,12 +29,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vca_gen.errors import UserError
+from vca_gen.data.decoder import Decoder
 from vca_gen.experiment import checkpoint as ckpt
-from vca_gen.experiment.schema import ConfigError, build_model, to_container, to_yaml
+from vca_gen.experiment.build import build_model, build_objective_for, class_names, decoder_spec
+from vca_gen.models.official import load_matching, read_checkpoint_file
+from vca_gen.experiment.schema import ConfigError, run_defining_diff, to_container, to_yaml
 from vca_gen.data.factory import build_loader
 from vca_gen.data.sampler import mix_seed
 from vca_gen.train.ema import EMA
-from vca_gen.objectives import build_objective
 from vca_gen.train.helpers import (
     batch_geometry,
     build_dataset_for,
@@ -43,7 +45,7 @@ from vca_gen.train.helpers import (
     flat_hparams,
     resolve_mixed_precision,
 )
-from vca_gen.train.samples import in_loop_fid, save_sample_grid
+from vca_gen.train.evaluation import InLoopFID, save_grid
 from vca_gen.utils.rng import per_sample_generators
 
 SEED_STREAM_STEP = 7  # seed stream tag of the per-sample training generators
@@ -84,18 +86,6 @@ def drop_labels(y: torch.Tensor, prob: float, null_label: int, gens: List[torch.
     return torch.where(u < prob, torch.full_like(y, null_label), y)
 
 
-def _dict_diff(a, b, prefix: str) -> Dict[str, Any]:
-    """``{dotted key: (a value, b value)}`` for every leaf that differs between two nested dicts."""
-    out: Dict[str, Any] = {}
-    for k in sorted(set(a) | set(b), key=str):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out.update(_dict_diff(va, vb, f"{prefix}.{k}"))
-        elif va != vb:
-            out[f"{prefix}.{k}"] = (va, vb)
-    return out
-
-
 class Trainer:
     """Builds everything from a validated experiment config; :meth:`run` trains to ``max_steps``."""
 
@@ -133,12 +123,18 @@ class Trainer:
             from vca_gen.data.vae import load_vae
 
             self.vae = load_vae(cfg.data.vae, subfolder=cfg.data.vae_subfolder, device=self.device)
+        names = class_names(cfg) or [str(c) for c in (getattr(self.dataset, "classes", None) or [])] or None
+        self.decoder_spec = decoder_spec(cfg, self.normalizer, names)
+        self.decoder = Decoder(self.decoder_spec, device=self.device)
+        if self.vae is not None:
+            self.decoder._vae = self.vae  # the encoder's VAE decodes the grids too (no second load)
 
         # ---- model, objective, EMA, optimizer
         torch.manual_seed(int(t.seed))  # identical initial weights on every process
         self.model = build_model(cfg)
-        self.objective = build_objective(cfg.objective)
+        self.objective = build_objective_for(cfg)
         self.objective.check_model(self.model)
+        self.init_report = None
         check_batch_shape(self.dataset, cfg, self.vae is not None)
         disable_internal_label_dropout(self.model)
         self.model.to(self.device).train()
@@ -160,6 +156,9 @@ class Trainer:
                 f"new train.output_dir")
         if self.resumed_from is not None:
             self._load(self.resumed_from)
+        elif cfg.model.init_from:
+            self._init_from(str(cfg.model.init_from))
+        self.fid = InLoopFID(cfg, self.device) if t.fid.every else None
 
         self.ddp_model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         self.forward = torch.compile(self.ddp_model) if t.compile else self.ddp_model
@@ -173,21 +172,30 @@ class Trainer:
                 raise
             raise ckpt.CheckpointError(f"cannot resume from {path}: {e}") from e
 
+    def _init_from(self, source: str) -> None:
+        """Initialise the live (and EMA) weights from an official file, a checkpoint or an export;
+        keys of the same name and shape are copied, the rest keep their initialisation."""
+        p = Path(source)
+        if p.is_file():
+            state, _ = read_checkpoint_file(p, prefer="ema")
+        else:
+            model, _, _, _ = ckpt.load_for_sampling(p, use_ema=True)
+            state = model.state_dict()
+        self.init_report = load_matching(self.model, state)
+        self.ema.model.load_state_dict(self.model.state_dict())
+        self.acc.print(f"model.init_from={source}: {self.init_report.summary()}")
+
     def _check_same_experiment(self, path: Path, config_yaml: str) -> None:
-        """Error naming every model/objective setting that differs from the checkpoint's config."""
+        """Error naming every setting that defines the computation (model, objective, data order,
+        seeds, optimisation) and differs from the checkpoint's experiment."""
         import yaml
 
         saved = yaml.safe_load(config_yaml) or {}
-        now = to_container(self.cfg)
-        diffs = []
-        for section in ("model", "objective"):
-            for key, (a, b) in _dict_diff(saved.get(section, {}), now[section], section).items():
-                if key != "model.grad_checkpointing":
-                    diffs.append(f"{key}: checkpoint {a!r} vs config {b!r}")
+        diffs = [f"{key}: checkpoint {a!r} vs now {b!r}" for key, (a, b) in run_defining_diff(saved, to_container(self.cfg)).items()]
         if diffs:
             raise ckpt.CheckpointError(
-                f"{path} was saved from a different model/objective: " + "; ".join(diffs)
-                + ". Resume with the checkpoint's config or start a new train.output_dir")
+                f"{path} was saved by a different run: " + "; ".join(diffs)
+                + ". Resume with the checkpoint's settings, or start a new train.output_dir")
 
     def _load_unchecked(self, path: Path) -> None:
         self._check_same_experiment(path, (path / "config.yaml").read_text())
@@ -235,7 +243,7 @@ class Trainer:
             path = ckpt.save_checkpoint(
                 self.ckpt_root, self.step, model_state=self.model.state_dict(), ema_state=self.ema.state_dict(),
                 optimizer_state=self.optimizer.state_dict(), rng_states=rng_states, state=state,
-                config_yaml=to_yaml(self.cfg),
+                config_yaml=to_yaml(self.cfg), decoder=self.decoder_spec,
             )
             ckpt.prune_checkpoints(self.ckpt_root, int(self.cfg.train.keep_last), int(self.cfg.train.milestone_every))
         self.acc.wait_for_everyone()
@@ -299,13 +307,31 @@ class Trainer:
     # ------------------------------------------------------------------ periodic work
     @torch.no_grad()
     def sample_grid(self) -> Optional[Path]:
-        """EMA samples with fixed noise and labels → ``<output_dir>/samples/step_XXXXXXXX.png``."""
+        """EMA samples of ``train.grid`` → ``<output_dir>/samples/step_XXXXXXXX.png`` (main process)."""
         if not self.acc.is_main_process:
             return None
         out = self.out_dir / "samples" / f"{ckpt.step_dir_name(self.step)}.png"
         with self.acc.autocast():
-            save_sample_grid(self.cfg, self.ema.model, self.objective, out, self.device, self.normalizer, self.vae)
+            save_grid(self.cfg, self.ema.model, self.objective, self.decoder, out, self.device)
         return out
+
+    @torch.no_grad()
+    def in_loop_fid(self) -> Optional[float]:
+        """``train.fid``: every process samples and embeds its share; the main process scores."""
+        from accelerate.utils import gather_object
+
+        if self.fid is None:
+            self.fid = InLoopFID(self.cfg, self.device)
+        feats = self.fid.features(self.ema.model, self.objective, self.decoder, self.acc.process_index,
+                                  self.acc.num_processes)
+        gathered = gather_object([feats])
+        value = None
+        if self.acc.is_main_process:
+            side = int(self.cfg.model.input_size) * int(self.decoder_spec.downsample)
+            value = self.fid.score(gathered, (side, side))
+            self.acc.log({"eval/fid": value}, step=self.step)
+            self.acc.print(f"step {self.step}: in-loop FID ({self.cfg.train.fid.num_samples} samples) {value:.4f}")
+        return value
 
     def _write_run_files(self) -> None:
         if self.acc.is_main_process:
@@ -356,9 +382,9 @@ class Trainer:
                 if t.ckpt_every and self.step % int(t.ckpt_every) == 0:
                     self.save()
                     saved_at = self.step
-                if t.sample_every and self.step % int(t.sample_every) == 0:
+                if t.grid.every and self.step % int(t.grid.every) == 0:
                     self.sample_grid()
-                if t.fid_every and self.step % int(t.fid_every) == 0:
+                if t.fid.every and self.step % int(t.fid.every) == 0:
                     self.in_loop_fid()
             if saved_at != self.step:
                 self.save()
@@ -367,12 +393,6 @@ class Trainer:
             self.acc.end_training()
         return {"step": self.step, "counters": dict(self.counters), "last": last, "output_dir": str(self.out_dir),
                 "is_main_process": self.acc.is_main_process}
-
-    def in_loop_fid(self) -> Optional[float]:
-        value = in_loop_fid(self)
-        if value is not None:
-            self.acc.log({"eval/fid": value}, step=self.step)
-        return value
 
 
 def train(cfg: DictConfig, accelerator=None) -> Dict[str, Any]:

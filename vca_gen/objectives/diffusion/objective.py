@@ -10,10 +10,9 @@ from vca_gen.objectives.diffusion.respace import space_timesteps
 from vca_gen.objectives.diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_pp_sample
 from vca_gen.objectives.diffusion.schedule import beta_schedule
 from vca_gen.objectives.base import Objective, SampleOutput
-from vca_gen.objectives.diffusion.config import DiffusionConfig
+from vca_gen.objectives.diffusion.config import DIFFUSION_SAMPLERS, DiffusionConfig
 from vca_gen.utils import rng
 
-DIFFUSION_SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 # steps used when sample(sampler=X) differs from the configured sampler and steps=None
 SAMPLER_DEFAULT_STEPS = {"ddpm": "250", "ddim": "ddim50", "dpm-solver++": "20"}
 

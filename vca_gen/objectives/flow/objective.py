@@ -10,9 +10,8 @@ from vca_gen.objectives.flow.samplers import ADAPTIVE_METHODS, _Model, euler_sam
 from vca_gen.objectives.flow.sde import check_diffusion_form, check_last_step
 from vca_gen.objectives.flow.transport import Transport
 from vca_gen.objectives.base import Objective, SampleOutput
-from vca_gen.objectives.flow.config import FlowConfig
+from vca_gen.objectives.flow.config import FLOW_SAMPLERS, FlowConfig
 
-FLOW_SAMPLERS = ("sde", "ode", "euler", "heun")
 # steps used when sample(sampler=X) differs from the configured sampler and steps=None
 SAMPLER_DEFAULT_STEPS = {"sde": 250, "ode": 0, "euler": 100, "heun": 50}
 _OPTIONS = {

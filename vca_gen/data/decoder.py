@@ -1,0 +1,113 @@
+"""From model space to images: the decoder of an experiment and its stand-alone description.
+
+A :class:`DecoderSpec` holds everything decoding needs and nothing else: the VAE (hub id or
+folder, subfolder), the latent normalisation (``LatentNormalizer.to_dict()``: the scale factor, or
+the per-channel statistics of the training latent store), the image channels, the VAE's spatial
+factor and the class names. It is plain JSON, written as ``decoder.json`` into every checkpoint
+and export, so a model can be sampled after its run directory and latent store are gone.
+
+:class:`Decoder` applies it: latents (B, c, h, w) → images (B, C, H, W) in [-1, 1]; in pixel space
+it only clamps. The VAE is loaded on first use (sampling without decoding never downloads it).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, List, Optional
+
+import torch
+
+from vca_gen.data.vae import as_normalizer, decode, load_vae
+from vca_gen.errors import UserError
+from vca_gen.utils.io import atomic_write_json
+
+SPEC_FILE = "decoder.json"
+
+
+class DecoderError(UserError):
+    """A decoder description is missing, unreadable, or does not fit the model."""
+
+
+@dataclass
+class DecoderSpec:
+    vae: Optional[str]                   # hub id or folder; None = pixel space (no decoding)
+    subfolder: Optional[str]             # e.g. "vae" inside a pipeline folder
+    normalizer: Optional[dict]           # LatentNormalizer.to_dict(); None in pixel space
+    image_channels: int = 3              # channels of the decoded images (Animal-MNIST pixels: 1)
+    downsample: int = 1                  # image side / latent side (sd-vae: 8; pixels: 1)
+    class_names: Optional[List[str]] = None
+
+    @property
+    def latent(self) -> bool:
+        return self.vae is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<decoder>") -> "DecoderSpec":
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise DecoderError(f"{source}: not a decoder description ({e}); expected keys "
+                               f"{', '.join(cls.__dataclass_fields__)}") from None
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / SPEC_FILE
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Optional["DecoderSpec"]:
+        """The spec saved in ``directory``, or ``None`` when it has none (checkpoints of older versions)."""
+        path = Path(directory) / SPEC_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DecoderError(f"{path}: unreadable decoder description ({e})") from None
+        return cls.from_dict(data, str(path))
+
+
+class Decoder:
+    """Latents → images in [-1, 1] as the spec says (``vae`` overrides the spec's VAE id)."""
+
+    def __init__(self, spec: DecoderSpec, device: Any = "cpu", vae: Optional[str] = None, batch_size: int = 16):
+        if vae is not None and not spec.latent:
+            raise DecoderError(f"--vae {vae}: the model works in pixel space, there is nothing to decode")
+        self.spec = spec
+        self.vae_id = vae if vae is not None else spec.vae
+        self.subfolder = spec.subfolder if vae is None else None
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self._vae: Optional[torch.nn.Module] = None
+
+    @property
+    def vae(self) -> Optional[torch.nn.Module]:
+        """The VAE module (loaded on first access), ``None`` in pixel space."""
+        if self._vae is None and self.spec.latent:
+            self._vae = load_vae(self.vae_id, subfolder=self.subfolder, device=self.device)
+        return self._vae
+
+    def image_shape(self, latent_shape: tuple) -> tuple:
+        """(H, W, 3) of the uint8 samples for latents of shape (c, h, w)."""
+        _, h, w = latent_shape
+        f = int(self.spec.downsample)
+        return int(h) * f, int(w) * f, 3  # uint8 samples are RGB (one channel is replicated)
+
+    def check_channels(self, latent_channels: int) -> None:
+        if self.spec.latent and int(self.vae.config.latent_channels) != int(latent_channels):
+            raise DecoderError(f"the VAE {self.vae_id} has {self.vae.config.latent_channels} latent channels, the "
+                               f"model {latent_channels}")
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if not self.spec.latent:
+            return x.clamp(-1, 1)
+        return decode(self.vae, x, as_normalizer(self.spec.normalizer), batch_size=self.batch_size)
+
+
+__all__ = ["DecoderSpec", "Decoder", "DecoderError", "SPEC_FILE"]

@@ -1,0 +1,116 @@
+"""The one factory: an experiment → model, objective and decoder.
+
+Training, preview grids, in-loop FID, ``sample.py``, exports and the demo all build through
+:func:`build`, so a value of the experiment means the same thing everywhere.
+
+- :func:`build_model`       the backbone (``device="meta"`` builds it without memory)
+- :func:`build_objective_for`  the objective of ``experiment.objective``
+- :func:`decoder_spec`      what decoding samples needs (VAE id/subfolder, latent normalisation, class
+  names); persisted beside the weights in every checkpoint and export
+- :func:`build`             all three, the decoder's VAE loaded only when asked
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vca_gen.data.config import image_channels, uses_latents
+from vca_gen.data.decoder import Decoder, DecoderSpec
+from vca_gen.data.vae import LatentNormalizer
+from vca_gen.errors import ConfigError
+from vca_gen.models import create_model
+from vca_gen.models.attention import attention_options
+from vca_gen.objectives import Objective, build_objective
+
+ARCH_KEYS = ("depth", "hidden_size", "num_heads", "mlp_ratio")
+
+
+def model_kwargs(model_cfg: Any) -> Dict[str, Any]:
+    """Keyword arguments of ``create_model`` for a validated ``model`` section."""
+    m = model_cfg
+    kw: Dict[str, Any] = dict(
+        attention=m.attention,
+        input_size=int(m.input_size),
+        in_channels=int(m.in_channels),
+        num_classes=int(m.num_classes),
+        learn_sigma=bool(m.learn_sigma),
+        class_dropout_prob=float(m.class_dropout_prob),
+        grad_checkpointing=bool(m.grad_checkpointing),
+    )
+    for key in ARCH_KEYS:
+        if m[key] is not None:
+            kw[key] = m[key]
+    opts = m.attention_options
+    opts = OmegaConf.to_container(opts, resolve=True) if isinstance(opts, DictConfig) else dict(opts or {})
+    accepted = attention_options(m.attention)
+    kw.update({k: v for k, v in opts.items() if k in accepted})
+    return kw
+
+
+def build_model(exp: DictConfig, device: Any = None) -> torch.nn.Module:
+    """``create_model`` for a validated experiment (``device="meta"`` builds without memory)."""
+    if exp.model.input_size is None or exp.model.in_channels is None:
+        raise ConfigError("build_model needs a validated experiment (model.input_size / in_channels derived)")
+    if device is None:
+        return create_model(exp.model.name, **model_kwargs(exp.model))
+    with torch.device(device):
+        return create_model(exp.model.name, **model_kwargs(exp.model))
+
+
+def build_objective_for(exp: DictConfig) -> Objective:
+    """The experiment's objective (diffusion or flow) with its sampling protocol."""
+    return build_objective(exp.objective)
+
+
+def class_names(exp: DictConfig) -> Optional[list]:
+    """Names of the classes when the data source knows them (Animal-MNIST), else ``None``."""
+    if exp.data.kind == "animal_mnist":
+        from vca_gen.data.animal_mnist import CLASSES
+
+        return list(CLASSES)
+    return None
+
+
+def decoder_spec(exp: DictConfig, normalizer: Optional[LatentNormalizer] = None,
+                 names: Optional[list] = None) -> DecoderSpec:
+    """What decoding this experiment's samples needs. ``normalizer``: the training data's latent
+    normaliser (required for ``data.latent_norm=per_channel``, whose statistics come from the store)."""
+    d = exp.data
+    names = names if names is not None else class_names(exp)
+    if not uses_latents(d):
+        return DecoderSpec(vae=None, subfolder=None, normalizer=None, image_channels=image_channels(d),
+                           downsample=1, class_names=names)
+    if normalizer is None:
+        if d.latent_norm != "scale":
+            raise ConfigError(
+                f"data.latent_norm={d.latent_norm!r}: the per-channel statistics come from the latent store at "
+                f"data.path={d.path!r}; build the decoder from the training data (or a checkpoint that recorded them)")
+        normalizer = LatentNormalizer("scale", float(d.scale_factor))
+    return DecoderSpec(vae=d.vae, subfolder=d.vae_subfolder, normalizer=normalizer.to_dict(), image_channels=3,
+                       downsample=int(d.vae_downsample), class_names=names)
+
+
+@dataclass
+class Built:
+    """What an experiment turns into: ``model`` (eval or train mode as built), ``objective``,
+    ``decoder`` (latents → images in [-1, 1]; identity clamp in pixel space)."""
+
+    model: torch.nn.Module
+    objective: Objective
+    decoder: Decoder
+
+
+def build(exp: DictConfig, spec: Optional[DecoderSpec] = None, device: Any = "cpu",
+          vae: Optional[str] = None) -> Built:
+    """Model (on ``device``), objective and decoder of ``exp``; ``vae`` overrides the spec's VAE id."""
+    model = build_model(exp).to(device)
+    objective = build_objective_for(exp)
+    objective.check_model(model)
+    spec = spec if spec is not None else decoder_spec(exp)
+    return Built(model, objective, Decoder(spec, device=device, vae=vae))
+
+
+__all__ = ["model_kwargs", "build_model", "build_objective_for", "class_names", "decoder_spec", "Built", "build"]

@@ -1,0 +1,163 @@
+"""Semantic checks of a composed experiment, run once at load time.
+
+Every value is checked by the code that will use it: the objective config's own ``check`` and
+constructor, the sampler's argument checks (for the preview grid and in-loop FID settings), the
+backbone's constructor (built on the meta device: sizes, patch vs input, heads, attention options),
+the objective's channel check against that model, and the data config's validation. So a bad value
+fails here, under ``--print-config`` too, and never after hours of training.
+
+:func:`check_experiment` also *resolves* the experiment in place: ``model.input_size`` and
+``model.in_channels`` are derived from the data, and ``model.attention_options`` is reduced to the
+options of the attention kind in use (filled with that kind's defaults), so switching the kind by
+one override (``model.attention=mhsa``) is never blocked by another kind's options.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Dict
+
+from omegaconf import DictConfig, OmegaConf
+
+from vca_gen.data.config import model_in_channels, model_input_size, validate_data_config
+from vca_gen.errors import ConfigError
+from vca_gen.experiment.build import build_model
+from vca_gen.models import ATTENTION_KINDS, list_models, parse_model_name
+from vca_gen.models.attention import attention_options
+from vca_gen.objectives import OBJECTIVE_KINDS, build_objective
+from vca_gen.objectives.base import parse_steps
+from vca_gen.utils.checks import choice, positive
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "none")
+DATA_CLASSES = {"animal_mnist": 10}  # class count fixed by the data source
+
+
+def _user(fn, *args, **kwargs):
+    """Call ``fn``; its ``ValueError`` (a bad value) becomes a :class:`ConfigError`."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def resolve_attention_options(m: DictConfig) -> None:
+    """``model.attention_options`` → exactly the options of ``model.attention`` (with defaults).
+
+    Keys of another kind are dropped (they do not get in the way of switching kinds); a key no
+    kind accepts is an error listing every kind's options."""
+    opts = m.attention_options
+    given: Dict[str, Any] = OmegaConf.to_container(opts, resolve=True) if isinstance(opts, DictConfig) else dict(opts or {})
+    owner = {key: kind for kind in ATTENTION_KINDS for key in attention_options(kind)}
+    unknown = sorted(k for k in given if k not in owner)
+    if unknown:
+        per_kind = "; ".join(f"{k}: {', '.join(attention_options(k)) or 'none'}" for k in ATTENTION_KINDS)
+        raise ConfigError(f"model.attention_options: unknown option(s) {unknown}; accepted per attention kind: {per_kind}")
+    mine = attention_options(m.attention)
+    mine.update({k: v for k, v in given.items() if owner[k] == m.attention})
+    m.attention_options = mine
+
+
+def _check_model(exp: DictConfig) -> None:
+    m = exp.model
+    choice("model.name", m.name, list_models())
+    choice("model.attention", m.attention, ATTENTION_KINDS)
+    resolve_attention_options(m)
+    if not 0.0 <= m.class_dropout_prob < 1.0:
+        raise ConfigError(f"model.class_dropout_prob={m.class_dropout_prob!r} is not valid; accepted: a number in [0, 1)")
+    positive("model.num_classes", m.num_classes)
+    data_obj = OmegaConf.to_object(exp.data)
+    for key, derived in (("input_size", model_input_size(data_obj)), ("in_channels", model_in_channels(data_obj))):
+        given = m[key]
+        if given is not None and given != derived:
+            raise ConfigError(
+                f"model.{key}={given} does not match the data ({derived} for data.kind={exp.data.kind}, "
+                f"image_size={exp.data.image_size}, vae={exp.data.vae}); remove model.{key} (it is derived)")
+        m[key] = derived
+    _, _, patch = parse_model_name(m.name)
+    if m.input_size % patch:
+        raise ConfigError(f"model.name={m.name}: the model input size {m.input_size} (from data.image_size="
+                          f"{exp.data.image_size}) is not divisible by the patch size {patch}; accepted: a patch "
+                          f"size dividing {m.input_size}")
+    fixed = DATA_CLASSES.get(exp.data.kind)
+    if fixed is not None and m.num_classes < fixed:
+        raise ConfigError(f"model.num_classes={m.num_classes}: data.kind={exp.data.kind} has {fixed} classes; "
+                          f"accepted: >= {fixed}")
+    if m.init_from is not None and not Path(str(m.init_from)).exists():
+        raise ConfigError(f"model.init_from={m.init_from!r} does not exist; accepted: an official DiT/SiT .pt file, "
+                          f"a training checkpoint, a run directory or an export")
+
+
+def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> None:
+    """Grid / FID sampling settings, checked by the sampler itself (no model is evaluated)."""
+    positive(f"{section}.every", s.every, allow_zero=True)
+    if float(s.cfg_scale) != 1.0 and float(exp.model.class_dropout_prob) <= 0:
+        raise ConfigError(f"{section}.cfg_scale={s.cfg_scale}: guidance needs a model trained with label dropout "
+                          f"(model.class_dropout_prob > 0); accepted here: 1.0")
+    if s.sampler is not None:
+        choice(f"{section}.sampler", s.sampler, objective.samplers)
+    steps, options = parse_steps(s.steps), OmegaConf.to_container(s.options, resolve=True)
+    c, null = int(exp.model.in_channels), int(exp.model.num_classes)
+    for key, value, opts in (("steps", s.steps, {}), ("options", options, options)):
+        try:
+            objective.check_sample_args(s.sampler, steps, float(s.cfg_scale), None, opts, c, null)
+        except ValueError as e:
+            raise ConfigError(f"{section}.{key}={value!r} is not valid for sampler "
+                              f"{s.sampler or objective.default_sampler!r}: {e}") from None
+
+
+def _check_train(exp: DictConfig, objective) -> None:
+    t, m = exp.train, exp.model
+    for key in ("global_batch_size", "max_steps", "log_every", "max_nonfinite"):
+        positive(f"train.{key}", t[key])
+    for key in ("warmup_steps", "ckpt_every", "keep_last", "milestone_every", "grad_clip", "weight_decay"):
+        positive(f"train.{key}", t[key], allow_zero=True)
+    positive("train.lr", t.lr)
+    positive("train.eps", t.eps)
+    if t.micro_batch_size is not None:
+        positive("train.micro_batch_size", t.micro_batch_size)
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ConfigError(f"train.betas={list(t.betas)} is not valid; accepted: two numbers in [0, 1)")
+    if not 0.0 <= t.ema_decay <= 1.0:
+        raise ConfigError(f"train.ema_decay={t.ema_decay} is not valid; accepted: a number in [0, 1]")
+    choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    if t.resume not in ("auto", "none") and not t.resume:
+        raise ConfigError("train.resume='' is not valid; accepted: auto, none or a checkpoint path")
+    g, f = t.grid, t.fid
+    positive("train.grid.num", g.num)
+    positive("train.grid.nrow", g.nrow, allow_zero=True)
+    bad = [c for c in g.classes if not 0 <= c < m.num_classes]
+    if bad:
+        raise ConfigError(f"train.grid.classes {bad} is not valid; accepted: class indices in [0, {m.num_classes})")
+    _check_sampling("train.grid", g, objective, exp)
+    positive("train.fid.num_samples", f.num_samples)
+    positive("train.fid.batch_size", f.batch_size)
+    if f.num_samples % int(m.num_classes):
+        raise ConfigError(f"train.fid.num_samples={f.num_samples} is not valid; accepted: a multiple of "
+                          f"model.num_classes={m.num_classes} (class-balanced, as sample.py)")
+    if f.every and not f.ref:
+        raise ConfigError("train.fid.every > 0 needs train.fid.ref (reference statistics from evaluate_fid.py "
+                          "--make-ref, or an ADM reference batch)")
+    if f.every and not Path(str(f.ref)).is_file():
+        raise ConfigError(f"train.fid.ref={f.ref!r} is not a file; accepted: reference statistics .npz")
+    _check_sampling("train.fid", f, objective, exp)
+    choice("logging.tracker", exp.logging.tracker, TRACKERS)
+
+
+def check_experiment(exp: DictConfig) -> None:
+    """Validate and resolve a composed, typed experiment in place (raises :class:`ConfigError`)."""
+    _user(validate_data_config, OmegaConf.to_object(exp.data))
+    _user(_check_model, exp)
+    choice_ = _user
+    choice_(choice, "objective.kind", exp.objective.kind, OBJECTIVE_KINDS)
+    objective = _user(build_objective, exp.objective)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. VCA's n > N warning is repeated when the model is built for real
+        model = _user(build_model, exp, device="meta")
+    _user(objective.check_model, model)
+    _user(_check_train, exp, objective)
+
+
+__all__ = ["check_experiment", "resolve_attention_options", "MIXED_PRECISION", "TRACKERS"]

@@ -1,0 +1,116 @@
+"""EMA preview grids and in-loop FID, both through the sampling engine's image maker.
+
+Both use :func:`vca_gen.sample.model.image_maker`, the same code ``sample.py`` runs, with its seeding
+rule: image i draws all its randomness from a generator seeded ``seed + i``.
+
+- Grid (``train.grid``): labels ``classes[i % len(classes)]``, seeds ``grid.seed + i``; written as
+  ``<run>/samples/step_XXXXXXXX.png`` on the main process.
+- In-loop FID (``train.fid``): sample i has label ``i % num_classes`` and seed ``fid.seed + i``, as
+  ``sample.py --seed SEED``. The N samples are cut into batches of ``fid.batch_size`` (the batches
+  ``evaluate_fid.py --batch-size`` reads from ``samples.npz``); process r generates and embeds
+  batches r, r+P, …; the main process gathers the pool3 features, accumulates them in sample order
+  and scores them against ``fid.ref``. So the value equals ``sample.py`` + ``evaluate_fid.py`` at the
+  same N, seed, batch size and reference, for any process count, and no process waits while
+  another samples everything.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from vca_gen.metrics import InceptionFeatureExtractor, load_reference
+from vca_gen.metrics.evaluation import fid_between
+from vca_gen.metrics.statistics import statistics_from_features
+from vca_gen.sample.model import generate, image_maker
+from vca_gen.utils.io import atomic_open
+
+
+def grid_labels(exp: DictConfig) -> List[int]:
+    """``train.grid.classes`` cycled to ``train.grid.num`` (default 0, 1, 2, …)."""
+    g = exp.train.grid
+    classes = list(g.classes) or list(range(int(exp.model.num_classes)))
+    return [int(classes[i % len(classes)]) for i in range(int(g.num))]
+
+
+def _maker(exp: DictConfig, section: DictConfig, model, objective, decoder, device):
+    m = exp.model
+    return image_maker(model, objective, decoder, (int(m.in_channels), int(m.input_size), int(m.input_size)), device,
+                       sampler=section.sampler, steps=section.steps, cfg_scale=float(section.cfg_scale),
+                       options=OmegaConf.to_container(section.options, resolve=True))
+
+
+def tile(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
+    """uint8 (B, H, W, 3) → one (rows·(H+pad)+pad, nrow·(W+pad)+pad, 3) grid image, black padding."""
+    b, h, w, c = images.shape
+    rows = math.ceil(b / nrow)
+    out = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), np.uint8)
+    for i, img in enumerate(images):
+        r, k = divmod(i, nrow)
+        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = img
+    return out
+
+
+@torch.no_grad()
+def save_grid(exp: DictConfig, model, objective, decoder, out: Path, device) -> Path:
+    """Write the fixed-seed grid of ``model`` to ``out`` (PNG, atomically) and return the path."""
+    g = exp.train.grid
+    was_training = model.training
+    model.eval()
+    try:
+        labels = grid_labels(exp)
+        images = generate(_maker(exp, g, model, objective, decoder, device), labels,
+                          [int(g.seed) + i for i in range(len(labels))], device, batch_size=64)
+    finally:
+        model.train(was_training)
+    nrow = int(g.nrow) or max(1, math.ceil(math.sqrt(len(images))))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out, "wb") as f:
+        Image.fromarray(tile(images, nrow)).save(f, format="PNG")
+    return out
+
+
+class InLoopFID:
+    """``train.fid`` evaluation; the Inception network and the reference are loaded once."""
+
+    def __init__(self, exp: DictConfig, device):
+        f = exp.train.fid
+        self.exp, self.device = exp, device
+        self.ref = load_reference(str(f.ref))
+        self.extractor = InceptionFeatureExtractor(mode=self.ref.mode, device=device)
+
+    def batches(self, rank: int, world: int) -> List[List[int]]:
+        """Sample indices of the batches process ``rank`` of ``world`` evaluates."""
+        n, b = int(self.exp.train.fid.num_samples), int(self.exp.train.fid.batch_size)
+        starts = list(range(0, n, b))[rank::world]
+        return [list(range(s, min(n, s + b))) for s in starts]
+
+    @torch.no_grad()
+    def features(self, model, objective, decoder, rank: int = 0, world: int = 1) -> dict:
+        """``{batch start: (B, 2048) float32 pool3 features}`` of this process's batches."""
+        f, nc = self.exp.train.fid, int(self.exp.model.num_classes)
+        make = _maker(self.exp, f, model, objective, decoder, self.device)
+        was_training = model.training
+        model.eval()
+        out = {}
+        try:
+            for idx in self.batches(rank, world):
+                images = generate(make, [i % nc for i in idx], [int(f.seed) + i for i in idx], self.device,
+                                  batch_size=len(idx))
+                out[idx[0]] = self.extractor(images).pool
+        finally:
+            model.train(was_training)
+        return out
+
+    def score(self, gathered: List[dict], image_size: Optional[tuple] = None) -> float:
+        """FID from every process's :meth:`features`, accumulated in sample order."""
+        merged = {k: v for part in gathered for k, v in part.items()}
+        stats = statistics_from_features([merged[k] for k in sorted(merged)], self.ref.mode,
+                                         self.extractor.weights_sha256, image_size, "in-loop samples")
+        return float(fid_between(stats, self.ref))
