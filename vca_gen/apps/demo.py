@@ -30,7 +30,7 @@ from vca_gen.utils.assets import packaged_config
 CONFIG = packaged_config("demo.yaml")
 QUICK_OVERRIDES = ["model.depth=2", "model.hidden_size=64", "model.num_heads=2",
                    "model.attention_options.num_contrast_tokens=4", "train.global_batch_size=16",
-                   "train.warmup_steps=0", "train.log_every=2", "train.sample_every=0", "train.ema_decay=0.9"]
+                   "train.warmup_steps=0", "train.log_every=2", "train.grid.every=0", "train.ema_decay=0.9"]
 DEFAULTS = {"num_samples": 1000, "ref_images": 1000, "real_images": 1000, "sampler": "euler", "sample_steps": "10",
             "batch_size": 125}
 QUICK = {"steps": 20, "num_samples": 10, "ref_images": 20, "real_images": 10, "sample_steps": "4", "batch_size": 10}
@@ -82,7 +82,8 @@ def export_initial(cfg, path: Path) -> Path:
     """The untrained model: initial weights exactly as the trainer creates them, as an export."""
     from safetensors.torch import save_file
 
-    from vca_gen.experiment.schema import build_model, to_container
+    from vca_gen.experiment.build import build_model, decoder_spec
+    from vca_gen.experiment.schema import to_container
 
     if (path / "model.safetensors").is_file():
         return path
@@ -93,6 +94,7 @@ def export_initial(cfg, path: Path) -> Path:
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     (tmp / "config.json").write_text(json.dumps(to_container(cfg), indent=2))
+    decoder_spec(cfg).save(tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path

@@ -1,0 +1,65 @@
+"""In-loop FID is a small-N version of ``sample.py`` + ``evaluate_fid.py``: same images, same
+features, same number (one generation path, one feature path)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from test_training_common import reset_accelerate, tiny_dict
+from vca_gen.experiment import schema as C
+
+N, SEED, BATCH = 20, 3, 10
+
+
+@pytest.mark.slow
+def test_in_loop_fid_equals_sample_py_plus_evaluate_fid(tmp_path, inception_weights, monkeypatch, capsys):
+    from vca_gen.metrics import InceptionFeatureExtractor, compute_statistics, save_statistics
+    from vca_gen.metrics.cli import main as evaluate_main
+    from vca_gen.sample.cli import main as sample_main
+    from vca_gen.train.trainer import Trainer
+
+    monkeypatch.setenv("VCA_GEN_INCEPTION", str(inception_weights))
+    fx = InceptionFeatureExtractor(mode="clean", weights=inception_weights)
+    ref = tmp_path / "ref.npz"
+    rng = np.random.default_rng(0)
+    save_statistics(compute_statistics(rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), fx), ref)
+
+    fid = {"every": 1, "num_samples": N, "ref": str(ref), "seed": SEED, "batch_size": BATCH, "sampler": "ddim",
+           "steps": "ddim3"}
+    reset_accelerate()
+    cfg = C.config_from_dict(tiny_dict(tmp_path / "run", max_steps=1, ckpt_every=1, fid=fid))
+    trainer = Trainer(cfg)
+    logged = {}
+    monkeypatch.setattr(trainer.acc, "log", lambda values, step=None: logged.update(values))
+    trainer.run()
+    in_loop = logged["eval/fid"]
+    assert math.isfinite(in_loop) and in_loop > 0
+
+    reset_accelerate()
+    out = tmp_path / "samples"
+    assert sample_main(["--ckpt", str(tmp_path / "run"), "--out", str(out), "--num-samples", str(N), "--seed",
+                        str(SEED), "--batch-size", str(BATCH), "--sampler", "ddim", "--steps", "ddim3",
+                        "--shard-size", "8", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert evaluate_main([str(out / "samples.npz"), "--ref", str(ref), "--batch-size", str(BATCH),
+                          "--inception", str(inception_weights), "--no-progress"]) == 0
+    offline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fid"]
+    assert abs(in_loop - offline) < 1e-6, (in_loop, offline)
+
+
+def test_in_loop_fid_batches_are_dealt_round_robin():
+    """Every sample index is evaluated by exactly one process, in evaluate_fid.py's batches."""
+    from vca_gen.train.evaluation import InLoopFID
+
+    fid = InLoopFID.__new__(InLoopFID)
+    fid.exp = C.config_from_dict(tiny_dict(__import__("pathlib").Path("/nonexistent"),
+                                           fid={"num_samples": 50, "batch_size": 8}))
+    for world in (1, 2, 3, 7):
+        parts = [fid.batches(r, world) for r in range(world)]
+        flat = sorted(i for p in parts for b in p for i in b)
+        assert flat == list(range(50))
+        starts = sorted(b[0] for p in parts for b in p)
+        assert starts == list(range(0, 50, 8))  # the same batch boundaries whatever the process count
