@@ -210,8 +210,8 @@ class StepTimer:
         """Seconds between consecutive marks (synchronises)."""
         synchronize(self.device)
         if self.device.type == "cuda":
-            return [a.elapsed_time(b) / 1000.0 for a, b in zip(self.marks, self.marks[1:])]
-        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+            return [a.elapsed_time(b) / 1000.0 for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
 def _status_kb(name: str) -> Optional[int]:
@@ -475,7 +475,6 @@ def train_once(s: Settings, cache: ModelCache, spec: ModelSpec, attention: str, 
             row["syncs"] = error_record(e)
     else:
         row["syncs"] = {"status": "not applicable", "syncs_per_step": NOT_APPLICABLE_CPU}
-    del fn, opt, model, x, y
     return row
 
 
@@ -575,7 +574,6 @@ def sample_row(s: Settings, cache: ModelCache, attention: str, precision: str,
         row["sync_sites"] = log.sites(state["log_start"])
     else:
         row["syncs_per_step"] = NOT_APPLICABLE_CPU
-    del model, noise, gens
     return row
 
 
@@ -610,8 +608,7 @@ def attention_row(s: Settings, kind: str, tokens: int) -> dict:
         step()
         timer.mark()
     times = timer.intervals()
-    opts = {"num_contrast_tokens": getattr(layer, "num_contrast_tokens")} if kind == "vca" else {}
-    del layer, x
+    opts = {"num_contrast_tokens": layer.num_contrast_tokens} if kind == "vca" else {}
     return {"kind": kind, "tokens": tokens, "grid": f"{side}x{side}", "dim": s.attn_dim, "heads": s.attn_heads,
             "batch": s.attn_batch, "precision": f"{s.precision} autocast", **opts,
             "timed_steps": len(times), "fwd_bwd_s": sum(times) / len(times),
@@ -641,7 +638,8 @@ def attention_ratios(rows: List[dict]) -> dict:
 # environment
 # ----------------------------------------------------------------------------------------------
 def environment(s: Settings) -> dict:
-    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda,  # the CUDA version torch was built with
+           "cuda_available": torch.cuda.is_available(), "python": platform.python_version(),
            "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

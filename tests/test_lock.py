@@ -258,7 +258,7 @@ def test_heartbeat_refreshes_mtime(tmp_path):
         assert (tmp_path / LOCK_NAME).stat().st_mtime > old + 1800
 
 
-def _race(directory: str, start, results) -> None:
+def _race(directory: str, start, done, results) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
@@ -269,7 +269,7 @@ def _race(directory: str, start, results) -> None:
         results.put(("locked", os.getpid()))
         return
     results.put(("won", os.getpid()))
-    time.sleep(3)  # hold while the others try
+    done.wait(60)  # hold until every contender has reported
     lk.release()
 
 
@@ -278,13 +278,31 @@ def test_concurrent_takeover_of_a_stale_lock_has_one_winner(tmp_path):
     p.wait()
     _write_record(tmp_path, pid=p.pid)  # stale: every contender may break it, only one may win
     ctx = mp.get_context("fork")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(str(tmp_path), start, results)) for _ in range(4)]
+    start, done, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(str(tmp_path), start, done, results)) for _ in range(4)]
     for pr in procs:
         pr.start()
     start.set()
     outcomes = [results.get(timeout=60) for _ in procs]
+    done.set()
     for pr in procs:
         pr.join(timeout=60)
     assert sorted(o for o, _ in outcomes) == ["locked", "locked", "locked", "won"], outcomes
     assert read_lock(tmp_path) is None
+
+
+def test_late_breaker_does_not_remove_a_fresh_lock(tmp_path):
+    """B read the stale record, then A took the lock over; B's break must leave A's lock alone."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    _write_record(tmp_path, pid=p.pid)
+    seen_by_b = read_lock(tmp_path)
+    with pytest.warns(StaleLockWarning):
+        a = RunLock(tmp_path, "training").acquire()
+    b = RunLock(tmp_path, "sampling")
+    b._break(seen_by_b, "process is not running")  # what B's acquire() would do next
+    assert read_lock(tmp_path)["token"] == a.info["token"] and b.taken_over is None
+    assert not (tmp_path / ".lock.break").exists()
+    with pytest.raises(RunDirLockedError, match=f"pid {os.getpid()} "):
+        b.acquire()
+    a.release()

@@ -162,7 +162,7 @@ def test_checkpoint_from_a_different_model_is_refused(tmp_path, capsys):
     assert "was saved by a different run" in err and "model.depth: checkpoint 2 vs now 1" in err
     assert "model.hidden_size: checkpoint 32 vs now 64" in err
     assert train_cli("--config", str(cfg), "objective.kind=flow", "train.max_steps=2") == 2
-    assert "objective.kind: checkpoint 'diffusion' vs config 'flow'" in capsys.readouterr().err
+    assert "objective.kind: checkpoint 'diffusion' vs now 'flow'" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts} == files
 
 

@@ -18,7 +18,7 @@ from typing import Any, List, Optional
 
 import torch
 
-from vca_gen.data.vae import as_normalizer, decode, load_vae
+from vca_gen.data.vae import as_normalizer, decode, load_vae, vae_downsample_factor
 from vca_gen.errors import UserError
 from vca_gen.utils.io import atomic_write_json
 
@@ -91,10 +91,15 @@ class Decoder:
             self._vae = load_vae(self.vae_id, subfolder=self.subfolder, device=self.device)
         return self._vae
 
+    @property
+    def downsample(self) -> int:
+        """Image side / latent side: the VAE's own factor (which ``--vae`` may change), 1 in pixel space."""
+        return vae_downsample_factor(self.vae) if self.spec.latent else int(self.spec.downsample)
+
     def image_shape(self, latent_shape: tuple) -> tuple:
-        """(H, W, 3) of the uint8 samples for latents of shape (c, h, w)."""
+        """(H, W, 3) of the uint8 samples for latents of shape (c, h, w) (loads the VAE in latent space)."""
         _, h, w = latent_shape
-        f = int(self.spec.downsample)
+        f = self.downsample
         return int(h) * f, int(w) * f, 3  # uint8 samples are RGB (one channel is replicated)
 
     def check_channels(self, latent_channels: int) -> None:

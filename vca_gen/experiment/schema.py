@@ -18,6 +18,7 @@ import difflib
 import functools
 import typing
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -32,6 +33,7 @@ from vca_gen.experiment.validate import MIXED_PRECISION, TRACKERS, check_experim
 from vca_gen.objectives import ObjectiveConfig
 
 BASE_KEY = "_base_"
+_TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}  # OmegaConf type names
 
 
 
@@ -124,6 +126,7 @@ class TrainConfig:
     max_nonfinite: int = 10                     # stop after this many consecutive non-finite steps
     output_dir: str = "runs/${name}"
     resume: str = "auto"                        # auto | none | PATH (checkpoint or run dir)
+    timeout_s: float = 1800.0                   # process-group collective timeout (s): a rank stuck longer fails
 
 
 @dataclass
@@ -254,6 +257,9 @@ def config_from_container(user: Any, source: str = "<config>") -> DictConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         msg = str(e).split("\n")[0]
+        wanted = re.search(r"could not be converted to (\w+)", msg)
+        if wanted:
+            msg += f"; accepted: {_TYPE_WORDS.get(wanted.group(1), wanted.group(1))}"
         raise ConfigError(f"{source}: invalid value for '{key}': {msg}") from e
     try:
         check_experiment(cfg)

@@ -13,6 +13,8 @@ one override (``model.attention=mhsa``) is never blocked by another kind's optio
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 import warnings
 from pathlib import Path
 from typing import Any, Dict
@@ -104,8 +106,56 @@ def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> 
         try:
             objective.check_sample_args(s.sampler, steps, float(s.cfg_scale), None, opts, c, null)
         except ValueError as e:
-            raise ConfigError(f"{section}.{key}={value!r} is not valid for sampler "
-                              f"{s.sampler or objective.default_sampler!r}: {e}") from None
+            err = ConfigError(f"{section}.{key}={value!r} is not valid for sampler "
+                              f"{s.sampler or objective.default_sampler!r}: {e}")
+            if key == "steps" or str(e).startswith("unknown options"):
+                raise err from None
+        else:
+            err = None
+        if key == "options":
+            _check_option_values(section, objective, options)
+        if err is not None:
+            raise err from None
+
+
+# Sampler options named differently from the objective-config field whose check they share.
+OPTION_FIELDS = {"eta": "ddim_eta", "order": "dpm_solver_order"}
+
+
+def _check_option_values(section: str, objective, options: Dict[str, Any]) -> None:
+    """Each sampler option that overrides an objective-config field (``atol``, ``eta``, ``last_step``,
+    ...) is checked by that config's own ``check`` (type, range, accepted names): the probe run of
+    the sampler stops before some of them (ODE tolerances, the SDE's diffusion norm) are used."""
+    cfg = getattr(objective, "cfg", None)
+    if not dataclasses.is_dataclass(cfg):
+        return
+    hints = typing.get_type_hints(type(cfg))
+    prefix = f"{section}.options"
+    updates, names = {}, {}
+    for key, value in options.items():
+        name = OPTION_FIELDS.get(key, key)
+        if name not in hints:
+            continue  # not a config field: the sampler's own check names it
+        kind = hints[name]
+        ok, what = True, ""
+        if kind is bool:
+            ok, what = isinstance(value, bool), "true or false"
+        elif kind is int:
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif kind is float:
+            ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        if not ok:
+            raise ConfigError(f"{prefix}.{key}={value!r} is not valid; accepted: {what}")
+        updates[name], names[name] = value, key
+    if not updates:
+        return
+    try:
+        dataclasses.replace(cfg, **updates).check(prefix=prefix)
+    except ValueError as e:
+        msg = str(e)
+        for name, key in names.items():
+            msg = msg.replace(f"{prefix}.{name}=", f"{prefix}.{key}=")
+        raise ConfigError(msg) from None
 
 
 def _check_train(exp: DictConfig, objective) -> None:
@@ -116,6 +166,7 @@ def _check_train(exp: DictConfig, objective) -> None:
         positive(f"train.{key}", t[key], allow_zero=True)
     positive("train.lr", t.lr)
     positive("train.eps", t.eps)
+    positive("train.timeout_s", t.timeout_s)
     if t.micro_batch_size is not None:
         positive("train.micro_batch_size", t.micro_batch_size)
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):

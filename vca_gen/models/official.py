@@ -43,7 +43,7 @@ _PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 _ENTRIES = ("ema", "model")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 _ATTN_RE = re.compile(r"^blocks\.\d+\.attn\.")
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 Shape = Tuple[int, ...]
 
 
@@ -169,7 +169,7 @@ def _safe_globals() -> list:
 
 def _torch_load(path: Path) -> Any:
     """``torch.load`` restricted to tensors, containers and ``argparse.Namespace``."""
-    kwargs = dict(map_location="cpu", weights_only=True)
+    kwargs: Dict[str, Any] = dict(map_location="cpu", weights_only=True)
     if hasattr(torch.serialization, "safe_globals"):
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, **kwargs)
@@ -424,12 +424,13 @@ class _Spec:
     def of(cls, model: nn.Module) -> "_Spec":
         name = str(getattr(model, "name", type(model).__name__))
         m = re.match(r"^(DiT|SiT)-(\w+)/\d+$", name)
+        net: Any = model  # a DiT: the shape fields are plain attributes
         return cls(
             name=name, family=m.group(1) if m else "DiT", size=m.group(2) if m else None,
             shapes={k: tuple(v.shape) for k, v in model.state_dict().items()},
-            hidden=int(model.hidden_size), depth=int(model.depth), patch=int(model.patch_size),
-            in_channels=int(model.in_channels), out_channels=int(model.out_channels),
-            input_hw=tuple(model.input_hw), num_classes=int(model.num_classes),
+            hidden=int(net.hidden_size), depth=int(net.depth), patch=int(net.patch_size),
+            in_channels=int(net.in_channels), out_channels=int(net.out_channels),
+            input_hw=tuple(net.input_hw), num_classes=int(net.num_classes),
             attention=str(getattr(model, "attention", "mhsa")),
         )
 

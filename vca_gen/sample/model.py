@@ -84,7 +84,8 @@ def _load_official(path: Path, model_name: str, use_ema: bool, image_size: int, 
                             + diagnose_mismatch(state, model_name, int(exp.model.input_size), 4, num_classes,
                                                 bool(exp.model.learn_sigma)))
     model.load_state_dict(state, strict=True)
-    return model, exp, decoder_spec(exp), {"kind": "official", "path": str(path), **info}
+    # "weights": the entry used ("ema" / "model" of a training dict, "state_dict" for a plain file)
+    return model, exp, decoder_spec(exp), {"kind": "official", "path": str(path), **info, "weights": info.entry}
 
 
 def load(ckpt: str | Path, use_ema: bool = True, device: Any = "cpu", vae: Optional[str] = None,

@@ -226,10 +226,8 @@ class RunLock:
         mine, self.info = self.info, None
         current = read_lock(self.directory)
         if current and current.get("token") == mine["token"] and current.get("pid") == mine["pid"]:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            except FileNotFoundError:
-                pass
         elif current is not None:
             warnings.warn(f"not removing {self.path}: it is no longer ours (now held by "
                           f"{describe_holder(current) if current else 'an unreadable record'})", StaleLockWarning,
@@ -238,10 +236,8 @@ class RunLock:
     def refresh(self) -> None:
         """Mark the lock as alive now (file mtime); keeps a lock on shared storage from looking stale."""
         if self.held:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.utime(self.path, None)
-            except FileNotFoundError:
-                pass
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -360,10 +356,8 @@ class RunLock:
         except FileNotFoundError:
             pass
         finally:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 brk.unlink()
-            except FileNotFoundError:
-                pass
 
     def _start_heartbeat(self) -> None:
         if self.heartbeat_s is None:
