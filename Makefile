@@ -1,14 +1,16 @@
-# vca-gen: `make demo` runs the whole job on the embedded demo; `make test` runs the test suite.
-# Both build .venv from nothing when it is missing or stale (pyproject.toml / constraints.txt
-# changed) and fetch the offline assets; re-running is a no-op when nothing changed.
+# vca-gen: `make demo` runs the whole job on the embedded demo; `make test` runs the test suite;
+# `make lint` runs ruff (lint + format check), mypy and the import-layer contract (`make format` applies
+# ruff's fixes and formatting). All build .venv from nothing when it is missing or stale (pyproject.toml /
+# constraints.txt changed); demo and test also fetch the offline assets; re-running is a no-op when nothing changed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ASSETS_STAMP := .assets/.fetched
 PYTEST_ARGS ?=
+LINT_PATHS := vca_gen tests bench scripts *.py
 
-.PHONY: all venv assets test test-fast demo bench clean-venv
+.PHONY: all venv assets test test-fast lint format demo bench clean-venv
 
 all: test
 
@@ -30,6 +32,16 @@ test: $(STAMP) $(ASSETS_STAMP)
 
 test-fast: $(STAMP) $(ASSETS_STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy vca_gen
+	$(VENV)/bin/lint-imports
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix $(LINT_PATHS)
+	$(PY) -m ruff format $(LINT_PATHS)
 
 demo: $(STAMP) $(ASSETS_STAMP)
 	$(PY) -m vca_gen.apps.demo

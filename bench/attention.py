@@ -84,7 +84,7 @@ def worker(kinds: list, n_tokens: int, repeats: int, threads: int) -> list:
         param_ptrs = {p.untyped_storage().data_ptr() for p in layer.parameters()}
         saved = {}
 
-        def pack(t):
+        def pack(t, param_ptrs=param_ptrs, saved=saved):  # (bound now: the hook runs in this iteration)
             st = t.untyped_storage()
             if st.data_ptr() not in param_ptrs:
                 saved[st.data_ptr()] = st.nbytes()
@@ -178,7 +178,7 @@ def table(layer: list, model: list, chk: dict) -> str:
     for r in sorted(layer, key=lambda r: (KINDS.index(r["kind"]), r["tokens"])):
         lines.append(f"| {r['kind']} | {r['tokens']} | {r['median_s']:.4f} | {r['peak_mb']:.1f} | {r['saved_mb']:.1f} |")
     if model:
-        lines += ["", "| attention | DiT-S/2 train step (s), batch %d, 256 tokens | vs mhsa |" % model[0]["batch"],
+        lines += ["", f"| attention | DiT-S/2 train step (s), batch {int(model[0]['batch'])}, 256 tokens | vs mhsa |",
                   "| --- | ---: | ---: |"]
         base = next((r["median_s"] for r in model if r["kind"] == "mhsa"), None)
         for r in model:

@@ -87,7 +87,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| objective | sampler | steps | options | NFE | s / image | ms / eval / image |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['objective']} | {r['sampler']} | {r['steps'] if r['steps'] is not None else 'adaptive'} | "
-                     f"{r['options'] or '(defaults)'} | {r['nfe']} | {r['seconds_per_image']:.3f} | {r['ms_per_eval_per_image']:.2f} |")
+                     f"{r['options'] or '(defaults)'} | {r['nfe']} | {r['seconds_per_image']:.3f} | "
+                     f"{r['ms_per_eval_per_image']:.2f} |")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ normaliser and the resumable loader for training.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 
@@ -33,7 +33,7 @@ def latent_normalizer(cfg: DataConfig, store: Optional[LatentStore] = None) -> O
     if cfg.kind != "latents":
         raise ValueError("data.latent_norm='per_channel' needs the statistics of a latent store (data.kind='latents'); "
                          "for on-the-fly encoding use data.latent_norm='scale'")
-    store = store or LatentStore(cfg.path, verify="size")
+    store = store or LatentStore(cast(str, cfg.path), verify="size")  # (validated: latents have a path)
     return store.channel_stats_normalizer()
 
 
@@ -41,13 +41,13 @@ def build_dataset(cfg: DataConfig):
     """The training dataset for ``cfg`` (items ``(x (C, H, W) float32, y int64)``; ``set_epoch``)."""
     validate_data_config(cfg)
     if cfg.kind == "latents":
-        ds = LatentDataset(cfg.path, random_flip=cfg.random_flip, seed=cfg.seed, verify=cfg.verify)
+        ds = LatentDataset(cast(str, cfg.path), random_flip=cfg.random_flip, seed=cfg.seed, verify=cfg.verify)
         ds.check_compatible(image_size=cfg.image_size, channels=cfg.latent_channels,
                             input_size=model_input_size(cfg), vae=cfg.vae)
-        ds.normalizer = latent_normalizer(cfg, ds.store)
+        ds.normalizer = cast(LatentNormalizer, latent_normalizer(cfg, ds.store))  # (not None for latents)
         return ds
     if cfg.kind == "images":
-        return ImageFolderDataset(cfg.path, cfg.image_size, random_flip=cfg.random_flip, seed=cfg.seed,
+        return ImageFolderDataset(cast(str, cfg.path), cfg.image_size, random_flip=cfg.random_flip, seed=cfg.seed,
                                   strict=cfg.strict)
     return AnimalMNIST(cfg.path, split=cfg.split, image_size=cfg.image_size, random_flip=cfg.random_flip,
                        seed=cfg.seed)

@@ -42,9 +42,9 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
     equals ``size``, then crop the centre square. Returns uint8 (size, size, C)."""
     img = pil_image
     while min(img.size) >= 2 * image_size:
-        img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.BOX)
+        img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.Resampling.BOX)
     scale = image_size / min(img.size)
-    img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), resample=Image.BICUBIC)
+    img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), resample=Image.Resampling.BICUBIC)
     arr = np.asarray(img)
     top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
     return arr[top:top + image_size, left:left + image_size]
@@ -129,7 +129,7 @@ class ImageFolderDataset(Dataset):
         self._unreadable[(0 if info is None else info.id + 1) % COUNTER_SLOTS] += 1
         if path not in self._warned:
             self._warned.add(path)
-            warnings.warn(f"{err}; substituting the next readable image (strict=False)", RuntimeWarning)
+            warnings.warn(f"{err}; substituting the next readable image (strict=False)", RuntimeWarning, stacklevel=2)
 
     def load_image(self, index: int) -> tuple[np.ndarray, int]:
         """Centre-cropped uint8 (S, S, 3) and label of ``index`` (after the unreadable policy)."""

@@ -33,7 +33,7 @@ import bisect
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from safetensors import safe_open
@@ -126,7 +126,7 @@ class LatentStore:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return tuple(int(v) for v in self.manifest["latent_shape"])
+        return cast("tuple[int, int, int]", tuple(int(v) for v in self.manifest["latent_shape"]))
 
     @property
     def normalizer(self) -> LatentNormalizer:

@@ -23,7 +23,7 @@ Do not pass the loader through ``accelerator.prepare``: it is already sharded pe
 """
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -33,7 +33,7 @@ class ItemKey(NamedTuple):
     """What a dataset receives from the sampler: the epoch and the dataset index."""
 
     epoch: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose: the field name is the API
 
 
 _MASK64 = (1 << 64) - 1
@@ -145,9 +145,10 @@ class ResumableLoader:
                  seed: int = 0, num_workers: int = 0, device: torch.device | str | None = None,
                  shuffle: bool = True, prefetch_factor: int | None = None):
         self.dataset = dataset
-        self.sampler = DeterministicBatchSampler(len(dataset), global_batch_size, num_replicas, rank, seed, shuffle)
+        n = len(dataset)  # type: ignore[arg-type]  # map-style datasets define __len__
+        self.sampler = DeterministicBatchSampler(n, global_batch_size, num_replicas, rank, seed, shuffle)
         pin = torch.device(device).type == "cuda" if device is not None else False
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if num_workers > 0:
             kwargs = dict(persistent_workers=True, prefetch_factor=prefetch_factor or 2)
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers,

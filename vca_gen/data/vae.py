@@ -116,13 +116,19 @@ class LatentNormalizer:
             if min(self.std) <= 0:
                 raise ValueError(f"per-channel std must be > 0, got {list(self.std)}")
 
+    def _mean_std(self) -> tuple[Sequence[float], Sequence[float]]:
+        if self.mean is None or self.std is None:  # (excluded by __post_init__ for "per_channel")
+            raise ValueError("per-channel normalisation needs per-channel mean and std lists")
+        return self.mean, self.std
+
     def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = z.shape[-3]
-        if len(self.mean) != c:
-            raise ValueError(f"per-channel statistics are for {len(self.mean)} channels, latents have {c}")
+        mean, std = self._mean_std()
+        if len(mean) != c:
+            raise ValueError(f"per-channel statistics are for {len(mean)} channels, latents have {c}")
         shape = (c, 1, 1)
-        return (torch.tensor(self.mean, dtype=z.dtype, device=z.device).view(shape),
-                torch.tensor(self.std, dtype=z.dtype, device=z.device).view(shape))
+        return (torch.tensor(mean, dtype=z.dtype, device=z.device).view(shape),
+                torch.tensor(std, dtype=z.dtype, device=z.device).view(shape))
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latents (..., C, h, w) -> model space."""
@@ -141,7 +147,8 @@ class LatentNormalizer:
     def to_dict(self) -> dict:
         if self.kind == "scale":
             return {"kind": "scale", "scale_factor": float(self.scale_factor)}
-        return {"kind": "per_channel", "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+        mean, std = self._mean_std()
+        return {"kind": "per_channel", "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LatentNormalizer":

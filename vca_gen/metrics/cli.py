@@ -132,6 +132,7 @@ def run(a) -> dict:
                                    progress=progress)
         out = save_statistics(stats, a.make_ref, max_features=a.ref_features, seed=a.seed)
         notes = []
+        assert stats.count is not None  # computed statistics are counted
         if stats.count < len(stats.mu):
             notes.append(f"reference: statistics of {stats.count} images, fewer than the {len(stats.mu)} feature "
                          f"dimensions: the covariance is rank-deficient, so FIDs against this reference are "

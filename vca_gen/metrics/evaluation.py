@@ -12,6 +12,7 @@ precision/recall with no more images than k.
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 import numpy as np
 
@@ -79,7 +80,7 @@ def evaluate(samples, ref, mode: str | None = None, extractor: InceptionFeatureE
     stats = compute_statistics(samples, extractor, mode, batch_size, num_workers, keep_features=need,
                                progress=progress)
     notes: list[str] = []
-    result = {
+    result: dict[str, Any] = {
         "fid": fid_between(stats, ref_stats),
         "sfid": None, "kid": None, "kid_std": None, "precision": None, "recall": None,
         "n": stats.count, "n_ref": ref_stats.count, "mode": mode,
@@ -101,6 +102,7 @@ def evaluate(samples, ref, mode: str | None = None, extractor: InceptionFeatureE
     ref_feats_missing = ("unavailable: the reference holds no features or images (make it with "
                          "--make-ref and --ref-features > 0, or use an ADM batch with arr_0)")
     if kid:
+        assert stats.feats is not None  # compute_statistics(keep_features=True)
         n1, n2 = len(stats.feats), (None if ref_stats.feats is None else len(ref_stats.feats))
         if n2 is None:
             notes.append(f"kid: {ref_feats_missing}")
@@ -114,6 +116,7 @@ def evaluate(samples, ref, mode: str | None = None, extractor: InceptionFeatureE
             result["kid_subsets"], result["kid_subset_size"] = kid_subsets, m
             notes += kid_notes(n1, n2, kid_subset_size)
     if pr:
+        assert stats.feats is not None  # compute_statistics(keep_features=True)
         if ref_stats.feats is None:
             notes.append(f"precision_recall: {ref_feats_missing}")
         elif len(ref_stats.feats) <= pr_k or len(stats.feats) <= pr_k:
@@ -164,7 +167,7 @@ def _small_side(a: FeatureStatistics, b: FeatureStatistics, spatial: bool):
     mu_a, sig_a = (a.mu_s, a.sigma_s) if spatial else (a.mu, a.sigma)
     mu_b, sig_b = (b.mu_s, b.sigma_s) if spatial else (b.mu, b.sigma)
     for x, mu, sig in ((a.complete(spatial), mu_b, sig_b), (b.complete(spatial), mu_a, sig_a)):
-        if x is not None and len(x) <= len(mu):
+        if x is not None and len(x) <= len(cast(np.ndarray, mu)):
             return x, mu, sig
     return None
 

@@ -18,6 +18,7 @@ exactly ``mixed_6/conv[:7]``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 
 from vca_gen.metrics.errors import InputFormatError
-from vca_gen.metrics.weights import file_sha256, load_inception_layers, resolve_inception_weights
+from vca_gen.metrics.weights import load_inception_layers, resolve_inception_weights
+from vca_gen.utils.io import sha256_file as file_sha256
 
 MODES = ("clean", "legacy_tensorflow")
 INCEPTION_SIZE = 299
@@ -91,7 +93,7 @@ class InceptionFeatureExtractor:
         self.weights_sha256 = file_sha256(self.weights_path)
         self.layers = load_inception_layers(self.weights_path, self.device)
         self.spatial = spatial
-        self._clean_resizer = None
+        self._clean_resizer: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return (f"InceptionFeatureExtractor(mode={self.mode!r}, device={str(self.device)!r}, "

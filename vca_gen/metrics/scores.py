@@ -38,7 +38,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     diff = mu1 - mu2
     covmean = _sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
-        warnings.warn(f"FID: sqrtm(S1 S2) is singular; adding {eps} to the covariance diagonals")
+        warnings.warn(f"FID: sqrtm(S1 S2) is singular; adding {eps} to the covariance diagonals", stacklevel=2)
         offset = np.eye(d) * eps
         covmean = _sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):

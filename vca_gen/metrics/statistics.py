@@ -18,6 +18,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -161,7 +162,7 @@ def save_statistics(stats: FeatureStatistics, path: str | os.PathLike, max_featu
     same folder, mode per umask, then ``os.replace``); overwrites ``path`` (the CLI refuses that
     without ``--overwrite``). Its folder is created; one that cannot be raises ``OutputDirError``."""
     path = Path(path)
-    arrays = {"mu": stats.mu, "sigma": stats.sigma, META_KEY: np.array(json.dumps(stats.meta()))}
+    arrays: dict[str, Any] = {"mu": stats.mu, "sigma": stats.sigma, META_KEY: np.array(json.dumps(stats.meta()))}
     if stats.mu_s is not None:
         arrays.update(mu_s=stats.mu_s, sigma_s=stats.sigma_s)
     if stats.feats is not None and max_features > 0:
@@ -171,7 +172,9 @@ def save_statistics(stats: FeatureStatistics, path: str | os.PathLike, max_featu
         arrays["feats"] = f.astype(np.float32)
     if stats.complete(spatial=True) is not None and stats.complete() is not None and "feats" in arrays \
             and len(arrays["feats"]) == stats.count:
-        arrays["feats_s"] = stats.feats_s.astype(np.float32)
+        feats_s = stats.feats_s
+        assert feats_s is not None  # complete(spatial=True) implies the spatial features
+        arrays["feats_s"] = feats_s.astype(np.float32)
     make_parent_dir(path, "statistics file")
     return atomic_savez(path, **arrays)
 

@@ -24,7 +24,6 @@ import torch
 
 from vca_gen.metrics.errors import InceptionWeightsNotFound, InputFormatError
 from vca_gen.utils.assets import assets_dir
-from vca_gen.utils.io import sha256_file as file_sha256
 
 CLEANFID_NAME = "inception-2015-12-05.pt"
 FID_HELPER_NAME = "default_1.pt"

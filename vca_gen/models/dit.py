@@ -7,7 +7,7 @@ same initialisation and parameter names. Generalised to non-square inputs and an
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union, cast
 
 import torch
 import torch.nn as nn
@@ -154,13 +154,16 @@ class DiT(nn.Module):
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))  # like a Linear; the conv bias keeps its default init
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # (nn.Sequential / nn.ModuleList indexing is typed as Module: the casts name what they hold)
+        nn.init.normal_(cast(nn.Linear, self.t_embedder.mlp[0]).weight, std=0.02)
+        nn.init.normal_(cast(nn.Linear, self.t_embedder.mlp[2]).weight, std=0.02)
         for block in self.blocks:
-            nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
-            nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
-        nn.init.constant_(self.final_layer.adaLN_modulation[-1].weight, 0)
-        nn.init.constant_(self.final_layer.adaLN_modulation[-1].bias, 0)
+            ada = cast(nn.Linear, cast(DiTBlock, block).adaLN_modulation[-1])
+            nn.init.constant_(ada.weight, 0)
+            nn.init.constant_(ada.bias, 0)
+        final_ada = cast(nn.Linear, self.final_layer.adaLN_modulation[-1])
+        nn.init.constant_(final_ada.weight, 0)
+        nn.init.constant_(final_ada.bias, 0)
         nn.init.constant_(self.final_layer.linear.weight, 0)
         nn.init.constant_(self.final_layer.linear.bias, 0)
 

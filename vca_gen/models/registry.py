@@ -56,7 +56,7 @@ def create_model(
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"unknown attention kind {attention!r}; valid kinds: {', '.join(ATTENTION_KINDS)}")
     depth, hidden, heads = SIZES[size]
-    arch = {"depth": depth, "hidden_size": hidden, "num_heads": heads, "mlp_ratio": 4.0}
+    arch: Dict[str, Any] = {"depth": depth, "hidden_size": hidden, "num_heads": heads, "mlp_ratio": 4.0}
     for key in _ARCH_OVERRIDES:
         if key in options:
             arch[key] = options.pop(key)

@@ -36,8 +36,9 @@ def count_params(model: torch.nn.Module) -> Tuple[int, int]:
 def count_macs(model: torch.nn.Module) -> int:
     """MACs of one forward pass for one image, counted on the model's own device (meta is fine)."""
     dev = next(model.parameters()).device
-    H, W = model.input_hw
-    x = torch.zeros(1, model.in_channels, H, W, device=dev)
+    net: Any = model  # a DiT: input_hw / in_channels are plain attributes
+    H, W = net.input_hw
+    x = torch.zeros(1, net.in_channels, H, W, device=dev)
     t = torch.zeros(1, device=dev)
     y = torch.zeros(1, dtype=torch.long, device=dev)
     was_training = model.training

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -65,7 +66,7 @@ def _to_config(cfg: Any) -> ObjectiveConfig:
     )
 
 
-def build_objective(cfg: Union[ObjectiveConfig, Mapping, Any, None] = None) -> Objective:
+def build_objective(cfg: ObjectiveConfig | Mapping | Any | None = None) -> Objective:
     """Objective from an :class:`ObjectiveConfig`, ``DictConfig`` or dict (``None`` = defaults)."""
     cfg = _to_config(cfg)
     kind = str(cfg.kind).lower()

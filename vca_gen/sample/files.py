@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from numpy.typing import DTypeLike
 import torch
 
 from vca_gen.utils.io import atomic_open, atomic_path
@@ -43,7 +44,7 @@ def shard_path(out_dir: Path, shard: int) -> Path:
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     """``np.savez`` to ``path`` atomically (see :func:`vca_gen.utils.io.atomic_savez`)."""
-    _atomic_savez(path, **arrays)
+    _atomic_savez(path, False, **arrays)
 
 
 def write_shard(out_dir: Path, shard: int, images: np.ndarray, labels: np.ndarray, indices: range) -> Path:
@@ -82,7 +83,7 @@ def clean_temp_files(out_dir: Path) -> int:
     return n
 
 
-def _write_npy_header(f, shape: tuple[int, ...], dtype: np.dtype) -> None:
+def _write_npy_header(f, shape: tuple[int, ...], dtype: DTypeLike) -> None:
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
     np.lib.format.write_array_header_2_0(f, header)
 

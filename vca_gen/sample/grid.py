@@ -50,7 +50,7 @@ def render_grid(rows: Mapping[int, Sequence[np.ndarray]], class_names: Sequence[
         y0 = pad + r * (ch + pad)
         draw.text((4, y0 + ch // 2 - 6), names[c], fill="black")
         for j, img in enumerate(rows[c]):
-            tile = Image.fromarray(img).resize((cw, ch), Image.NEAREST)
+            tile = Image.fromarray(img).resize((cw, ch), Image.Resampling.NEAREST)
             canvas.paste(tile, (label_w + pad + j * (cw + pad), y0))
     return canvas
 

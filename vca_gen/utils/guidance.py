@@ -44,9 +44,13 @@ def cfg_forward(
 
 
 def guided_model_fn(
-    model_fn: ModelFn, cfg_scale: float, null_label: int, pred_channels: int, guide_channels: Optional[int] = None
+    model_fn: ModelFn, cfg_scale: float, null_label: Optional[int], pred_channels: int,
+    guide_channels: Optional[int] = None,
 ) -> ModelFn:
-    """``model_fn`` wrapped with :func:`cfg_forward` (returns ``model_fn`` itself at scale 1)."""
+    """``model_fn`` wrapped with :func:`cfg_forward` (returns ``model_fn`` itself at scale 1, where
+    ``null_label`` may be None)."""
     if cfg_scale == 1.0:
         return model_fn
+    if null_label is None:
+        raise ValueError("cfg_scale != 1 needs null_label (the model's num_classes)")
     return lambda x, t, y: cfg_forward(model_fn, x, t, y, cfg_scale, null_label, pred_channels, guide_channels)

@@ -11,35 +11,36 @@ those two layers load into any kind.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import torch.nn as nn
 
 from vca_gen.models.attention.diff import DiffAttention
-from vca_gen.models.attention.mhsa import MHSA, check_heads
+from vca_gen.models.attention.mhsa import MHSA
+from vca_gen.models.attention.mhsa import check_heads as check_heads  # re-export
 from vca_gen.models.attention.vca import VCAttention
 
 
-def _kinds() -> Dict[str, type]:
+def _kinds() -> dict[str, Any]:  # attention classes (each with an OPTIONS dict)
     return {"mhsa": MHSA, "vca": VCAttention, "diff": DiffAttention}
 
 
-ATTENTION_KINDS: Tuple[str, ...] = ("mhsa", "vca", "diff")
+ATTENTION_KINDS: tuple[str, ...] = ("mhsa", "vca", "diff")
 
 
-def attention_options(kind: str) -> Dict[str, Any]:
+def attention_options(kind: str) -> dict[str, Any]:
     """Accepted keyword options of attention ``kind`` with their defaults."""
     return dict(_attention_class(kind).OPTIONS)
 
 
-def _attention_class(kind: str) -> type:
+def _attention_class(kind: str) -> Any:
     kinds = _kinds()
     if kind not in kinds:
         raise ValueError(f"unknown attention kind {kind!r}; valid kinds: {', '.join(ATTENTION_KINDS)}")
     return kinds[kind]
 
 
-def check_attention_options(kind: str, options: Dict[str, Any]) -> None:
+def check_attention_options(kind: str, options: dict[str, Any]) -> None:
     """Error if ``options`` holds a keyword that attention ``kind`` does not accept."""
     cls = _attention_class(kind)
     unknown = sorted(set(options) - set(cls.OPTIONS))
@@ -49,7 +50,7 @@ def check_attention_options(kind: str, options: Dict[str, Any]) -> None:
 
 
 def build_attention(
-    kind: str, dim: int, num_heads: int, grid_size: Tuple[int, int], layer_idx: int = 0, **options: Any
+    kind: str, dim: int, num_heads: int, grid_size: tuple[int, int], layer_idx: int = 0, **options: Any
 ) -> nn.Module:
     """Build one token-mixing layer of ``kind`` (one of :data:`ATTENTION_KINDS`).
 

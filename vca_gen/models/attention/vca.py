@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Tuple
+from typing import Tuple, cast
 
 import torch
 import torch.nn as nn
@@ -151,7 +151,7 @@ class VCAttention(nn.Module):
         if self.lambda1 is not None:
             vt = F.scaled_dot_product_attention(T, k, v)  # (B, h, 2n, d)
             lam1 = self.lambda1().to(vt.dtype)
-            v_hat = self.norm1(vt[:, :, :n] - lam1 * vt[:, :, n:], scale=1.0 - self.lambda_init)
+            v_hat = cast(RMSNorm, self.norm1)(vt[:, :, :n] - lam1 * vt[:, :, n:], scale=1.0 - self.lambda_init)
         else:
             v_hat = F.scaled_dot_product_attention(t_plus, k, v)
 
@@ -165,7 +165,7 @@ class VCAttention(nn.Module):
             else:
                 o = F.scaled_dot_product_attention(q, t_plus, v_hat) - lam2 * F.scaled_dot_product_attention(
                     q, t_minus, v_hat)
-            o = self.norm2(o, scale=1.0 - self.lambda_init)
+            o = cast(RMSNorm, self.norm2)(o, scale=1.0 - self.lambda_init)
 
         o = o.transpose(1, 2).reshape(B, N, C)
         if self.dwc is not None:

@@ -1,7 +1,7 @@
 """DiT's diffusion objective behind the :class:`vca_gen.objectives.base.Objective` interface."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Union, cast
 
 import torch
 
@@ -120,9 +120,9 @@ class DiffusionObjective(Objective):
         with torch.no_grad():
             if name == "dpm-solver++":
                 order = int(sampler_options.get("order", self.cfg.dpm_solver_order))
-                x = dpm_solver_pp_sample(self.diffusion, fn, noise, labels, spec, order, progress)
+                x = dpm_solver_pp_sample(self.diffusion, fn, noise, labels, cast(int, spec), order, progress)
             else:
-                chain = self.diffusion.respaced(spec)
+                chain = self.diffusion.respaced(cast(list, spec))
                 fixed = self.cfg.fixed_variance
                 if name == "ddpm":
                     x = ddpm_sample(chain, fn, noise, labels, fixed, generator, clip, progress)

@@ -53,11 +53,11 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, int, list]) -
         size = size_per + (1 if i < extra else 0)
         if size < count:
             raise ValueError(f"cannot divide a section of {size} steps into {count} (num_timesteps={num_timesteps})")
-        stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-        pos = 0.0  # accumulated (not j * stride) and Python-rounded, exactly as improved-DDPM
+        step = 1.0 if count <= 1 else (size - 1) / (count - 1)
+        pos = 0.0  # accumulated (not j * step) and Python-rounded, exactly as improved-DDPM
         for _ in range(count):
             kept.append(start + round(pos))
-            pos += stride
+            pos += step
         start += size
     return sorted(set(kept))
 

@@ -11,7 +11,7 @@ generators sample i depends only on generator i.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -103,7 +103,7 @@ def dpm_solver_pp_sample(
         raise ValueError(f"dpm_solver_order must be 1, 2 or 3, got {order}")
     if not 1 <= steps <= base.num_timesteps:
         raise ValueError(f"dpm-solver++ steps must be in 1..{base.num_timesteps}, got {steps}")
-    sched = DPMSolverMultistepScheduler(
+    sched: Any = DPMSolverMultistepScheduler(  # (diffusers' lazy module hides its methods from mypy)
         num_train_timesteps=base.num_timesteps,
         trained_betas=base.betas.tolist(),
         algorithm_type="dpmsolver++",

@@ -1,7 +1,7 @@
 """SiT's transport objective behind the :class:`vca_gen.objectives.base.Objective` interface."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -72,7 +72,7 @@ class FlowObjective(Objective):
         return n
 
     def sample(self, model_fn, noise: torch.Tensor, labels: torch.Tensor, sampler: Optional[str] = None,
-               steps: Optional[int] = None, cfg_scale: float = 1.0, guide_channels: Optional[int] = None,
+               steps: Union[int, str, None] = None, cfg_scale: float = 1.0, guide_channels: Optional[int] = None,
                generator=None, null_label: Optional[int] = None, progress: bool = False, **sampler_options) -> SampleOutput:
         """Integrate from t0 (x = ``noise``) to t1 (data).
 
