@@ -5,6 +5,11 @@ channels (the learned-variance half of a ``learn_sigma`` model) are taken from t
 branch. ``guide_channels=None`` guides every prediction channel (diffusers and later papers);
 ``guide_channels=3`` reproduces DiT's choice of guiding only the first three latent channels.
 A scale of exactly 1 performs one conditional forward pass and returns it unchanged.
+
+Precision: the combination runs in at least fp32. A bf16 model output (autocast) is upcast
+before ``cond − uncond`` (which cancels) is scaled by ``scale``, and the guided output is returned
+in fp32: every sampler casts the model output to its own (fp32) state dtype anyway, so nothing
+is rounded back to bf16 after the amplification. fp32 / fp64 outputs: unchanged, bit for bit.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ def cfg_forward(
 
     ``pred_channels`` is the number of leading output channels that are the model's prediction
     (the input channel count); ``null_label`` the class index of the unconditional embedding.
+    Returns at least fp32 (the model's dtype if that is fp32 or fp64) when ``cfg_scale != 1``.
     """
     if cfg_scale == 1.0:
         return model_fn(x, t, y)
@@ -37,7 +43,8 @@ def cfg_forward(
     b = x.shape[0]
     y_null = torch.full_like(y, null_label)
     out = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y_null]))  # (2B, C_out, H, W)
-    cond, uncond = out[:b], out[b:]
+    dt = torch.promote_types(out.dtype, torch.float32)  # bf16 under autocast -> fp32; fp64 stays
+    cond, uncond = out[:b].to(dt), out[b:].to(dt)
     g = pred_channels if guide_channels is None else guide_channels
     guided = uncond[:, :g] + cfg_scale * (cond[:, :g] - uncond[:, :g])
     return torch.cat([guided, cond[:, g:]], dim=1)

@@ -13,6 +13,8 @@ differential heads whose query/key halves have size d/2 and whose value has size
 parameter budget; λ vectors of size d/2). ``num_heads`` must then have an even head dim.
 Both softmaxes run as fused SDPA calls over 2·(h/2) heads (one call per half of the value).
 The projections are DiT's ``qkv`` / ``proj``; extra parameters are only 4d (λ) + 2d (gain).
+Under bf16 autocast the two attention outputs are upcast and subtracted with the fp32 λ, and the
+RMSNorm runs in fp32, before the result is cast back to the compute dtype.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vca_gen.models.attention.differential import DifferentialLambda, RMSNorm, differential, lambda_init_fn
 from vca_gen.models.attention.mhsa import check_heads
-from vca_gen.models.attention.differential import DifferentialLambda, RMSNorm, lambda_init_fn
 
 
 class DiffAttention(nn.Module):
@@ -61,8 +63,8 @@ class DiffAttention(nn.Module):
         v = v.reshape(B, N, hd, 1, 2, d).expand(B, N, hd, 2, 2, d).reshape(B, N, 2 * hd, 2, d)
         o = torch.cat([F.scaled_dot_product_attention(q, k, v[..., j, :].transpose(1, 2)) for j in range(2)], dim=-1)
         o = o.unflatten(1, (hd, 2))  # (B, hd, 2, N, 2d)
-        lam = self.lambda_().to(o.dtype)
-        o = self.subln(o[:, :, 0] - lam * o[:, :, 1], scale=1.0 - self.lambda_init)  # (B, hd, N, 2d)
+        # softmax1·V − λ·softmax2·V from the upcast attention outputs, λ and RMSNorm in fp32
+        o = self.subln(differential(o[:, :, 0], o[:, :, 1], self.lambda_()), scale=1.0 - self.lambda_init).to(o.dtype)
         return self.proj(o.transpose(1, 2).reshape(B, N, C))
 
     def extra_repr(self) -> str:

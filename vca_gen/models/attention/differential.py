@@ -5,6 +5,12 @@ Following DIFF Transformer (microsoft/unilm ``Diff-Transformer``):
 dimension (init N(0, 0.1²)) and ``λ_init(ℓ) = 0.8 − 0.6 · exp(−0.3 · ℓ)`` for the 0-based
 block index ℓ. The differential output is normalised per head by an RMSNorm (computed in fp32)
 and scaled by ``1 − λ_init``.
+
+Precision: the difference ``pos − λ·neg`` is the step where the two streams cancel and RMSNorm
+then rescales what is left, so :func:`differential` forms it in at least fp32 with λ kept in
+fp32 (bf16/fp16 operands are upcast; fp32/fp64 operands go through the same expression as
+before, bit for bit). The callers feed the result to :class:`RMSNorm` in fp32 and cast back to
+their compute dtype afterwards.
 """
 from __future__ import annotations
 
@@ -25,6 +31,40 @@ def lambda_init_fn(layer_idx: int) -> float:
     if layer_idx < 0:
         raise ValueError(f"layer_idx must be >= 0, got {layer_idx}")
     return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
+
+
+class _UpcastDifference(torch.autograd.Function):
+    """``pos − λ·neg`` in fp32 for half-precision ``pos`` / ``neg``; saves only the half-precision
+    ``neg`` (a view of the attention output, kept anyway) instead of an fp32 copy of it."""
+
+    @staticmethod
+    def forward(ctx, pos: torch.Tensor, neg: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        dt = torch.promote_types(_at_least_fp32(pos.dtype), lam.dtype)
+        ctx.save_for_backward(neg, lam)
+        ctx.pos_dtype = pos.dtype
+        out = neg.to(dt, copy=True).mul_(lam.to(dt))  # fresh fp32 copies: in place is safe
+        return pos.to(dt, copy=True).sub_(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        neg, lam = ctx.saved_tensors
+        g_pos = grad.to(ctx.pos_dtype) if ctx.needs_input_grad[0] else None
+        g_neg = (grad * -lam.to(grad.dtype)).to(neg.dtype) if ctx.needs_input_grad[1] else None
+        g_lam = -(grad * neg).sum().to(lam.dtype) if ctx.needs_input_grad[2] else None
+        return g_pos, g_neg, g_lam
+
+
+def differential(pos: torch.Tensor, neg: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``pos − λ·neg`` in at least fp32 (λ a 0-dim tensor from :class:`DifferentialLambda`).
+
+    Half-precision operands (bf16 under autocast) are upcast and subtracted in fp32 with the fp32
+    λ, instead of rounding λ, λ·neg and the difference to bf16 before the RMSNorm amplifies the
+    cancellation. fp32 / fp64 operands: exactly ``pos − λ·neg`` in their dtype.
+    """
+    dt = _at_least_fp32(pos.dtype)
+    if pos.dtype == dt and neg.dtype == dt:
+        return pos - lam.to(dt) * neg
+    return _UpcastDifference.apply(pos, neg, lam)
 
 
 class DifferentialLambda(nn.Module):

@@ -29,6 +29,12 @@ Ablations (``stages``):
 λ per stage is one scalar shared by the heads (:class:`DifferentialLambda`); λ_init from the
 0-based block index. Added parameters relative to MHSA with the defaults: e± 2nC, λ vectors
 2 x 4 x d, RMSNorm gains 2d, depthwise conv 9C + C, i.e. ``2nC + 10d + 10C``.
+
+Precision under bf16 autocast: λ stays fp32; ``V̂⁺ − λ¹V̂⁻`` and the separate-softmax
+``S⁺V̂ − λ²S⁻V̂`` are formed in fp32 from the upcast attention outputs and RMS-normalised in fp32
+(:func:`differential`); in the joint form the subtraction happens in the SDPA kernel's fp32
+accumulator over ``[V̂; −λ²V̂]``, whose second half is the bf16 V̂ times the fp32 λ², rounded once.
+The attention products themselves run in the compute dtype; fp32 / fp64 results are unchanged.
 """
 from __future__ import annotations
 
@@ -40,8 +46,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vca_gen.models.attention.differential import (
+    DifferentialLambda,
+    RMSNorm,
+    _at_least_fp32,
+    differential,
+    lambda_init_fn,
+)
 from vca_gen.models.attention.mhsa import check_heads
-from vca_gen.models.attention.differential import DifferentialLambda, RMSNorm, lambda_init_fn
 
 _CHOICES = {
     "stage2_softmax": ("joint", "separate"),
@@ -147,25 +159,38 @@ class VCAttention(nn.Module):
         T = self._contrast_tokens(q_tok)  # (B, h, 2n, d)
         t_plus, t_minus = T[:, :, :n], T[:, :, n:]  # (B, h, n, d) each
 
-        # Stage I: contrast map V̂ (B, h, n, d)
+        # Differences and RMSNorms run in at least fp32 with λ in fp32 (``differential``); the
+        # attention products stay in the compute dtype ``cdt`` (bf16 under autocast).
+        cdt = q.dtype
+        # Stage I: contrast map V̂ (B, h, n, d), at least fp32
         if self.lambda1 is not None:
             vt = F.scaled_dot_product_attention(T, k, v)  # (B, h, 2n, d)
-            lam1 = self.lambda1().to(vt.dtype)
-            v_hat = cast(RMSNorm, self.norm1)(vt[:, :, :n] - lam1 * vt[:, :, n:], scale=1.0 - self.lambda_init)
+            v_hat = cast(RMSNorm, self.norm1)(
+                differential(vt[:, :, :n], vt[:, :, n:], self.lambda1()), scale=1.0 - self.lambda_init
+            )
         else:
             v_hat = F.scaled_dot_product_attention(t_plus, k, v)
 
         # Stage II: patch queries over the contrast tokens (B, h, N, d)
         if self.lambda2 is None:
-            o = F.scaled_dot_product_attention(q, t_plus, v_hat)
+            o = F.scaled_dot_product_attention(q, t_plus, v_hat.to(cdt))
         else:
-            lam2 = self.lambda2().to(v_hat.dtype)
+            lam2 = self.lambda2()  # at least fp32
             if self.stage2_softmax == "joint":
-                o = F.scaled_dot_product_attention(q, T, torch.cat([v_hat, -lam2 * v_hat], dim=2))
+                # S⁺V̂ − λ²S⁻V̂ as one SDPA over [V̂; −λ²V̂]: the subtraction happens in the kernel's
+                # fp32 accumulator. −λ²V̂ is the compute-dtype V̂ times the fp32 λ², rounded once, so
+                # the rounding of V̂ enters both halves alike and cancels with them.
+                v_c = v_hat.to(cdt)
+                v_neg = (-lam2 * v_c.to(_at_least_fp32(cdt))).to(cdt)
+                o = F.scaled_dot_product_attention(q, T, torch.cat([v_c, v_neg], dim=2))
             else:
-                o = F.scaled_dot_product_attention(q, t_plus, v_hat) - lam2 * F.scaled_dot_product_attention(
-                    q, t_minus, v_hat)
-            o = cast(RMSNorm, self.norm2)(o, scale=1.0 - self.lambda_init)
+                v_c = v_hat.to(cdt)
+                o = differential(
+                    F.scaled_dot_product_attention(q, t_plus, v_c),
+                    F.scaled_dot_product_attention(q, t_minus, v_c),
+                    lam2,
+                )
+            o = cast(RMSNorm, self.norm2)(o, scale=1.0 - self.lambda_init).to(cdt)
 
         o = o.transpose(1, 2).reshape(B, N, C)
         if self.dwc is not None:

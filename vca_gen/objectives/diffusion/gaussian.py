@@ -1,8 +1,10 @@
 """DiT's Gaussian diffusion: forward process, posterior, ε-parameterised reverse step, hybrid loss.
 
-Coefficients are kept in float64 (numpy) and gathered per timestep into the dtype of the batch.
+Coefficients are computed in float64 (numpy, the attributes below) and, the first time a device
+needs them, copied there once as float64 tensors (:meth:`GaussianDiffusion.table`); every lookup
+is then a gather on that device, cast to the dtype of the batch (no host→device copy per call).
 Indices ``t`` are positions in *this* chain (0..K-1); a respaced chain keeps ``timestep_map``
-(the original indices given to the model). Variances:
+(the original indices given to the model); respaced chains are cached per set of kept steps. Variances:
 
 * learned range (model outputs 2·C channels): ``log σ² = f·log β_t + (1 − f)·log β̃_t`` with
   ``f = (v + 1)/2``, v the second half of the output;
@@ -37,10 +39,28 @@ def resolve_variance(in_channels: int, out_channels: int, fixed_variance: str = 
     )
 
 
-def extract(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``arr[t]`` shaped (B, 1, ..., 1) to broadcast against ``like``, in ``like``'s dtype/device."""
-    out = torch.as_tensor(arr, device=t.device)[t.long()].to(device=like.device, dtype=like.dtype)
+def _device_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """float64 where the device has it; MPS has no float64 and gets float32 tables."""
+    return torch.float32 if dtype == torch.float64 and device.type == "mps" else dtype
+
+
+def gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``table[t]`` (a gather on the table's device) shaped (B, 1, ..., 1) against ``like``, in
+    ``like``'s dtype/device."""
+    out = table.index_select(0, t.reshape(-1).long()).to(device=like.device, dtype=like.dtype)
     return out.view(-1, *([1] * (like.dim() - 1)))
+
+
+def extract(arr: np.ndarray | torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``arr[t]`` shaped (B, 1, ..., 1) to broadcast against ``like``, in ``like``'s dtype/device.
+
+    ``arr``: a device table (see :meth:`GaussianDiffusion.table`; no copy) or a NumPy array
+    (copied to ``t``'s device on every call: prefer :meth:`GaussianDiffusion.extract`).
+    """
+    if not isinstance(arr, torch.Tensor):
+        arr = torch.as_tensor(arr, device=t.device)
+        arr = arr.to(_device_dtype(arr.device, arr.dtype))
+    return gather(arr.to(t.device), t, like)
 
 
 class GaussianDiffusion:
@@ -70,32 +90,60 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         self.log_betas = np.log(betas)
         self.log_variance_large = np.log(np.append(pv1, betas[1:]))
+        self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._respaced: dict[tuple[int, ...], GaussianDiffusion] = {}
+
+    # -- device tables -----------------------------------------------------------------------
+    def table(self, name: str, device: torch.device | str) -> torch.Tensor:
+        """The NumPy table ``name`` (e.g. ``"alphas_cumprod"``, ``"timestep_map"``) as a tensor on
+        ``device``: float64 (int64 for ``timestep_map``), copied the first time and cached."""
+        device = torch.device(device)
+        key = (name, device)
+        out = self._tables.get(key)
+        if out is None:
+            arr = np.ascontiguousarray(getattr(self, name))
+            out = torch.from_numpy(arr).to(device=device)
+            out = out.to(_device_dtype(device, out.dtype))
+            self._tables[key] = out
+        return out
+
+    def extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Table ``name`` at chain indices ``t`` (B,), shaped (B, 1, ..., 1) in ``like``'s dtype."""
+        return gather(self.table(name, t.device), t, like)
 
     # -- respacing --------------------------------------------------------------------------
     def respaced(self, use_timesteps: list[int]) -> "GaussianDiffusion":
         """Chain over the kept original steps (ᾱ unchanged there, β recomputed)."""
-        betas, keep = respace_betas(self.alphas_cumprod, use_timesteps)
-        return GaussianDiffusion(betas, self.timestep_map[keep], self.original_num_timesteps)
+        key = tuple(sorted(set(int(k) for k in use_timesteps)))
+        chain = self._respaced.get(key)
+        if chain is None:  # cached, so its device tables survive from one sample() call to the next
+            betas, keep = respace_betas(self.alphas_cumprod, use_timesteps)
+            chain = self._respaced[key] = GaussianDiffusion(betas, self.timestep_map[keep], self.original_num_timesteps)
+        return chain
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """Original timestep indices (float) for chain indices ``t`` — what the model receives."""
-        return torch.as_tensor(self.timestep_map, device=t.device)[t.long()].float()
+        return self.table("timestep_map", t.device)[t.long()].float()
 
     # -- forward process ---------------------------------------------------------------------
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
-        return extract(self.sqrt_alphas_cumprod, t, x_start) * x_start + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        e = self.extract
+        return e("sqrt_alphas_cumprod", t, x_start) * x_start + e("sqrt_one_minus_alphas_cumprod", t, x_start) * noise
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-        mean = extract(self.posterior_mean_coef1, t, x_t) * x_start + extract(self.posterior_mean_coef2, t, x_t) * x_t
-        return mean, extract(self.posterior_variance, t, x_t), extract(self.posterior_log_variance_clipped, t, x_t)
+        e = self.extract
+        mean = e("posterior_mean_coef1", t, x_t) * x_start + e("posterior_mean_coef2", t, x_t) * x_t
+        return mean, e("posterior_variance", t, x_t), e("posterior_log_variance_clipped", t, x_t)
 
     def predict_xstart_from_eps(self, x_t, t, eps):
-        return extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        e = self.extract
+        return e("sqrt_recip_alphas_cumprod", t, x_t) * x_t - e("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
 
     def predict_eps_from_xstart(self, x_t, t, x_start):
-        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x_start) / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        e = self.extract
+        return (e("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x_start) / e("sqrt_recipm1_alphas_cumprod", t, x_t)
 
     # -- reverse step ------------------------------------------------------------------------
     def p_mean_variance(self, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, variance: str, clip_denoised: bool = False) -> dict:
@@ -111,11 +159,12 @@ class GaussianDiffusion:
                 raise ValueError(f"learned-range variance needs {2 * c} output channels, got {model_output.shape[1]}")
             eps, v = model_output[:, :c], model_output[:, c:]
             frac = (v + 1.0) / 2.0
-            log_var = frac * extract(self.log_betas, t, x) + (1.0 - frac) * extract(self.posterior_log_variance_clipped, t, x)
+            log_beta, log_post = self.extract("log_betas", t, x), self.extract("posterior_log_variance_clipped", t, x)
+            log_var = frac * log_beta + (1.0 - frac) * log_post
         elif variance in ("large", "small"):
             eps = model_output[:, :c]
-            table = self.log_variance_large if variance == "large" else self.posterior_log_variance_clipped
-            log_var = extract(table, t, x).expand_as(x)
+            table = "log_variance_large" if variance == "large" else "posterior_log_variance_clipped"
+            log_var = self.extract(table, t, x).expand_as(x)
         else:
             raise ValueError(f"unknown variance type {variance!r}; accepted: {', '.join(VARIANCE_TYPES)}")
         pred_xstart = self.predict_xstart_from_eps(x, t, eps)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from vca_gen.objectives.diffusion.gaussian import GaussianDiffusion, extract, resolve_variance
+from vca_gen.objectives.diffusion.gaussian import GaussianDiffusion, resolve_variance
 from vca_gen.utils.rng import GeneratorSpec, randn_like
 
 
@@ -78,8 +78,8 @@ def ddim_sample(
     x = noise
     for i in _steps(diffusion.num_timesteps, progress):
         t, out = _predict(diffusion, model_fn, x, i, labels, fixed_variance, clip_denoised)
-        ab = extract(diffusion.alphas_cumprod, t, x)
-        ab_prev = extract(diffusion.alphas_cumprod_prev, t, x)
+        ab = diffusion.extract("alphas_cumprod", t, x)
+        ab_prev = diffusion.extract("alphas_cumprod_prev", t, x)
         sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
         x = out["pred_xstart"] * torch.sqrt(ab_prev) + torch.sqrt((1 - ab_prev - sigma**2).clamp(min=0)) * out["eps"]
         if i > 0 and eta > 0:
@@ -116,13 +116,14 @@ def dpm_solver_pp_sample(
     sched.set_timesteps(steps, device=noise.device)
     x = noise
     c = x.shape[1]
-    timesteps = sched.timesteps
+    # model times read back once (not one device sync per step); the scheduler gets its own tensors
+    steps_: Any = list(zip(sched.timesteps, sched.timesteps.tolist()))
     if progress:
         from tqdm.auto import tqdm
 
-        timesteps = tqdm(timesteps)
-    for ts in timesteps:
-        t_model = torch.full((x.shape[0],), float(ts), device=x.device)
+        steps_ = tqdm(steps_)
+    for ts, ts_host in steps_:
+        t_model = torch.full((x.shape[0],), float(ts_host), device=x.device)
         eps = model_fn(x, t_model, labels)[:, :c].to(x.dtype)  # diffusers casts its result to eps' dtype
         x = sched.step(eps, ts, x, return_dict=False)[0]
     return x

@@ -29,8 +29,13 @@ class _Model:
     def __init__(self, transport: Transport, model_fn: Callable, labels: torch.Tensor, channels: int):
         self.tr, self.fn, self.y, self.c = transport, model_fn, labels, channels
 
-    def pred(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-        tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
+    def pred(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prediction channels at time ``t``: a Python float, or a 0-dim tensor (the adaptive
+        solver's time, kept on the device: no device→host read per evaluation)."""
+        if isinstance(t, torch.Tensor):
+            tb = t.to(device=x.device, dtype=x.dtype).reshape(1).expand(x.shape[0]).contiguous()
+        else:
+            tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
         out = self.fn(x, tb, self.y)
         if out.shape[1] not in (self.c, 2 * self.c):
             raise ValueError(f"flow objective: model outputs {out.shape[1]} channels for {self.c} input channels; "
@@ -42,14 +47,18 @@ class _Model:
         return self.tr.path.velocity_from(p, x, tb, self.tr.prediction)
 
 
-def _grid(t0: float, t1: float, n: int, progress: bool):
-    ts = torch.linspace(t0, t1, n, dtype=torch.float64).tolist()
-    pairs = list(zip(ts[:-1], ts[1:]))
+def _progress(pairs: list, progress: bool):
     if progress:
         from tqdm.auto import tqdm
 
         return tqdm(pairs)
     return pairs
+
+
+def _grid(t0: float, t1: float, n: int, progress: bool):
+    """(t_a, t_b) pairs of ``linspace(t0, t1, n)`` as Python floats (built on the host, once)."""
+    ts = torch.linspace(t0, t1, n, dtype=torch.float64).tolist()
+    return _progress(list(zip(ts[:-1], ts[1:])), progress)
 
 
 def euler_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, steps: int, progress=False) -> torch.Tensor:
@@ -78,7 +87,7 @@ def ode_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, method: str = "
     # step_t makes the adaptive solver land on t1 instead of stepping past it and interpolating, so
     # the model is never queried outside [t0, t1] (t > 1 is undefined, e.g. σ_t is NaN on VP).
     options = {"step_t": ts[1:]}
-    return odeint(lambda t, z: m.velocity(z, float(t)), x, ts, method=method, atol=atol, rtol=rtol, options=options)[-1]
+    return odeint(lambda t, z: m.velocity(z, t), x, ts, method=method, atol=atol, rtol=rtol, options=options)[-1]
 
 
 def sde_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, steps: int, diffusion_form: str = "sigma",
@@ -88,17 +97,21 @@ def sde_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, steps: int, dif
     path, pred_kind = m.tr.path, m.tr.prediction
     last_step = check_last_step(last_step)
 
-    def drift(x, t):
-        p, tb = m.pred(x, t)
-        w = diffusion_coefficient(path, torch.tensor(t, dtype=torch.float64), diffusion_form, diffusion_norm).item()
-        return path.velocity_from(p, x, tb, pred_kind) + w * path.score_from(p, x, tb, pred_kind), w
+    grid = _grid(t0, t1, steps, False)
+    # w(t) at every drift time (the grid's left ends, then t1), once on the host in float64
+    times = torch.tensor([ta for ta, _ in grid] + [t1], dtype=torch.float64)
+    ws = diffusion_coefficient(path, times, diffusion_form, diffusion_norm).tolist()
 
-    for ta, tb in _grid(t0, t1, steps, progress):
+    def drift(x, t, w):
+        p, tb = m.pred(x, t)
+        return path.velocity_from(p, x, tb, pred_kind) + w * path.score_from(p, x, tb, pred_kind)
+
+    for (ta, tb), w in zip(_progress(grid, progress), ws):
         dt = tb - ta
-        f, w = drift(x, ta)
+        f = drift(x, ta, w)
         x = x + f * dt + (2.0 * w * dt) ** 0.5 * randn_like(x, generator)
     if last_step == "mean":
-        x = x + drift(x, t1)[0] * last_step_size
+        x = x + drift(x, t1, ws[-1]) * last_step_size
     elif last_step == "tweedie":
         p, tb = m.pred(x, t1)
         x = path.data_from(p, x, tb, pred_kind)
