@@ -6,8 +6,18 @@
     python train.py --export RUN_OR_CHECKPOINT OUT_DIR      # EMA weights + config.json + decoder.json
 
 Overrides are dotted config keys (``train.lr=2e-4 model.attention=mhsa``). The run directory is
-``train.output_dir``; ``train.resume=auto`` (default) continues from its latest complete checkpoint.
-Exit status: 0 done, 2 bad input (config / data / checkpoint), 3 stopped on non-finite losses.
+``train.output_dir`` (locked while a training runs in it); ``train.resume=auto`` (default)
+continues from its newest intact checkpoint (checksums verified; a damaged one is skipped with a
+warning naming the file).
+
+Preemption: SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) finish the current step on every process, write a
+checkpoint and exit 75; re-running the same command continues exactly where it stopped (a second
+Ctrl-C aborts at once). Multi-node: ``train.timeout_s`` (default 1800) bounds every collective wait.
+SLURM recipes (requeue on exit 75): docs/slurm.md.
+
+Exit status: 0 done; 2 bad input (config / data / checkpoint, run directory locked by another
+run, processes disagreeing on the checkpoint); 3 stopped on non-finite losses; 75 (EX_TEMPFAIL)
+stopped by a signal with a checkpoint written: re-run (requeue) the same command to continue.
 """
 from __future__ import annotations
 
@@ -42,13 +52,15 @@ def main(argv=None) -> int:
         if args.print_config:
             print(to_yaml(cfg))
             return 0
-        from vca_gen.train.trainer import NonFiniteLossError, train
+        from vca_gen.train.trainer import EXIT_PREEMPTED, NonFiniteLossError, train
 
         try:
             summary = train(cfg)
         except NonFiniteLossError as e:
             print(f"train.py: error: {e}", file=sys.stderr)
             return 3
+        if summary.get("stopped_by"):
+            return EXIT_PREEMPTED  # the trainer printed where the checkpoint is
         if summary["is_main_process"]:
             print(f"finished at step {summary['step']}; run directory {summary['output_dir']}")
         return 0

@@ -50,7 +50,12 @@ def test_layout_and_safe_loading(tmp_path, cfg_model):
     path = write_ckpt(tmp_path, 12, model, cfg, opt)
     assert path.name == "step_00000012"
     assert {p.name for p in path.iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.pt",
-                                                 "state.json", "config.yaml", "COMPLETE"}
+                                                 "state.json", "config.yaml", "checksums.json", "COMPLETE"}
+    recorded = ckpt.read_checksums(path)
+    assert set(recorded) == {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.pt", "state.json",
+                             "config.yaml"}
+    assert recorded["model.safetensors"]["size"] == (path / "model.safetensors").stat().st_size
+    ckpt.verify_checkpoint(path)  # intact
     extra = ckpt.load_training_state(path)  # weights_only=True throughout
     assert extra["state"]["step"] == 12
     fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -157,3 +162,60 @@ def test_load_for_sampling_errors(tmp_path):
         ckpt.load_for_sampling(tmp_path / "step_00000001")
     with pytest.raises(ckpt.CheckpointError, match="neither an export"):
         ckpt.load_for_sampling(tmp_path)
+
+
+def _truncate(f: Path) -> None:
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+
+
+def test_damaged_checkpoint_is_named_and_resume_falls_back(tmp_path, cfg_model):
+    """A file damaged under its COMPLETE marker: verification names it; resume=auto (verify=True)
+    warns and takes the newest intact checkpoint; an explicit damaged checkpoint is refused."""
+    cfg, model = cfg_model
+    for s in (1, 2, 3):
+        write_ckpt(tmp_path, s, model, cfg)
+    _truncate(tmp_path / "step_00000003/model.safetensors")
+    with pytest.raises(ckpt.CheckpointDamagedError, match="step_00000003/model.safetensors has .* bytes") as e:
+        ckpt.verify_checkpoint(tmp_path / "step_00000003")
+    assert e.value.damaged == tmp_path / "step_00000003/model.safetensors"
+    (tmp_path / "step_00000002/optimizer.pt").write_bytes(b"x" * (tmp_path / "step_00000002/optimizer.pt").stat().st_size)
+    with pytest.warns(ckpt.CheckpointWarning) as warned:
+        assert ckpt.resolve_resume("auto", tmp_path, verify=True).name == "step_00000001"
+    msgs = [str(w.message) for w in warned]
+    assert any("step_00000003/model.safetensors" in m for m in msgs)
+    assert any("step_00000002/optimizer.pt does not match its recorded sha256" in m for m in msgs)
+    assert ckpt.resolve_resume("auto", tmp_path).name == "step_00000003"  # unverified listing is unchanged
+    with pytest.raises(ckpt.CheckpointDamagedError, match="model.safetensors"):
+        ckpt.resolve_resume(str(tmp_path / "step_00000003"), tmp_path, verify=True)
+    _truncate(tmp_path / "step_00000001/ema.safetensors")
+    with pytest.warns(ckpt.CheckpointWarning), pytest.raises(ckpt.CheckpointError, match="every checkpoint"):
+        ckpt.resolve_resume("auto", tmp_path, verify=True)
+
+
+def test_load_for_sampling_and_export_name_the_damaged_file(tmp_path, cfg_model, capsys):
+    cfg, model = cfg_model
+    root = tmp_path / "run" / "checkpoints"
+    path = write_ckpt(root, 4, model, cfg)
+    ckpt.load_for_sampling(path)  # intact: loads
+    _truncate(path / "ema.safetensors")
+    with pytest.raises(ckpt.CheckpointError, match="step_00000004/ema.safetensors"):
+        ckpt.load_for_sampling(tmp_path / "run")
+    ckpt.load_for_sampling(path, use_ema=False)  # only the files it reads are checked
+    assert train_cli("--export", str(path), str(tmp_path / "export")) == 2
+    err = capsys.readouterr().err
+    assert "ema.safetensors" in err and "damaged" in err and not (tmp_path / "export").exists()
+    # a truncated file without a checksum record is still a one-line error, not a traceback
+    (path / ckpt.CHECKSUMS).unlink()
+    with pytest.raises(ckpt.CheckpointError, match="ema.safetensors: truncated or corrupt"):
+        ckpt.load_for_sampling(path)
+
+
+def test_readable_problem_checks_what_another_process_verified(tmp_path, cfg_model):
+    cfg, model = cfg_model
+    path = write_ckpt(tmp_path, 1, model, cfg)
+    recorded = ckpt.read_checksums(path)
+    assert ckpt.readable_problem(path, recorded) is None
+    assert "does not exist here" in ckpt.readable_problem(path, recorded, hidden=("model.safetensors",))
+    assert "does not exist here" in ckpt.readable_problem(tmp_path / "step_00000009", recorded)
+    assert "differs" in ckpt.readable_problem(path, {**recorded, "x": {"sha256": "0", "size": 1}})

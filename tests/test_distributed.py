@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_training_common import REPO, ckpt_tensors, image_data, make_images, tiny_dict, write_yaml
+from test_training_common import (REPO, ckpt_tensors, image_data, launch_direct, make_images, run, tiny_dict,
+                                  wait_all, write_yaml)
 
 
 def free_port() -> int:
@@ -59,3 +60,24 @@ def test_two_processes_match_one(tmp_path):
     assert len(list((runs[2] / "logs").rglob("events.out.tfevents.*"))) == len(list((runs[1] / "logs").rglob("events.out.tfevents.*")))
     rng = torch.load(runs[2] / "checkpoints/step_00000004/rng.pt", weights_only=True)
     assert rng["world_size"] == 2 and len(rng["states"]) == 2
+
+
+@pytest.mark.slow
+def test_processes_disagreeing_on_the_checkpoint_stop_before_the_first_step(tmp_path):
+    """The main process picks the checkpoint and broadcasts it; a rank that cannot read exactly
+    that checkpoint (test hook: rank 1 does not see its model.safetensors) stops every process
+    with exit 2 and an error naming the rank and the path, before any step."""
+    d = tiny_dict(tmp_path / "run", max_steps=2, ckpt_every=2)
+    run(d)  # one process writes step 2
+    chosen = tmp_path / "run/checkpoints/step_00000002"
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and "logs" not in p.parts}
+    cfg = write_yaml(tmp_path / "c.yaml", {**d, "train": {**d["train"], "max_steps": 4}})
+    results = wait_all(launch_direct(cfg, 2, {"VCA_GEN_TEST_HIDE_CHECKPOINT": "1:model.safetensors"}))
+    for rc, out, err in results:
+        assert rc == 2, err[-3000:]
+        assert "Traceback" not in err
+        assert f"rank 1 cannot read the checkpoint chosen by the main process, {chosen}" in err
+        assert f"{chosen / 'model.safetensors'} does not exist here" in err
+        assert "resumed from" not in out
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and "logs" not in p.parts}
+    assert after == before  # nothing trained or written; the lock is released

@@ -36,6 +36,25 @@ def test_resume_is_bit_exact_including_data_order(tmp_path):
     assert any(not (mid_a["model"][k] == a["model"][k]).all() for k in a["model"])  # it did train
 
 
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    """model.safetensors of the newest checkpoint truncated under its COMPLETE marker: resume warns
+    naming the file, continues from the previous checkpoint and reaches the same final weights."""
+    from vca_gen.experiment import checkpoint as ckpt
+
+    images = make_images(tmp_path / "images")
+    common = dict(data=image_data(images), max_steps=6, ckpt_every=2)
+    run(tiny_dict(tmp_path / "a", **common))
+    run(tiny_dict(tmp_path / "b", **{**common, "max_steps": 4}))
+    damaged = tmp_path / "b/checkpoints/step_00000004/model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.warns(ckpt.CheckpointWarning, match=str(damaged)):
+        resumed = run(tiny_dict(tmp_path / "b", **common))
+    assert resumed["step"] == 6
+    assert_identical(ckpt_tensors(tmp_path / "a/checkpoints/step_00000006"),
+                     ckpt_tensors(tmp_path / "b/checkpoints/step_00000006"))
+    ckpt.verify_checkpoint(tmp_path / "b/checkpoints/step_00000004")  # re-written intact on the way
+
+
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_write(tmp_path):
     """Kill -9 while step 4 is half written: step 2 stays loadable and resume=auto continues from it."""

@@ -66,6 +66,8 @@ def test_outputs_config_grid_and_tensorboard(tmp_path, images):
 
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, images, monkeypatch):
+    """A non-finite batch is consumed but not applied: ``step`` (applied updates, which the LR and
+    EMA warm-ups follow) stays, ``counters["batches"]`` (the data position) advances."""
     from vca_gen.train.trainer import NonFiniteLossError, Trainer
 
     reset_accelerate()
@@ -73,28 +75,31 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, images, monkeypatch):
                                        max_nonfinite=3))
     tr = Trainer(cfg)
     real = tr.objective.training_losses
-    bad_steps = {1, 3, 4, 5}
+    bad_batches = {1, 3, 4, 5}
 
     def flaky(model_fn, x, y, generator=None):
         out = real(model_fn, x, y, generator=generator)
-        return {"loss": out["loss"] * float("nan")} if tr.step in bad_steps else out
+        return {"loss": out["loss"] * float("nan")} if tr.counters["batches"] in bad_batches else out
 
     monkeypatch.setattr(tr.objective, "training_losses", flaky)
     it = iter(tr.loader)
     tr.train_step(*next(it))
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     ema_before = {k: v.clone() for k, v in tr.ema.state_dict().items()}
-    stats = tr.train_step(*next(it))  # step 1: NaN → skipped
+    stats = tr.train_step(*next(it))  # batch 1: NaN → skipped
     assert stats["skipped"] == 1.0 and tr.counters["nonfinite_total"] == 1
+    assert tr.step == 1 and tr.counters["batches"] == 2 and tr.counters["optimizer_steps"] == 1
     assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
     assert all(torch.equal(ema_before[k], v) for k, v in tr.ema.state_dict().items())
-    tr.train_step(*next(it))  # step 2 fine: consecutive counter resets
-    assert tr.counters["nonfinite_consecutive"] == 0 and tr.counters["optimizer_steps"] == 2
+    stats = tr.train_step(*next(it))  # batch 2 fine: consecutive counter resets; LR of update #2
+    assert tr.counters["nonfinite_consecutive"] == 0 and tr.counters["optimizer_steps"] == 2 and tr.step == 2
+    assert stats["lr"] == pytest.approx(1e-3)  # warm-up 2: update 1 (0-based) is at full lr
     tr.train_step(*next(it))
     tr.train_step(*next(it))
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
         tr.train_step(*next(it))
-    assert tr.counters["nonfinite_total"] == 4
+    assert tr.counters["nonfinite_total"] == 4 and tr.step == 2 and tr.counters["batches"] == 6
+    tr.close()
 
 
 def test_images_encoded_on_the_fly_with_a_vae(tmp_path, images):

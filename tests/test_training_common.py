@@ -72,3 +72,38 @@ def assert_identical(a: Dict[str, Dict[str, torch.Tensor]], b: Dict[str, Dict[st
         assert a[part].keys() == b[part].keys(), part
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}:{k} differs"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_direct(cfg: Path, num_processes: int, env: Dict[str, str] | None = None, *overrides: str) -> list:
+    """Start ``train.py`` as ``num_processes`` CPU (gloo) processes wired by environment variables
+    (RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT), as ``srun`` starts one task per
+    GPU: no launcher in between, so each process's exit status and signals are its own. Returns
+    the ``subprocess.Popen`` objects, rank order (stdout/stderr piped, text)."""
+    import os
+    import subprocess
+    import sys
+
+    port = str(free_port())
+    procs = []
+    for rank in range(num_processes):
+        e = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+        if num_processes > 1:
+            e.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(num_processes),
+                     LOCAL_WORLD_SIZE=str(num_processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "train.py", "--config", str(cfg), *overrides], cwd=REPO, env=e,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def wait_all(procs: list, timeout: float = 600) -> list:
+    """``[(returncode, stdout, stderr)]`` once every process has exited."""
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, *o) for p, o in zip(procs, outs)]

@@ -10,11 +10,19 @@ Layout of a training checkpoint (one directory per saved step)::
         state.json          step, data position, counters
         config.yaml         the resolved experiment config
         decoder.json        what decoding needs (VAE, latent normalisation statistics, class names)
+        checksums.json      sha256 and size of every file above (written before COMPLETE)
         COMPLETE            marker written last
 
 Everything is written into ``step_XXXXXXXX.tmp`` first, flushed to disk, marked ``COMPLETE`` and
 then renamed, so a kill at any moment leaves the previous checkpoints intact; directories without
 the marker (or still named ``*.tmp``) are never loaded. Nothing here unpickles arbitrary objects.
+
+A complete checkpoint can still be damaged afterwards (a disk error, a truncating copy, a quota hit
+by a later rsync): :func:`verify_checkpoint` checks the files against ``checksums.json`` and
+names the damaged one. Resuming (``resolve_resume(..., verify=True)``) then falls back to the
+newest intact checkpoint with a :class:`CheckpointWarning`; :func:`load_for_sampling` (sample.py,
+exports) refuses with a :class:`CheckpointError` naming the file. Checkpoints written before
+``checksums.json`` existed are accepted unverified.
 
 An *export* is a directory with ``model.safetensors`` (EMA weights by default),
 ``config.json`` (the experiment) and ``decoder.json``: it stands alone. ``load_for_sampling`` accepts an export, a training
@@ -24,6 +32,7 @@ Export command: ``train.py --export CKPT OUT [--live]``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,6 +40,7 @@ import re
 import shutil
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -46,6 +56,7 @@ from vca_gen.experiment.schema import config_from_dict, config_from_yaml_text, t
 from vca_gen.utils.io import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file
 
 COMPLETE = "COMPLETE"
+CHECKSUMS = "checksums.json"
 CKPT_RE = re.compile(r"^step_(\d{8,})$")
 # Testing hook: seconds to sleep half-way through writing a checkpoint (to kill it mid-write).
 SLOW_SAVE_ENV = "VCA_GEN_TEST_SLOW_SAVE"
@@ -53,6 +64,18 @@ SLOW_SAVE_ENV = "VCA_GEN_TEST_SLOW_SAVE"
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint or export is missing, incomplete or does not fit the model."""
+
+
+class CheckpointDamagedError(CheckpointError):
+    """A complete checkpoint whose file ``damaged`` does not match its recorded checksum/size."""
+
+    def __init__(self, message: str, damaged: Path):
+        super().__init__(message)
+        self.damaged = damaged
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped in favour of an older intact one."""
 
 
 def _cpu_state(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -188,6 +211,7 @@ def save_checkpoint(
         decoder.save(tmp)
     for f in tmp.iterdir():
         _fsync_file(f)
+    write_checksums(tmp)
     (tmp / COMPLETE).write_text(f"step {int(step)}\n")
     _fsync_file(tmp / COMPLETE)
     _fsync_dir(tmp)
@@ -202,6 +226,90 @@ def save_checkpoint(
         os.replace(tmp, final)
     _fsync_dir(root)
     return final
+
+
+# ----------------------------------------------------------------------------- checksums
+def file_sha256(path: Path | str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(directory: Path | str) -> Dict[str, Dict[str, Any]]:
+    """Record sha256 and size of every file in ``directory`` (but the marker) in ``checksums.json``."""
+    d = Path(directory)
+    files = {f.name: {"sha256": file_sha256(f), "size": f.stat().st_size}
+             for f in sorted(d.iterdir()) if f.is_file() and f.name not in (COMPLETE, CHECKSUMS)}
+    manifest = {"algorithm": "sha256", "files": files}
+    (d / CHECKSUMS).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    _fsync_file(d / CHECKSUMS)
+    return files
+
+
+def read_checksums(path: Path | str) -> Optional[Dict[str, Dict[str, Any]]]:
+    """``{file name: {"sha256", "size"}}`` of a checkpoint, or None if it has no checksums.json."""
+    f = Path(path) / CHECKSUMS
+    if not f.is_file():
+        return None
+    try:
+        files = json.loads(f.read_text())["files"]
+        if not isinstance(files, dict):
+            raise TypeError("'files' is not a mapping")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointDamagedError(f"checkpoint {Path(path)} is damaged: {f} cannot be read ({e})", f) from None
+    return files
+
+
+def verify_checkpoint(path: Path | str, files: Optional[List[str]] = None) -> None:
+    """Check ``files`` (default: all recorded) of a complete checkpoint against ``checksums.json``;
+    a :class:`CheckpointDamagedError` names the first missing, truncated or altered file."""
+    p = check_complete(path)
+    recorded = read_checksums(p)
+    if recorded is None:
+        return  # written before checksums existed
+    for name in (files if files is not None else sorted(recorded)):
+        if name not in recorded:
+            continue
+        f, want = p / name, recorded[name]
+        if not f.is_file():
+            problem = "is missing"
+        elif f.stat().st_size != int(want["size"]):
+            problem = f"has {f.stat().st_size} bytes, {want['size']} were written"
+        elif file_sha256(f) != want["sha256"]:
+            problem = "does not match its recorded sha256"
+        else:
+            continue
+        raise CheckpointDamagedError(f"checkpoint {p} is damaged: {f} {problem} (see {CHECKSUMS})", f)
+
+
+def readable_problem(path: Path | str, recorded: Optional[Dict[str, Dict[str, Any]]],
+                     hidden: Tuple[str, ...] = ()) -> Optional[str]:
+    """Why this process cannot read exactly the checkpoint ``path`` whose ``recorded`` checksums
+    another process verified (cheap: existence, marker, sizes, same checksums.json), or None.
+    ``hidden`` names files to treat as absent (test hook for a node that does not see them)."""
+    p = Path(path)
+    if not p.is_dir():
+        return f"{p} does not exist here"
+    if not (p / COMPLETE).is_file():
+        return f"{p / COMPLETE} does not exist here"
+    try:
+        mine = read_checksums(p)
+    except CheckpointError as e:
+        return str(e)
+    if (mine or None) != (recorded or None):
+        return f"{p / CHECKSUMS} differs from the one the main process verified (a different save of that step?)"
+    for name, want in sorted((recorded or {}).items()):
+        f = p / name
+        if name in hidden or not f.is_file():
+            return f"{f} does not exist here"
+        if f.stat().st_size != int(want["size"]):
+            return f"{f} has {f.stat().st_size} bytes here, {want['size']} were written"
+    return None
 
 
 # ----------------------------------------------------------------------------- load
@@ -223,7 +331,10 @@ def load_tensors(path: Path | str) -> Dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"missing weights file {p}")
-    return load_file(str(p), device="cpu")
+    try:
+        return load_file(str(p), device="cpu")
+    except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
+        raise CheckpointDamagedError(f"cannot read weights file {p}: truncated or corrupt ({e})", p) from None
 
 
 def state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> List[str]:
@@ -265,23 +376,51 @@ def load_training_state(path: Path | str) -> Dict[str, Any]:
         rng = torch.load(p / "rng.pt", map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint {p} is missing {Path(e.filename).name}") from e
+    except (RuntimeError, EOFError, ValueError) as e:  # truncated / corrupt torch file
+        raise CheckpointError(f"checkpoint {p} has an unreadable optimizer.pt or rng.pt ({e})") from e
     state = json.loads((p / "state.json").read_text())
     return {"optimizer": optimizer, "rng": rng, "state": state, "config_yaml": (p / "config.yaml").read_text()}
 
 
-def resolve_resume(resume: str, ckpt_root: Path | str) -> Optional[Path]:
-    """``resume`` = "auto" (latest complete checkpoint or None), "none", or a checkpoint path."""
+def newest_intact_checkpoint(ckpt_root: Path | str) -> Optional[Path]:
+    """The newest complete checkpoint whose files match their checksums; each damaged newer one
+    is skipped with a :class:`CheckpointWarning` naming the file. None if there is none at all;
+    a :class:`CheckpointError` if every one is damaged."""
+    ckpts = list_checkpoints(ckpt_root)
+    damaged = []
+    for _, p in reversed(ckpts):
+        try:
+            verify_checkpoint(p)
+        except CheckpointDamagedError as e:
+            damaged.append(str(e))
+            warnings.warn(f"{e}; skipping it and resuming from an older checkpoint", CheckpointWarning, stacklevel=2)
+            continue
+        return p
+    if damaged:
+        raise CheckpointError(f"every checkpoint in {ckpt_root} is damaged: " + "; ".join(damaged)
+                              + ". Restore one from a copy, or start a new train.output_dir")
+    return None
+
+
+def resolve_resume(resume: str, ckpt_root: Path | str, verify: bool = False) -> Optional[Path]:
+    """``resume`` = "auto" (latest complete checkpoint or None), "none", or a checkpoint path
+    (a run directory: its latest). With ``verify``, checksums are checked: "auto" and a run
+    directory fall back to the newest intact checkpoint (with a warning), an explicit damaged
+    checkpoint is a :class:`CheckpointDamagedError`."""
     if resume in ("none", "", None):
         return None
     if resume == "auto":
-        return latest_checkpoint(ckpt_root)
+        return newest_intact_checkpoint(ckpt_root) if verify else latest_checkpoint(ckpt_root)
     p = Path(resume)
     if p.is_dir() and not (p / COMPLETE).exists() and (p / "checkpoints").is_dir():
-        latest = latest_checkpoint(p / "checkpoints")
+        latest = newest_intact_checkpoint(p / "checkpoints") if verify else latest_checkpoint(p / "checkpoints")
         if latest is None:
             raise CheckpointError(f"resume={resume}: run directory has no complete checkpoint")
         return latest
-    return check_complete(p)
+    p = check_complete(p)
+    if verify:
+        verify_checkpoint(p)
+    return p
 
 
 # ----------------------------------------------------------------------------- export / sampling
@@ -317,8 +456,9 @@ def load_for_sampling(path: Path | str, use_ema: bool = True, device: Any = "cpu
         weights = d / "model.safetensors"
         kind = "export"
     else:
-        cfg = config_from_yaml_text((d / "config.yaml").read_text(), source=str(d / "config.yaml"))
         weights = d / ("ema.safetensors" if use_ema else "model.safetensors")
+        verify_checkpoint(d, ["config.yaml", weights.name, "decoder.json"])  # names a damaged file
+        cfg = config_from_yaml_text((d / "config.yaml").read_text(), source=str(d / "config.yaml"))
         kind = "checkpoint"
     model = build_model(cfg)
     load_state_into(model, load_tensors(weights), str(weights))

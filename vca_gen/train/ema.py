@@ -24,22 +24,33 @@ class EMA:
         self.decay = float(decay)
         self.model = copy.deepcopy(model).float().eval()
         self.model.requires_grad_(False)
+        self._bound = None  # (live model, shadow params, live params, shadow buffers, live buffers)
+
+    def _lists(self, model: nn.Module):
+        """Matched parameter / buffer lists, built once per live model (an update is then one
+        ``_foreach_lerp_`` plus the buffer copies, with no per-step Python walk of the module tree)."""
+        if self._bound is not None and self._bound[0] is model:
+            return self._bound[1:]
+        shadow, live = dict(self.model.named_parameters()), dict(model.named_parameters())
+        if shadow.keys() != live.keys():
+            raise ValueError("EMA update: the model's parameters do not match the EMA copy")
+        sb, lb = dict(self.model.named_buffers()), dict(model.named_buffers())
+        if sb.keys() != lb.keys():
+            raise ValueError("EMA update: the model's buffers do not match the EMA copy")
+        names = list(shadow)
+        self._bound = (model, [shadow[n] for n in names], [live[n] for n in names], list(sb.values()),
+                       [lb[n] for n in sb])
+        return self._bound[1:]
 
     @torch.no_grad()
     def update(self, model: nn.Module, decay: float | None = None) -> None:
         """One EMA step towards ``model`` (the unwrapped training model)."""
         d = self.decay if decay is None else float(decay)
-        shadow = dict(self.model.named_parameters())
-        live = dict(model.named_parameters())
-        if shadow.keys() != live.keys():
-            raise ValueError("EMA update: the model's parameters do not match the EMA copy")
-        ema_p, new_p = [], []
-        for name, p in shadow.items():
-            ema_p.append(p)
-            new_p.append(live[name].detach().to(p.dtype))
+        ema_p, live_p, ema_b, live_b = self._lists(model)
         if ema_p:
+            new_p = [q.detach() if q.dtype == p.dtype else q.detach().to(p.dtype) for p, q in zip(ema_p, live_p)]
             torch._foreach_lerp_(ema_p, new_p, 1.0 - d)
-        for (name, b), (_, lb) in zip(self.model.named_buffers(), model.named_buffers()):
+        for b, lb in zip(ema_b, live_b):
             b.copy_(lb)
 
     @torch.no_grad()
@@ -55,4 +66,5 @@ class EMA:
 
     def to(self, device) -> "EMA":
         self.model.to(device)
+        self._bound = None  # .to() may replace parameter tensors
         return self

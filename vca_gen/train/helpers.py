@@ -67,7 +67,7 @@ def check_batch_shape(dataset, cfg: DictConfig, encodes_on_the_fly: bool) -> Non
 
 def disable_internal_label_dropout(model: torch.nn.Module) -> None:
     """Turn off the backbone's own (global-RNG) label dropout: the trainer drops labels itself
-    from per-sample generators so that results do not depend on the process count."""
+    from its per-row streams (RowStream) so that results do not depend on the process count."""
     emb = getattr(model, "y_embedder", None)
     if emb is None or not hasattr(emb, "dropout_prob"):
         raise TypeError(f"{type(model).__name__} has no y_embedder.dropout_prob; cannot control label dropout")
