@@ -176,11 +176,90 @@ def _free_port() -> int:
 def test_two_process_accelerate_extraction_equals_single_process(tmp_path, tiny_setup, reference_store):
     images, vae_dir, _ = tiny_setup
     multi = tmp_path / "multi"
-    env = dict(_env(), ACCELERATE_USE_CPU="1")
+    # rank 1 (6 of the 12 shards) sleeps 2 s before each: 12 s past rank 0, process-group timeout 6 s;
+    # the main process waits for its shards through the files, with no collective
+    env = dict(_env(), ACCELERATE_USE_CPU="1", VCA_GEN_TEST_SHARD_SLEEP="1:2")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port())]
-    r = subprocess.run([*launch, *_cli(multi, images, vae_dir)], env=env, capture_output=True, text=True)
+    t0 = time.monotonic()
+    r = subprocess.run([*launch, *_cli(multi, images, vae_dir), "--timeout-s", "6"], env=env, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert time.monotonic() - t0 > 12
     assert r.stdout.count("latent store") == 1  # only the main process reports (2 ranks, not 2 x rank 0)
     assert _files(multi) == _files(reference_store)  # rank 0 wrote even shards, rank 1 odd ones
+
+
+def test_store_locked_by_another_extraction_exits_2_and_stale_lock_is_taken_over(tmp_path, tiny_setup, capsys):
+    from vca_gen.utils.lock import RunLock, StaleLockWarning
+
+    images, vae_dir, store = tiny_setup
+    out = tmp_path / "store"
+    args = ["--images", str(images), "--out", str(out), "--vae", str(vae_dir), "--image-size", "32",
+            "--batch-size", "4", "--shard-size", "5", "--num-workers", "0"]
+    with RunLock(out, "extract", command="extract_latents.py (the other one)"):
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"run directory {out} is locked by pid {os.getpid()} on host" in err and "(extract)" in err
+    assert "the other one" in err and not list(out.glob("shard_*")) and not (out / ".lock").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "purpose": "extract",
+                                           "started_unix": time.time()}))
+    with pytest.warns(StaleLockWarning, match=f"process {dead.pid} on this host is not running"):
+        assert main(args) == 0
+    assert not (out / ".lock").exists()
+    assert {n: b for n, b in _files(out).items() if n.startswith("shard_")} == {
+        n: b for n, b in _files(store).items() if n.startswith("shard_")}
+
+
+def test_non_finite_latents_are_refused_naming_the_images(tmp_path, tiny_setup, capsys, monkeypatch):
+    import vca_gen.data.extract as X
+
+    images, vae_dir, _ = tiny_setup
+    real = X.encode_moments
+
+    def encode_with_overflow(vae, both):
+        mean, std = real(vae, both)
+        b = len(both) // 2
+        if b == 4:  # the first batch of shard 0 (images 0..3): image 3's flip overflows, image 1's mean is nan
+            mean[b + 3, 0, 0, 0] = float("inf")
+            mean[1, 2] = float("nan")
+        return mean, std
+
+    monkeypatch.setattr(X, "encode_moments", encode_with_overflow)
+    out = tmp_path / "store"
+    args = ["--images", str(images), "--out", str(out), "--vae", str(vae_dir), "--image-size", "32",
+            "--batch-size", "4", "--shard-size", "5", "--num-workers", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "non-finite latents (inf/nan) for 2 image(s) of shard 0" in err
+    assert "index 1 (ant/01.png, original), index 3 (ant/03.png, flipped)" in err and "nothing of shard 0" in err
+    assert not (out / "shard_00000.safetensors").exists() and not (out / "shard_00000.json").exists()
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.tmp")) and not (out / ".lock").exists()
+
+
+def test_fp16_vae_with_force_upcast_encodes_in_fp32(tmp_path, tiny_setup):
+    from diffusers import AutoencoderKL
+
+    from vca_gen.data.vae import encode_moments, load_vae
+
+    images, vae_dir, store = tiny_setup
+    assert AutoencoderKL.load_config(vae_dir)["force_upcast"] is True  # diffusers' default
+    out = tmp_path / "fp16"
+    m = extract(str(images), str(out), vae=str(vae_dir), image_size=32, batch_size=4, shard_size=5, num_workers=0,
+                dtype="float16")
+    assert m["vae"]["dtype"] == "float16" and m["vae"]["compute_dtype"] == "float32"
+    for s in m["shards"]:  # exactly the fp32 encoding
+        assert (out / s["file"]).read_bytes() == (store / s["file"]).read_bytes()
+    # a VAE that says it is safe in fp16 is run in fp16
+    no_upcast = tmp_path / "vae16"
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    vae.register_to_config(force_upcast=False)
+    vae.save_pretrained(no_upcast)
+    assert next(load_vae(str(no_upcast), dtype="float16").parameters()).dtype == torch.float16
+    # an fp16 VAE loaded elsewhere is moved to fp32 before encoding when its config forces it
+    half = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float16)
+    mean, _ = encode_moments(half, torch.zeros(1, 3, 32, 32))
+    assert next(half.parameters()).dtype == torch.float32 and mean.dtype == torch.float32

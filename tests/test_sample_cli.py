@@ -179,3 +179,89 @@ def test_settings_mismatch_on_resume(capsys, export, tmp_path):
     assert main(["--ckpt", str(export), "--out", str(out), "--num-samples", "10", "--steps", "3", "--overwrite",
                  "--no-progress"]) == 0
     assert (out / "samples.npz").read_bytes() != before
+
+
+# ---------------------------------------------------------------------------------- scale-ready
+@pytest.mark.slow
+def test_sigterm_exits_75_then_rerun_gives_same_bytes(export, reference, tmp_path):
+    out = tmp_path / "stopped"
+    env = {**env1(), "VCA_GEN_TEST_SHARD_SLEEP": "0:0.7"}  # slow enough for the signal to land mid-way
+    proc = subprocess.Popen(sample_cmd(export, out, "--batch-size", "8"), env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "shard_00000.npz").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+    assert "received SIGTERM: finishing the current shard" in err and "stopped by SIGTERM" in err
+    assert "Traceback" not in err
+    shards = sorted(out.glob("shard_*.npz"))
+    assert 1 <= len(shards) < 5 and not (out / "samples.npz").exists() and not (out / ".lock").exists()
+    r = subprocess.run(sample_cmd(export, out, "--batch-size", "8"), env=env1(), cwd=REPO, timeout=300,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["resumed_shards"] == len(shards)
+    assert np.array_equal(arr(out)[0], arr(reference)[0])
+
+
+TINY = ["--num-samples", "5", "--steps", "2", "--shard-size", "5", "--no-progress", "--grid-classes", "0"]
+
+
+def test_out_locked_by_another_sampling_exits_2_naming_it(capsys, export, tmp_path):
+    from vca_gen.utils.lock import RunLock
+
+    out = tmp_path / "o"
+    with RunLock(out, "sample", command="sample.py --out o (the other one)"):
+        err = run_err(capsys, "--ckpt", str(export), "--out", str(out), *TINY)
+    assert f"run directory {out} is locked by pid {os.getpid()} on host" in err and "(sample)" in err
+    assert "the other one" in err and not list(out.glob("*.npz")) and not (out / ".lock").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(capsys, export, tmp_path):
+    import socket
+
+    out = tmp_path / "o"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "purpose": "sample",
+                                           "started_unix": time.time(), "command": "sample.py (killed)"}))
+    with pytest.warns(UserWarning, match=f"taking over the lock .* process {dead.pid} on this host is not running"):
+        assert main(["--ckpt", str(export), "--out", str(out), *TINY]) == 0
+    assert (out / "samples.npz").is_file() and not (out / ".lock").exists()
+
+
+def test_precision_auto_resolves_and_is_recorded(export, tmp_path, capsys):
+    assert main(["--ckpt", str(export), "--out", str(tmp_path / "a"), *TINY]) == 0  # auto on CPU -> fp32
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["precision"] == "fp32"
+    assert json.loads((tmp_path / "a" / "sampling.json").read_text())["precision"] == "fp32"
+    assert main(["--ckpt", str(export), "--out", str(tmp_path / "b"), *TINY, "--precision", "bf16"]) == 0
+    assert json.loads((tmp_path / "b" / "sampling.json").read_text())["precision"] == "bf16"
+    # an explicit fp32 run is the same computation as auto on CPU: it resumes it (nothing regenerated)
+    assert main(["--ckpt", str(export), "--out", str(tmp_path / "a"), *TINY, "--precision", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generated_by_main"] == 0
+
+
+def test_frozen_model_keeps_autocast_weight_cache(export):
+    """Under no_grad + autocast, a loaded model's weights are cast to bf16 once per autocast region,
+    not once per call (autocast caches only leaf tensors that require grad, outside inference mode)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from vca_gen.sample.model import autocast, load
+
+    loaded = load(export)
+    model = loaded.model
+    assert not model.training and all(p.requires_grad for p in model.parameters())
+    x = torch.randn(2, *loaded.latent_shape)
+    t, y = torch.tensor([3.0, 7.0]), torch.tensor([0, 1])
+
+    def casts():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(x, t, y)
+        return sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+
+    with torch.no_grad(), autocast(torch.device("cpu"), "bf16"):
+        first, second = casts(), casts()
+    n_weights = sum(1 for p in model.parameters() if p.ndim >= 2)
+    assert first - second >= n_weights // 2, (first, second, n_weights)  # the weights were not cast again

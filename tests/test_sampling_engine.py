@@ -2,7 +2,9 @@
 resume after a failure, manifest checks, file format and atomicity."""
 from __future__ import annotations
 
+import copy
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +18,40 @@ from vca_gen.utils import rng
 C = 5  # classes of the stand-in
 
 
-class FakeState:
-    """accelerate's PartialState for ``world`` threads sharing one barrier."""
+class FakeWorld:
+    """What ``world`` threads share: a barrier (with the process-group timeout) and mailboxes."""
 
-    def __init__(self, rank: int, world: int, barrier: threading.Barrier):
-        self.process_index, self.num_processes, self._barrier = rank, world, barrier
+    def __init__(self, world: int, timeout: float = 60.0):
+        self.barrier, self.timeout = threading.Barrier(world), timeout
+        self.box, self.slots = None, [None] * world
+
+
+class FakeState:
+    """accelerate's PartialState for one of ``world`` threads: broadcast / gather through a barrier
+    that times out like a process group; no ``wait_for_everyone`` (the engine must not need one)."""
+
+    def __init__(self, rank: int, world: int, shared: FakeWorld):
+        self.process_index, self.num_processes, self._w = rank, world, shared
         self.is_main_process = rank == 0
         self.device = torch.device("cpu")
 
-    def wait_for_everyone(self):
-        self._barrier.wait(timeout=60)
+    def _sync(self):
+        self._w.barrier.wait(timeout=self._w.timeout)
+
+    def broadcast_object(self, obj):
+        if self.is_main_process:
+            self._w.box = copy.deepcopy(obj)
+        self._sync()
+        value = copy.deepcopy(self._w.box)
+        self._sync()
+        return value
+
+    def gather_object(self, obj):
+        self._w.slots[self.process_index] = obj
+        self._sync()
+        value = list(self._w.slots)
+        self._sync()
+        return value
 
 
 def stand_in(indices, labels, gens, fail_after=None, calls=None):
@@ -45,19 +71,22 @@ def spec(out: Path, n=30, **kw) -> RunSpec:
     return RunSpec(out_dir=out, num_samples=n, num_classes=C, image_shape=(6, 6, 3), seed=11, **kw)
 
 
-def run_world(s: RunSpec, world: int, make=stand_in):
-    barrier, results, errors = threading.Barrier(world), [None] * world, []
+def run_world(s: RunSpec, world: int, make=stand_in, timeout: float = 60.0, stop=None, all_errors=None):
+    shared, results, errors = FakeWorld(world, timeout), [None] * world, []
 
     def work(r):
         try:
-            results[r] = run_sampling(make, s, state=FakeState(r, world, barrier))
+            results[r] = run_sampling(make, s, state=FakeState(r, world, shared), stop=stop)
         except BaseException as e:  # noqa: BLE001 - re-raised below
             errors.append(e)
-            barrier.abort()
+            if all_errors is None:
+                shared.barrier.abort()
 
     threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
     [t.start() for t in threads]
     [t.join() for t in threads]
+    if all_errors is not None:
+        all_errors.extend(errors)
     if errors:
         raise errors[0]
     return results
@@ -172,3 +201,103 @@ def test_corrupt_shard_is_reported(tmp_path):
     (tmp_path / "samples.npz").unlink()
     with pytest.raises(ValueError, match="shard_00001.npz is unreadable"):
         run_world(spec(tmp_path), 1)
+
+
+# ---------------------------------------------------------------------------------- scale-ready
+def test_slow_process_past_the_group_timeout_completes(tmp_path, monkeypatch):
+    """No collective after the start: a process slower than the group timeout is simply waited for."""
+    ref = load(run_world(spec(tmp_path / "ref", n=40), 1)[0].path)
+    monkeypatch.setenv("VCA_GEN_TEST_SHARD_SLEEP", "2:1.5")  # rank 2 sleeps 1.5 s before each shard
+    t0 = time.monotonic()
+    res = run_world(spec(tmp_path / "w3", n=40), 3, timeout=1.0)  # 5 shards: rank 2 computes shard 2
+    assert time.monotonic() - t0 > 1.5 and res[2].shards_written == 1 and res[1].path is None
+    got = load(res[0].path)
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+    assert not (tmp_path / "w3" / ".lock").exists() and not list((tmp_path / "w3").glob(".rank_*"))
+
+
+def test_ranks_that_see_other_finished_shards_stop_before_sampling(tmp_path, monkeypatch):
+    run_world(spec(tmp_path), 1)
+    (tmp_path / "samples.npz").unlink()
+    files.shard_path(tmp_path, 3).unlink()
+    stamp = files.shard_path(tmp_path, 0).stat().st_mtime_ns
+    monkeypatch.setenv("VCA_GEN_TEST_HIDE_SHARDS", "1:0")  # rank 1 does not see shard_00000.npz
+    calls, errors = [], []
+    with pytest.raises(SamplingError) as info:
+        run_world(spec(tmp_path), 2, make=lambda *a: stand_in(*a, calls=calls), all_errors=errors)
+    msg = str(info.value)
+    assert "rank 1 does not see the output directory" in msg and str(tmp_path) in msg
+    assert "does not see shard_00000.npz" in msg and "nothing was sampled" in msg
+    assert len(errors) == 2 and all(str(e) == msg for e in errors)  # every process stops with the same error
+    assert calls == [] and not files.shard_path(tmp_path, 3).exists()  # before any sampling
+    assert files.shard_path(tmp_path, 0).stat().st_mtime_ns == stamp and not (tmp_path / ".lock").exists()
+
+
+def test_other_ranks_stop_with_the_main_process_error(tmp_path):
+    run_world(spec(tmp_path), 1)
+    errors = []
+    with pytest.raises(SamplingError):
+        run_world(spec(tmp_path, shard_size=10), 2, all_errors=errors)
+    msgs = sorted(str(e) for e in errors)
+    assert len(msgs) == 2 and "different settings" in msgs[0]
+    assert msgs[1].startswith("the main process stopped: SamplingError: --out") and "shard_size" in msgs[1]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_stop_request_finishes_the_shard_then_resumes_exactly(tmp_path, world):
+    from vca_gen.sample.engine import StopRequest
+
+    ref = load(run_world(spec(tmp_path / "ref", n=40), 1)[0].path)[0]
+    stop, calls = StopRequest(), []
+
+    def make(indices, labels, gens):
+        if indices.start >= 8 * world:  # a process starts its second shard: the signal arrives
+            stop.request()
+        return stand_in(indices, labels, gens, calls=calls)
+
+    res = run_world(spec(tmp_path / "run", n=40), world, make=make, stop=stop)  # 5 shards
+    assert all(r.stopped_by == "SIGTERM" and r.path is None and 1 <= r.shards_written <= 2 for r in res)
+    done = sorted(p.name for p in (tmp_path / "run").glob("shard_*.npz"))
+    assert len(done) == sum(r.shards_written for r in res) < 5
+    assert sum(calls) == 8 * len(done)  # the shard in flight was finished and written, nothing more started
+    assert not (tmp_path / "run" / "samples.npz").exists() and not (tmp_path / "run" / ".lock").exists()
+    res = run_world(spec(tmp_path / "run", n=40), 1)
+    assert res[0].stopped_by is None and res[0].resumed_shards == len(done)
+    assert np.array_equal(load(res[0].path)[0], ref)
+
+
+def test_failed_process_stops_the_waiting_main(tmp_path):
+    def make(indices, labels, gens):
+        if indices.start == 8:  # shard 1: process 1
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return stand_in(indices, labels, gens)
+
+    errors = []
+    with pytest.raises((RuntimeError, SamplingError)):
+        run_world(spec(tmp_path), 2, make=make, all_errors=errors)
+    main_err = [e for e in errors if isinstance(e, SamplingError)]
+    assert len(errors) == 2 and len(main_err) == 1
+    assert "process 1 failed (RuntimeError: CUDA out of memory (simulated))" in str(main_err[0])
+    assert not (tmp_path / "samples.npz").exists() and not (tmp_path / ".lock").exists()
+    run_world(spec(tmp_path), 1)  # the markers are cleared by the next run
+    assert not list(tmp_path.glob(".rank_*")) and (tmp_path / "samples.npz").is_file()
+
+
+def test_out_dir_lock(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from vca_gen.utils.lock import RunDirLockedError, RunLock, StaleLockWarning
+
+    with RunLock(tmp_path, "sample"):
+        with pytest.raises(RunDirLockedError, match=r"locked by pid \d+ on host .* \(sample\)"):
+            run_world(spec(tmp_path), 1)
+    assert not list(tmp_path.glob("*.npz"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": __import__("socket").gethostname(),
+                                                "purpose": "sample", "started_unix": time.time()}))
+    with pytest.warns(StaleLockWarning, match="taking over"):
+        run_world(spec(tmp_path), 1)
+    assert (tmp_path / "samples.npz").is_file() and not (tmp_path / ".lock").exists()

@@ -5,23 +5,38 @@ flip* with a diffusers ``AutoencoderKL`` and stores the posterior mean and std (
 :mod:`vca_gen.data.latents`), so training draws a fresh latent sample every step.
 
 Multi-process (``accelerate launch [--num_processes P] -m vca_gen.data.extract ...``): shard ``k``
-covers source indices ``[k*shard_size, (k+1)*shard_size)`` and belongs to rank ``k % P``, so no two
+covers source indices ``[k*shard_size, (k+1)*shard_size)``. The main process holds a
+:class:`~vca_gen.utils.lock.RunLock` (purpose ``"extract"``) on the store, checks / pins the options,
+verifies the finished shards and decides which shards remain; that decision is broadcast and every
+rank checks it sees the same ``extract_params.json`` (these start-up collectives are the only ones,
+all short; ``--timeout-s`` bounds them). The remaining shards are dealt round-robin, so no two
 processes write the same file; each shard goes to ``shard_XXXXX.safetensors.tmp`` and is renamed,
-then its record ``shard_XXXXX.json`` (sha256, count, channel sums) is written the same way. After all
-ranks finish, the main process writes ``manifest.json`` (last, atomically).
+then its record ``shard_XXXXX.json`` (sha256, count, channel sums) is written the same way, and the
+rank leaves. The main process, after its own share, waits for every record *on disk* (polling the
+files with a sleep, no collective, so a slow rank never trips the process-group timeout) and writes
+``manifest.json`` (last, atomically).
 
 Resume: re-run the same command. A shard whose record exists and whose sha256 matches is skipped;
 anything else (missing, ``.tmp`` leftovers, corrupt) is recomputed. The options that change the
 content (images, image size, VAE, dtypes, shard size, ...) are pinned in ``extract_params.json`` and
 must match on resume. Unreadable images stop the run with an error naming the file, unless
-``--skip-unreadable`` (then they are left out and listed in ``manifest["skipped"]``).
+``--skip-unreadable`` (then they are left out and listed in ``manifest["skipped"]``). A VAE that
+gives non-finite latents (inf / nan) stops the run with an error naming the images; nothing of that
+shard is stored. ``--dtype float16`` with a VAE whose config sets ``force_upcast`` encodes in fp32
+(``manifest["vae"]["compute_dtype"]``).
+
+Exit status: 0 done; 2 bad input (images, VAE, options, non-finite latents, store locked by another
+extraction, ranks not seeing the same store); 1 options differing from the store's pinned ones.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,9 +48,19 @@ from vca_gen.data.config import DEFAULT_SCALE_FACTOR, DEFAULT_VAE
 from vca_gen.data.images import ImageFolderDataset, UnreadableImageError, to_tensor_pm1
 from vca_gen.data.latents import (FORMAT, MANIFEST, VERSION, sha256_file, shard_name, write_json_atomic)
 from vca_gen.data.vae import encode_moments, load_vae, parse_dtype, vae_downsample_factor
+from vca_gen.errors import UserError
+from vca_gen.utils.io import sha256_file as _sha256
 
 PARAMS = "extract_params.json"
 STORE_DTYPES = ("float32", "float16", "bfloat16")
+LOCK_PURPOSE = "extract"
+LOCK_HEARTBEAT_S = 600.0
+POLL_S = 0.25  # how often the main process looks for the other ranks' shard records
+SHARD_SLEEP_ENV = "VCA_GEN_TEST_SHARD_SLEEP"  # test hook "RANK:SECONDS": that rank sleeps before each shard
+
+
+class ExtractionError(UserError, ValueError):
+    """Extraction cannot go on (non-finite latents, ranks disagreeing, another rank failed)."""
 
 
 class _ShardItems(Dataset):
@@ -92,6 +117,7 @@ def extract_shard(vae, folder: ImageFolderDataset, out: Path, k: int, shard_size
         both = torch.cat([x, x.flip(-1)])  # (2B, 3, S, S): originals then flips
         mean, std = encode_moments(vae, both)  # (2B, c, h, w) each
         b = len(x)
+        check_finite(mean, std, idx, folder, k)
         means.append(torch.stack([mean[:b], mean[b:]], 1).cpu())  # (B, 2, c, h, w)
         stds.append(torch.stack([std[:b], std[b:]], 1).cpu())
         labels.append(y.long())
@@ -113,6 +139,23 @@ def extract_shard(vae, folder: ImageFolderDataset, out: Path, k: int, shard_size
            "n_per_channel": int(m64[:, :, 0].numel())}
     write_json_atomic(out / f"shard_{k:05d}.json", rec)
     return rec
+
+
+def check_finite(mean: torch.Tensor, std: torch.Tensor, idx: torch.Tensor, folder: ImageFolderDataset,
+                 k: int) -> None:
+    """Refuse non-finite posterior moments of a batch (rows: originals then flips), naming the images."""
+    ok = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(std).flatten(1).all(1)
+    if bool(ok.all()):
+        return
+    b = len(idx)
+    bad: dict = {}
+    for r in (~ok).nonzero().flatten().tolist():
+        bad.setdefault(int(idx[r % b]), []).append("flipped" if r >= b else "original")
+    names = ", ".join(f"index {i} ({os.path.relpath(folder.samples[i][0], folder.root)}, {'+'.join(c)})"
+                      for i, c in sorted(bad.items()))
+    raise ExtractionError(
+        f"the VAE gave non-finite latents (inf/nan) for {len(bad)} image(s) of shard {k}: {names}; nothing of "
+        f"shard {k} was stored. Check those images; with --dtype float16/bfloat16 try --dtype float32")
 
 
 def build_manifest(out: Path, params: dict, folder: ImageFolderDataset, vae_info: dict, num_shards: int,
@@ -155,27 +198,141 @@ def pin_params(out: Path, params: dict, write: bool = True) -> None:
         write_json_atomic(p, params)
 
 
-def _distributed_state():
-    """accelerate's process state; CPU-only runs (``ACCELERATE_USE_CPU=1`` or no CUDA) use gloo."""
+def _distributed_state(timeout_s: float = 1800.0):
+    """accelerate's process state with a process-group timeout of ``timeout_s``; CPU-only runs
+    (``ACCELERATE_USE_CPU=1`` or no CUDA) use gloo."""
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
+    from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (world > 1 and not torch.cuda.is_available())
-    state = PartialState(cpu=cpu)
+    kwargs = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(timeout_s))).to_kwargs()
+    state = PartialState(cpu=cpu, **kwargs)
     if state.num_processes != world:
         raise RuntimeError(f"launched with WORLD_SIZE={world} but the process group has {state.num_processes} "
                            f"process(es); refusing to run (processes would write the same files)")
     return state
 
 
+def _broadcast(state, obj):
+    if state.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
+def _gather(state, obj) -> list:
+    if state.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def _main_first(state, fn):
+    """``fn()`` on the main process first (a hub download fills the cache once), then on the others;
+    the main's error reaches the others with the broadcast that releases them."""
+    if state.num_processes == 1:
+        return fn()
+    if state.is_main_process:
+        try:
+            value = fn()
+        except BaseException as e:
+            _broadcast(state, f"{type(e).__name__}: {e}")
+            raise
+        _broadcast(state, None)
+        return value
+    error = _broadcast(state, None)
+    if error is not None:
+        raise ExtractionError(f"the main process stopped: {error}")
+    return fn()
+
+
+def _marker(out: Path, rank: int) -> Path:
+    return out / f".rank_{rank:05d}.failed"
+
+
+def _wait_for_records(out: Path, num_shards: int) -> None:
+    """Main process: poll until every shard record is on disk (no collective); stop if a rank failed."""
+    for k in range(num_shards):
+        while not (out / f"shard_{k:05d}.json").is_file():
+            for m in sorted(out.glob(".rank_*.failed")):
+                try:
+                    info = json.loads(m.read_text())
+                except (OSError, ValueError):
+                    continue
+                raise ExtractionError(f"rank {info.get('rank')} failed ({info.get('message')}); re-run the same "
+                                      f"command to resume {out}")
+            time.sleep(POLL_S)
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Temporary files a killed run can leave in a store: ``shard_*.tmp`` (shard before its rename),
+    ``.shard_*.tmp`` (a record being written atomically), safetensors' own ``.tmpXXXXXX`` and the
+    failure markers of the ranks."""
+    found = list(out.glob("shard_*.tmp")) + list(out.glob(".shard_*.tmp")) + list(out.glob(".rank_*.failed"))
+    return found + [p for p in out.glob(".tmp??????") if p.is_file()]
+
+
+def _decide(state, outp: Path, params: dict, num_shards: int):
+    """Main process: lock the store, pin the options, verify finished shards; broadcast the shards to
+    do; every rank checks it sees the same pinned options. Returns (todo, lock or None)."""
+    multi = state.num_processes > 1
+    lock, error, decision = None, None, None
+    if state.is_main_process:
+        try:
+            pin_params(outp, params, write=False)  # before anything is created
+            from vca_gen.utils.lock import RunLock
+
+            lock = RunLock(outp, LOCK_PURPOSE, heartbeat_s=LOCK_HEARTBEAT_S).acquire()
+            pin_params(outp, params)
+            todo = [k for k in range(num_shards) if not shard_complete(outp, k)]
+            for k in todo:  # the main waits for these records: no stale one may remain
+                (outp / f"shard_{k:05d}.json").unlink(missing_ok=True)
+            for stale in leftovers(outp):
+                stale.unlink(missing_ok=True)  # of a killed run (nobody writes yet: we hold the lock)
+            decision = {"error": None, "todo": todo, "params_sha256": _sha256(outp / PARAMS)}
+        except BaseException as e:
+            if lock is not None:
+                lock.release()
+            if not multi:
+                raise
+            error, decision = e, {"error": f"{type(e).__name__}: {e}"}
+    decision = _broadcast(state, decision)
+    if decision["error"] is not None:
+        if error is not None:
+            raise error
+        raise ExtractionError(f"the main process stopped: {decision['error']}")
+    problem = None
+    if not state.is_main_process:
+        p = outp / PARAMS
+        if not p.is_file():
+            problem = f"it cannot see {p}, which the main process wrote"
+        elif _sha256(p) != decision["params_sha256"]:
+            problem = f"its {p} differs from the main process's (another directory, or not synced)"
+    try:
+        bad = [(r, q) for r, q in (_gather(state, (state.process_index, problem)) if multi else []) if q]
+        if bad:
+            raise ExtractionError("; ".join(f"rank {r} does not see the store {outp} as the main process does: {q}"
+                                            for r, q in bad) + ". Every rank must see the same --out (shared "
+                                                               "storage); nothing was extracted")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return decision["todo"], lock
+
+
 def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Optional[str] = None,
             image_size: int = 256, batch_size: int = 32, shard_size: int = 4096, scale_factor: float = DEFAULT_SCALE_FACTOR,
             per_channel_stats: bool = False, num_workers: int = 4, dtype: str = "float32",
-            store_dtype: str = "float32", skip_unreadable: bool = False) -> Optional[dict]:
+            store_dtype: str = "float32", skip_unreadable: bool = False, timeout_s: float = 1800.0) -> Optional[dict]:
     """Run (or resume) an extraction on this process's share of the shards; the main process returns
     the manifest, other ranks ``None``. Works single-process or under ``accelerate launch``."""
-    state = _distributed_state()
+    if not timeout_s > 0:
+        raise ValueError(f"--timeout-s must be > 0, got {timeout_s}")
+    state = _distributed_state(timeout_s)
     if store_dtype not in STORE_DTYPES:
         raise ValueError(f"--store-dtype {store_dtype!r} is not valid; accepted: {list(STORE_DTYPES)}")
     for name, v in (("image-size", image_size), ("batch-size", batch_size), ("shard-size", shard_size)):
@@ -185,38 +342,50 @@ def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Option
         raise ValueError(f"--scale-factor must be > 0, got {scale_factor}")
     folder = ImageFolderDataset(images, image_size, random_flip=False, strict=True)
     outp = Path(out)
-    model = load_vae(vae, subfolder=vae_subfolder, dtype=parse_dtype(dtype), device=state.device)
+    import diffusers  # noqa: F401 - imported by every rank now: the main-first wait is only the load itself
+
+    model = _main_first(state, lambda: load_vae(vae, subfolder=vae_subfolder, dtype=parse_dtype(dtype),
+                                                device=state.device))
     down = vae_downsample_factor(model)
     if image_size % down:
         raise ValueError(f"--image-size {image_size} is not divisible by the VAE down-sampling factor {down}")
     vae_info = {"id": vae, "subfolder": vae_subfolder, "dtype": dtype,
+                "compute_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                 "latent_channels": int(model.config.latent_channels), "downsample": down}
     params = {"images": str(Path(images).resolve()), "num_source_images": len(folder), "image_size": image_size,
               "vae": vae, "vae_subfolder": vae_subfolder, "dtype": dtype, "store_dtype": store_dtype,
               "shard_size": shard_size, "scale_factor": scale_factor, "per_channel_stats": per_channel_stats,
               "skip_unreadable": skip_unreadable}
-    pin_params(outp, params, write=False)  # all ranks: fail together rather than leave others waiting
-    state.wait_for_everyone()
-    if state.is_main_process:
-        outp.mkdir(parents=True, exist_ok=True)
-        pin_params(outp, params)
-    state.wait_for_everyone()
     num_shards = -(-len(folder) // shard_size)
-    mine = [k for k in range(num_shards) if k % state.num_processes == state.process_index]
-    from tqdm.auto import tqdm
-    for k in tqdm(mine, desc=f"extract rank {state.process_index}", disable=not state.is_local_main_process):
-        if shard_complete(outp, k):
-            continue
-        extract_shard(model, folder, outp, k, shard_size, batch_size, num_workers, parse_dtype(store_dtype),
-                      skip_unreadable)
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
-    manifest = build_manifest(outp, params, folder, vae_info, num_shards, per_channel_stats)
-    for stale in outp.glob("shard_*.tmp"):  # leftovers of a killed run (all ranks are done writing)
-        stale.unlink()
-    write_json_atomic(outp / MANIFEST, manifest)
-    return manifest
+    todo, lock = _decide(state, outp, params, num_shards)
+    try:
+        mine = todo[state.process_index::state.num_processes]
+        hook_rank, _, hook_s = os.environ.get(SHARD_SLEEP_ENV, "").partition(":")
+        sleep = float(hook_s) if hook_s and hook_rank.strip() == str(state.process_index) else 0.0
+        from tqdm.auto import tqdm
+        try:
+            for k in tqdm(mine, desc=f"extract rank {state.process_index}", disable=not state.is_local_main_process):
+                if sleep:
+                    time.sleep(sleep)
+                extract_shard(model, folder, outp, k, shard_size, batch_size, num_workers, parse_dtype(store_dtype),
+                              skip_unreadable)
+        except Exception as e:
+            if not state.is_main_process:
+                with contextlib.suppress(OSError):
+                    write_json_atomic(_marker(outp, state.process_index),
+                                      {"rank": state.process_index, "message": f"{type(e).__name__}: {e}"})
+            raise
+        if not state.is_main_process:
+            return None
+        _wait_for_records(outp, num_shards)
+        manifest = build_manifest(outp, params, folder, vae_info, num_shards, per_channel_stats)
+        for stale in outp.glob("shard_*.tmp"):  # every shard is renamed into place by now
+            stale.unlink()
+        write_json_atomic(outp / MANIFEST, manifest)
+        return manifest
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -240,6 +409,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--store-dtype", default="float32", choices=STORE_DTYPES, help="dtype of stored mean/std")
     ap.add_argument("--skip-unreadable", action="store_true",
                     help="leave unreadable images out (listed in the manifest) instead of stopping")
+    ap.add_argument("--timeout-s", type=float, default=1800.0,
+                    help="process-group timeout (s) of the short start-up collectives; the main process's wait "
+                         "for the other ranks' shards is not bounded by it (default 1800)")
     args = ap.parse_args(argv)
     if args.num_workers < 0:
         ap.error(f"--num-workers must be >= 0, got {args.num_workers}")
@@ -253,8 +425,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            image_size=args.image_size, batch_size=args.batch_size, shard_size=args.shard_size,
                            scale_factor=args.scale_factor, per_channel_stats=args.per_channel_stats,
                            num_workers=args.num_workers, dtype=args.dtype, store_dtype=args.store_dtype,
-                           skip_unreadable=args.skip_unreadable)
-    except (FileNotFoundError, NotADirectoryError, ValueError, OSError, UnreadableImageError) as e:
+                           skip_unreadable=args.skip_unreadable, timeout_s=args.timeout_s)
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError, UnreadableImageError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if manifest is not None:

@@ -2,7 +2,8 @@
 and latent normalisation.
 
 * :func:`load_vae` – hub id (default ``stabilityai/sd-vae-ft-ema``) or local folder; offline, a
-  missing model is a clear error telling how to provide it.
+  missing model is a clear error telling how to provide it. Honours the config's ``force_upcast``
+  (diffusers: a VAE that overflows in fp16 says so): asked for fp16, such a VAE is kept in fp32.
 * :func:`encode_moments` – posterior ``(mean, std)`` of images in [-1, 1], (B, C, H, W) ->
   2 x (B, c, H/f, W/f), float32. 1-channel images are replicated to the VAE's input channels.
 * :class:`LatentNormalizer` – model-space latents from VAE latents: ``"scale"`` (``z * s``, DiT's
@@ -40,9 +41,30 @@ class VAELoadError(UserError, OSError):
     """The VAE cannot be loaded from the given hub id or folder."""
 
 
+def needs_upcast(config, dtype: str | torch.dtype) -> bool:
+    """True when a VAE with ``config`` must run in fp32 although ``dtype`` is asked: fp16 and the
+    diffusers config flag ``force_upcast`` (``AutoencoderKL``'s default is true)."""
+    return parse_dtype(dtype) == torch.float16 and bool(getattr(config, "force_upcast", False))
+
+
+def upcast_if_forced(vae) -> torch.dtype:
+    """The dtype ``vae`` computes in: an fp16 VAE whose config sets ``force_upcast`` is moved to
+    fp32 in place first (as diffusers pipelines' ``upcast_vae`` does). :func:`load_vae` never
+    returns such a VAE; this covers VAEs loaded elsewhere."""
+    _, dtype = _vae_device_dtype(vae)
+    if needs_upcast(vae.config, dtype):
+        vae.to(torch.float32)
+        return torch.float32
+    return dtype
+
+
 def load_vae(id_or_path: str = DEFAULT_VAE, subfolder: Optional[str] = None, dtype: str | torch.dtype = torch.float32,
              device: torch.device | str = "cpu"):
-    """An ``AutoencoderKL`` in eval mode, frozen, from a hub id or a local folder."""
+    """An ``AutoencoderKL`` in eval mode, frozen, from a hub id or a local folder.
+
+    ``dtype`` fp16 with a config that sets ``force_upcast`` loads fp32 weights instead (loading in
+    fp16 and casting up would lose their precision); check the returned model's parameter dtype.
+    """
     from diffusers import AutoencoderKL
 
     local = Path(id_or_path).expanduser()
@@ -51,9 +73,16 @@ def load_vae(id_or_path: str = DEFAULT_VAE, subfolder: Optional[str] = None, dty
         raise VAELoadError(f"VAE folder {local} is not an existing folder (expected a diffusers AutoencoderKL folder "
                                 f"with config.json and diffusion_pytorch_model.safetensors, or a hub id "
                                 f"like {DEFAULT_VAE!r})")
+    source = str(local) if local.is_dir() else id_or_path
     try:
-        vae = AutoencoderKL.from_pretrained(str(local) if local.is_dir() else id_or_path, subfolder=subfolder,
-                                            torch_dtype=parse_dtype(dtype))
+        want = parse_dtype(dtype)
+        if want == torch.float16:
+            from types import SimpleNamespace
+
+            config = AutoencoderKL.load_config(source, subfolder=subfolder)
+            if needs_upcast(SimpleNamespace(**config), want):
+                want = torch.float32
+        vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=want)
     except (OSError, ValueError) as e:
         where = f"{id_or_path}" + (f" (subfolder {subfolder!r})" if subfolder else "")
         raise VAELoadError(f"cannot load the VAE {where}: {e}\nWithout network access, pre-download it into the "
@@ -83,7 +112,8 @@ def encode_moments(vae, images: torch.Tensor, batch_size: Optional[int] = None) 
         images = images.expand(-1, want, -1, -1)  # grayscale -> RGB
     if images.shape[1] != want:
         raise ValueError(f"the VAE takes {want}-channel images, got {images.shape[1]} channels")
-    device, dtype = _vae_device_dtype(vae)
+    device, _ = _vae_device_dtype(vae)
+    dtype = upcast_if_forced(vae)
     means, stds = [], []
     step = batch_size or images.shape[0]
     for chunk in images.split(step):
@@ -186,7 +216,8 @@ def decode(vae, latents: torch.Tensor, normalizer: LatentNormalizer | float = DE
     if latents.shape[1] != vae.config.latent_channels:
         raise ValueError(f"the VAE has {vae.config.latent_channels} latent channels, got {latents.shape[1]}")
     norm = as_normalizer(normalizer)
-    device, dtype = _vae_device_dtype(vae)
+    device, _ = _vae_device_dtype(vae)
+    dtype = upcast_if_forced(vae)
     out = []
     for chunk in latents.split(batch_size):
         z = norm.denormalize(chunk.float()).to(device=device, dtype=dtype)

@@ -3,10 +3,16 @@
 Writes ``OUT/shard_XXXXX.npz`` as shards finish, ``OUT/sampling.json`` (the run's settings),
 then ``OUT/samples.npz`` (``arr_0`` uint8 (N, H, W, 3), ``arr_1`` labels), ``OUT/grid.png`` and,
 with ``--save-png``, ``OUT/png/XXXXXX.png``. Re-running the same command resumes a killed run.
+
+Exit status: 0 done; 2 bad input (checkpoint, settings, ``--out`` locked by another sampling run or
+holding another run, processes that do not see the same ``--out``); 75 (EX_TEMPFAIL) stopped by
+SIGTERM / SIGUSR1 / Ctrl-C after finishing and writing the current shard: re-run the same command
+to continue (the result is byte-identical to an uninterrupted run).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shlex
 import sys
@@ -17,17 +23,20 @@ from typing import Optional, Sequence
 from ..errors import cli_boundary
 from ..experiment.checkpoint import _find_weights_dir
 from ..utils.io import refuse_input_as_output
-from .engine import RunSpec, run_sampling
+from .engine import EXIT_PREEMPTED, RunSpec, StopRequest, broadcast, run_sampling
 from .manifest import checkpoint_hash
-from .model import check_sampler_args, load, loaded_image_maker, parse_steps
+from .model import check_sampler_args, configure_tf32, load, loaded_image_maker, parse_steps, resolve_precision
 from .plan import SamplingError
 
 EPILOG = """\
 defaults are the papers' FID protocols: DiT (diffusion) = ancestral DDPM respaced to 250 steps;
 SiT (flow) = SDE Euler-Maruyama, 250 steps, diffusion form "sigma", last step "Mean" of 0.04;
-no guidance (--cfg-scale 1.0). Sample i has label i %% num_classes and draws all its randomness
+no guidance (--cfg-scale 1.0). Sample i has label i % num_classes and draws all its randomness
 from a generator seeded SEED + i, so the output does not depend on the number of processes
-(and, up to float reassociation, not on --batch-size).
+(and, up to float reassociation, not on --batch-size). --precision auto (default) is bf16 autocast
+with TF32 on CUDA and fp32 on CPU; use --precision fp32 for exact fp32 protocol runs.
+exit status: 0 done; 2 bad input or --out locked by another run; 75 stopped by SIGTERM/SIGUSR1/Ctrl-C
+after writing the current shard (re-run the same command to continue).
 examples:
   accelerate launch sample.py --ckpt runs/x/checkpoints/step_00400000 --num-samples 50000 --out samples/x
   python sample.py --ckpt export/ --sampler ode --num-samples 1000 --out s --sampler-option atol=1e-5
@@ -86,32 +95,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default=None, help="decoder hub id or folder, overriding the checkpoint's decoder "
                                                 "(official files default to stabilityai/sd-vae-ft-mse, as DiT reports)")
     p.add_argument("--vae-batch-size", type=int, default=16, help="images per VAE decode call (16)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast for the model (fp32)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="model precision: auto = bf16 autocast with TF32 on CUDA, fp32 on CPU; fp32 = exact fp32 "
+                        "(TF32 off); bf16 = bf16 autocast (auto)")
     p.add_argument("--save-png", action="store_true", help="also write OUT/png/XXXXXX.png")
     p.add_argument("--grid-classes", type=int, default=10, help="classes (rows) in OUT/grid.png; 0 = no grid (10)")
     p.add_argument("--grid-per-class", type=int, default=10, help="samples per row of the grid (10)")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run with other settings in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--timeout-s", type=float, default=1800.0,
+                   help="process-group timeout for the (short) start-up collectives; waiting for the other "
+                        "processes' shards at the end is not bounded by it (1800)")
     return p
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Sample as ``args`` say; returns a summary (main process) or ``{}``."""
+    """Sample as ``args`` say; returns a summary (main process) or ``{}``; a summary with
+    ``stopped_by`` (every process) when a stop signal ended the run early."""
+    with StopRequest() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: StopRequest) -> dict:
     refuse_input_as_output({"--out": args.out}, {"--ckpt": Path(args.ckpt)})
-    state = process_state()
+    if not args.timeout_s > 0:
+        raise SamplingError(f"--timeout-s must be > 0, got {args.timeout_s}")
+    state = process_state(args.timeout_s)
     device = state.device
+    precision = resolve_precision(args.precision, device)
+    configure_tf32(device, precision)
     steps = parse_steps(args.steps)
     options = parse_options(args.sampler_option)
     if args.vae_batch_size < 1:
         raise SamplingError(f"--vae-batch-size must be >= 1, got {args.vae_batch_size}")
     if args.grid_classes < 0 or args.grid_per_class < 0:
         raise SamplingError("--grid-classes and --grid-per-class must be >= 0")
-    loaded = load(args.ckpt, use_ema=args.ema, device=device, vae=args.vae, model_name=args.model,
-                  image_size=args.image_size, num_classes=args.num_classes)
-    loaded.decoder.batch_size = args.vae_batch_size
-    loaded.decoder.check_channels(loaded.latent_shape[0])
+
+    def load_all():
+        loaded = load(args.ckpt, use_ema=args.ema, device=device, vae=args.vae, model_name=args.model,
+                      image_size=args.image_size, num_classes=args.num_classes)
+        loaded.decoder.batch_size = args.vae_batch_size
+        loaded.decoder.check_channels(loaded.latent_shape[0])  # loads (downloads) the VAE now
+        return loaded
+
+    loaded, ckpt_sha = main_process_first(state, load_all, lambda: checkpoint_hash(_weights_dir(args.ckpt)))
     sampler = check_sampler_args(loaded, args.sampler, steps, args.cfg_scale, args.guide_channels, options)
-    ckpt_sha = checkpoint_hash(_weights_dir(args.ckpt))
     protocol = protocol_of(loaded, sampler, steps, options, args)
     spec = RunSpec(
         out_dir=Path(args.out), num_samples=args.num_samples, num_classes=int(loaded.model.num_classes),
@@ -122,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
                                (loaded.objective.default_steps if sampler == loaded.objective.default_sampler
                                 else "default")),
                   "sampler_options": options, "cfg_scale": args.cfg_scale, "guide_channels": args.guide_channels,
-                  "vae": loaded.vae_id, "precision": args.precision, "device_type": device.type,
+                  "vae": loaded.vae_id, "precision": precision, "device_type": device.type,
                   "protocol": protocol},
         info={"ckpt_path": str(args.ckpt), "world_size": state.num_processes,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -130,16 +158,21 @@ def run(args: argparse.Namespace) -> dict:
         overwrite=args.overwrite, save_png=args.save_png, grid_classes=args.grid_classes,
         grid_per_class=args.grid_per_class, class_names=loaded.class_names, progress=args.progress)
     make = loaded_image_maker(loaded, device, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,
-                              guide_channels=args.guide_channels, options=options, precision=args.precision)
+                              guide_channels=args.guide_channels, options=options, precision=precision)
     t0 = time.perf_counter()
-    result = run_sampling(make, spec, state=state)
+    result = run_sampling(make, spec, state=state, stop=stop)
+    if result.stopped_by:
+        print(f"sample.py: stopped by {result.stopped_by} (process {state.process_index} of {state.num_processes}) "
+              f"after writing {result.shards_written} shard(s) of {args.out}; re-run the same command to continue "
+              f"(exit {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
+        return {"stopped_by": result.stopped_by, "shards_written": result.shards_written}
     if not state.is_main_process:
         return {}
     summary = {"samples": str(result.path), "num_samples": args.num_samples, "sampler": sampler,
                "steps": spec.settings["steps"], "cfg_scale": args.cfg_scale, "processes": state.num_processes,
                "generated_by_main": result.generated, "resumed_shards": result.resumed_shards,
                "nfe_per_image": result.nfe_per_image, "seconds": round(time.perf_counter() - t0, 2),
-               "protocol": protocol}
+               "precision": precision, "protocol": protocol}
     if result.nfe_per_image is not None:
         extra = " (each on a doubled cond+uncond batch)" if args.cfg_scale != 1.0 else ""
         print(f"model evaluations per image: {result.nfe_per_image:g}{extra}", file=sys.stderr)
@@ -164,8 +197,35 @@ def protocol_of(loaded, sampler: str, steps, options: dict, args) -> dict:
     return out
 
 
-def process_state():
-    """accelerate's ``PartialState``; CPU processes (``ACCELERATE_USE_CPU=1``) use gloo.
+def main_process_first(state, load_fn, main_only_fn):
+    """``load_fn()`` on the main process first (downloads fill the cache once), then on the others;
+    ``main_only_fn()`` (the checkpoint hash) on the main only, its result broadcast.
+
+    Returns (``load_fn()``, ``main_only_fn()``) on every process. Like accelerate's
+    ``main_process_first()``, but the broadcast that releases the other processes also carries the
+    main process's error, so they stop with it instead of waiting for a process that has left.
+    """
+    if state.num_processes == 1:
+        return load_fn(), main_only_fn()
+    message = {"error": None, "value": None}
+    if state.is_main_process:
+        try:
+            loaded = load_fn()
+            message["value"] = main_only_fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the others
+            broadcast(state, {"error": f"{type(e).__name__}: {e}", "value": None})
+            raise
+        broadcast(state, message)
+        return loaded, message["value"]
+    message = broadcast(state, message)
+    if message["error"] is not None:
+        raise SamplingError(f"the main process stopped: {message['error']}")
+    return load_fn(), message["value"]
+
+
+def process_state(timeout_s: float = 1800.0):
+    """accelerate's ``PartialState`` with a process-group timeout of ``timeout_s``; CPU processes
+    (``ACCELERATE_USE_CPU=1``) use gloo.
 
     Refuses to run when the launcher started several processes but they did not form a group
     (each would write every shard).
@@ -173,9 +233,10 @@ def process_state():
     import os
 
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
+    from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    kwargs = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(timeout_s))).to_kwargs()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != state.num_processes:
         raise SamplingError(f"launched as {launched} processes but accelerate set up {state.num_processes} "
@@ -191,4 +252,8 @@ def _weights_dir(ckpt) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return cli_boundary("sample.py", lambda: run(args) and None)
+
+    def work() -> int:
+        return EXIT_PREEMPTED if run(args).get("stopped_by") else 0
+
+    return cli_boundary("sample.py", work)

@@ -4,31 +4,60 @@ The engine knows nothing about models: it asks a ``make_images(indices, labels, 
 callable for the uint8 images of a batch of global sample indices (``generators[j]`` seeded
 ``seed + indices[j]``) and takes care of labels, seeds, shards, the manifest, resumption, the
 final ``samples.npz``, PNGs and the grid. Processes are those of ``accelerate`` (``PartialState``);
-one process works too. Pending shards are computed by every process between two barriers (so no
-process sees a shard another one has just written) and dealt round-robin.
+one process works too.
+
+**One decision, broadcast; no long collective.** At the start the main process locks ``--out``
+(:class:`~vca_gen.utils.lock.RunLock`, purpose ``"sample"``), checks / writes ``sampling.json`` and
+lists the finished shards; that decision (or its error) is broadcast, and every process checks that
+it sees the same directory (``sampling.json``'s sha256 and the same finished shards) -- a mismatch
+stops every process with an error naming the rank and the path, before anything is sampled. These
+are the only collectives, all short. Then each process samples its round-robin share of the pending
+shards, writes each one atomically and leaves; the main process, after its own share, streams the
+shards into ``samples.npz`` as they appear on disk (polling the files with a sleep: no collective
+while waiting, so a slow process never trips the process-group timeout).
+
+**Preemption.** SIGTERM, SIGUSR1 and Ctrl-C (SIGINT) make every process finish the shard it is
+computing, write it and stop (``RunResult.stopped_by`` set; ``sample.py`` exits
+:data:`EXIT_PREEMPTED` = 75, EX_TEMPFAIL). Re-running the same command continues and gives the same
+bytes as an uninterrupted run. A second Ctrl-C aborts at once. A process that stops or fails leaves
+a marker ``.rank_XXXXX.{stopped,failed}`` in ``--out`` so the waiting main process stops too
+instead of waiting for shards that will not come.
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..utils.io import make_dir
+from ..utils.io import atomic_write_json, make_dir, sha256_file
 from ..utils.rng import per_sample_generators
 from . import files
 from .grid import GridCollector, save_grid
-from .manifest import FORMAT, check_resume, write_manifest
-from .plan import ShardPlan, batches, check_num_samples, labels_for, seeds_for
+from .manifest import FORMAT, MANIFEST, check_resume, write_manifest
+from .plan import SamplingError, ShardPlan, batches, check_num_samples, labels_for, seeds_for
 
 MakeImages = Callable[[range, torch.Tensor, list], "tuple[np.ndarray, int]"]
 FINAL = "samples.npz"
 GRID = "grid.png"
+LOCK_PURPOSE = "sample"
+LOCK_HEARTBEAT_S = 600.0  # the --out lock is refreshed this often (kept fresh on shared storage)
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL, as train.py: stopped by a signal, shards written, re-run the same command
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, n))
+POLL_S = 0.25  # how often the main process looks for the shards of the other processes
+# Test hooks (environment variables).
+SHARD_SLEEP_ENV = "VCA_GEN_TEST_SHARD_SLEEP"  # "RANK:SECONDS": that rank sleeps before each of its shards
+HIDE_SHARDS_ENV = "VCA_GEN_TEST_HIDE_SHARDS"  # "RANK:K1,K2": that rank does not see finished shards K1, K2
 
 
 @dataclass
@@ -37,6 +66,7 @@ class RunSpec:
 
     ``settings`` are the determining settings recorded in ``sampling.json`` (the engine adds N,
     seed, shard size, classes and image shape itself); ``info`` are recorded but not compared.
+    ``lock``: hold a :class:`~vca_gen.utils.lock.RunLock` on ``out_dir`` (main process).
     """
 
     out_dir: Path
@@ -54,14 +84,69 @@ class RunSpec:
     grid_per_class: int = 10
     class_names: Optional[Sequence[str]] = None
     progress: bool = True
+    lock: bool = True
 
 
 @dataclass
 class RunResult:
-    path: Optional[Path]  # samples.npz (main process only)
+    path: Optional[Path]  # samples.npz (main process, when finished)
     generated: int  # samples this process generated (0 when everything was resumed)
     resumed_shards: int
     nfe_per_image: Optional[float]  # model evaluations per image, when anything was generated
+    stopped_by: Optional[str] = None  # signal name when preempted (samples.npz not written yet)
+    shards_written: int = 0  # shards this process wrote
+
+
+class StopRequest:
+    """The first SIGTERM / SIGUSR1 / SIGINT, recorded (not acted on) while installed.
+
+    ``with StopRequest() as stop: ...`` installs the handlers (main thread only; elsewhere it only
+    holds a flag that :meth:`request` sets); a second SIGINT raises ``KeyboardInterrupt`` at once.
+    """
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> Optional[str]:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        if self.signum is None:
+            self.signum = int(signum)
+
+    def _on_signal(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: abort now
+        self.request(signum)
+        print(f"sample.py: received {signal.Signals(signum).name}: finishing the current shard, then stopping "
+              f"(exit {EXIT_PREEMPTED}; re-run the same command to continue)", file=sys.stderr, flush=True)
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread() and not self._previous:
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+class _Stopped(Exception):
+    """Internal: the main process stopped waiting (a stop signal, or another process stopped)."""
 
 
 def _state():
@@ -75,6 +160,78 @@ def _log(state, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+# ------------------------------------------------------------------------------ collectives (start only)
+def broadcast(state, obj: Any) -> Any:
+    """``obj`` of the main process on every process (accelerate's ``broadcast_object_list``)."""
+    if state.num_processes == 1:
+        return obj
+    if hasattr(state, "broadcast_object"):  # test stand-ins
+        return state.broadcast_object(obj)
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
+def gather(state, obj: Any) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every process."""
+    if state.num_processes == 1:
+        return [obj]
+    if hasattr(state, "gather_object"):
+        return state.gather_object(obj)
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def _hook(env: str, rank: int) -> Optional[str]:
+    """The value of a ``RANK:VALUE`` test hook for ``rank``, or None."""
+    r, sep, value = os.environ.get(env, "").partition(":")
+    return value if sep and r.strip() == str(rank) else None
+
+
+def _shard_sleep(rank: int) -> float:
+    v = _hook(SHARD_SLEEP_ENV, rank)
+    return float(v) if v else 0.0
+
+
+def finished_shards(out: Path, plan: ShardPlan, rank: int) -> list[int]:
+    """Shards whose file exists in ``out``, as process ``rank`` sees them (with the test hook)."""
+    hidden = {int(k) for k in (_hook(HIDE_SHARDS_ENV, rank) or "").split(",") if k.strip()}
+    return [k for k in range(plan.num_shards) if k not in hidden and files.shard_path(out, k).is_file()]
+
+
+# ------------------------------------------------------------------------------ markers
+def _marker(out: Path, rank: int, kind: str) -> Path:
+    return Path(out) / f".rank_{rank:05d}.{kind}"
+
+
+def _clear_markers(out: Path) -> None:
+    for p in list(Path(out).glob(".rank_*.stopped")) + list(Path(out).glob(".rank_*.failed")):
+        p.unlink(missing_ok=True)
+
+
+def _write_marker(out: Path, rank: int, kind: str, text: str) -> None:
+    try:
+        atomic_write_json(_marker(out, rank, kind), {"rank": rank, "pid": os.getpid(), "message": text})
+    except OSError:
+        pass  # best effort: the launcher also stops the other processes
+
+
+def _check_markers(out: Path) -> None:
+    """Raise if another process left a failure (SamplingError) or stop (_Stopped) marker."""
+    for kind in ("failed", "stopped"):
+        for p in sorted(Path(out).glob(f".rank_*.{kind}")):
+            try:
+                info = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue  # being written
+            if kind == "failed":
+                raise SamplingError(f"process {info.get('rank')} failed ({info.get('message')}); its shards are "
+                                    f"missing from {out}; fix the cause and re-run the same command to continue")
+            raise _Stopped(f"process {info.get('rank')} was stopped ({info.get('message')})")
+
+
+# ------------------------------------------------------------------------------ the decision
 def manifest_settings(spec: RunSpec) -> dict:
     return {"format": FORMAT, **spec.settings, "num_samples": spec.num_samples, "num_classes": spec.num_classes,
             "seed": spec.seed, "shard_size": spec.shard_size, "image_shape": list(spec.image_shape),
@@ -82,33 +239,112 @@ def manifest_settings(spec: RunSpec) -> dict:
             "batch_size": spec.batch_size, **spec.info}
 
 
-def _prepare(spec: RunSpec, plan: ShardPlan, state) -> list[int]:
-    """Validate / write the manifest, return all pending shard indices (same on every process)."""
+def _main_decision(spec: RunSpec, plan: ShardPlan, state) -> dict:
+    """Main process: validate / write the manifest; return the decision to broadcast."""
     out = Path(spec.out_dir)
     settings = manifest_settings(spec)
-    warnings = check_resume(out, settings, spec.overwrite)  # every process raises the same error
-    state.wait_for_everyone()
+    warnings = check_resume(out, settings, spec.overwrite)
+    files.clean_temp_files(out)
+    _clear_markers(out)
+    if spec.overwrite:
+        for p in list(out.glob("shard_*.npz")) + [out / FINAL, out / GRID]:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(out / "png", ignore_errors=True)
+    write_manifest(out, settings)
+    for w in warnings:
+        _log(state, f"warning: {w}")
+    return {"error": None, "finished": finished_shards(out, plan, state.process_index),
+            "manifest_sha256": sha256_file(out / MANIFEST)}
+
+
+def view_problem(out: Path, plan: ShardPlan, decision: dict, rank: int) -> Optional[str]:
+    """What process ``rank`` sees differently from the main process's ``decision`` (None: same)."""
+    out = Path(out)
+    man = out / MANIFEST
+    if not man.is_file():
+        return f"it cannot see {man}, which the main process wrote"
+    sha = sha256_file(man)
+    if sha != decision["manifest_sha256"]:
+        return (f"its {man} has sha256 {sha[:12]}..., the main process's {decision['manifest_sha256'][:12]}... "
+                f"(another directory, or not synced)")
+    mine, main = set(finished_shards(out, plan, rank)), set(decision["finished"])
+    if mine != main:
+        parts = []
+        if main - mine:
+            parts.append("it does not see " + ", ".join(files.shard_path(out, k).name for k in sorted(main - mine)))
+        if mine - main:
+            parts.append("it sees " + ", ".join(files.shard_path(out, k).name for k in sorted(mine - main))
+                         + " that the main process does not")
+        return f"finished shards differ in {out}: " + "; ".join(parts)
+    return None
+
+
+def _decide(spec: RunSpec, plan: ShardPlan, state):
+    """The one resume decision (main process), broadcast and checked by every process.
+
+    Returns (pending shards, the RunLock held by the main process or None)."""
+    out = Path(spec.out_dir)
+    multi = state.num_processes > 1
+    lock, error, decision = None, None, {"error": None}
     if state.is_main_process:
-        files.clean_temp_files(out)
-        if spec.overwrite:
-            for p in list(out.glob("shard_*.npz")) + [out / FINAL, out / GRID]:
-                p.unlink(missing_ok=True)
-            shutil.rmtree(out / "png", ignore_errors=True)
-        write_manifest(out, settings)
-        for w in warnings:
-            _log(state, f"warning: {w}")
-    state.wait_for_everyone()
-    pending = [k for k in range(plan.num_shards) if not files.shard_path(out, k).is_file()]
-    state.wait_for_everyone()  # nobody writes a shard before every process has listed them
-    return pending
+        try:
+            make_dir(out, "the sampling output (--out)")
+            if spec.lock:
+                from ..utils.lock import RunLock
+
+                lock = RunLock(out, LOCK_PURPOSE, heartbeat_s=LOCK_HEARTBEAT_S).acquire()
+            decision = _main_decision(spec, plan, state)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other processes
+            if lock is not None:
+                lock.release()
+            if not multi:
+                raise
+            error, decision = e, {"error": f"{type(e).__name__}: {e}"}
+    decision = broadcast(state, decision)
+    if decision["error"] is not None:
+        if error is not None:
+            raise error
+        raise SamplingError(f"the main process stopped: {decision['error']}")
+    try:
+        problem = None if state.is_main_process else view_problem(out, plan, decision, state.process_index)
+        verdicts = gather(state, (state.process_index, problem)) if multi else [(0, None)]
+        bad = [(r, p) for r, p in verdicts if p is not None]
+        if bad:
+            raise SamplingError(
+                "; ".join(f"rank {r} does not see the output directory {out} as the main process does: {p}"
+                          for r, p in bad)
+                + ". Every process must see the same --out (shared storage, fully synced); nothing was sampled")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    finished = set(decision["finished"])
+    return [k for k in range(plan.num_shards) if k not in finished], lock
 
 
-def _assemble(spec: RunSpec, plan: ShardPlan) -> Path:
+# ------------------------------------------------------------------------------ assembly (main process)
+def _wait_for(path: Path, out: Path, stop: StopRequest, state, what: str) -> None:
+    """Poll until ``path`` exists (no collective); stop on a signal or another process's marker."""
+    announced = False
+    while not path.is_file():
+        if stop.requested:
+            raise _Stopped(f"stopped by {stop.name}")
+        _check_markers(out)
+        if not announced:
+            _log(state, f"waiting for {what} (written by another process)")
+            announced = True
+        time.sleep(POLL_S)
+
+
+def _assemble(spec: RunSpec, plan: ShardPlan, stop: StopRequest, state) -> Path:
     out = Path(spec.out_dir)
     grid = GridCollector(min(spec.grid_classes, spec.num_classes), spec.grid_per_class)
 
     def chunks():
-        for k, (images, labels) in enumerate(files.iter_shards(out, plan, spec.image_shape)):
+        for k in range(plan.num_shards):
+            path = files.shard_path(out, k)
+            _wait_for(path, out, stop, state, path.name)
+            images, labels = files.read_shard(path, plan.indices(k), spec.image_shape)
             grid.add(images, labels)
             if spec.save_png:
                 files.save_pngs(out / "png", images, plan.indices(k).start)
@@ -131,46 +367,85 @@ def _final_is_current(spec: RunSpec, plan: ShardPlan) -> bool:
     return final.stat().st_mtime >= newest
 
 
-def run_sampling(make_images: MakeImages, spec: RunSpec, state=None, device=None) -> RunResult:
-    """Generate (or finish) the run described by ``spec``; returns where ``samples.npz`` is."""
+# ------------------------------------------------------------------------------ the run
+def run_sampling(make_images: MakeImages, spec: RunSpec, state=None, device=None,
+                 stop: Optional[StopRequest] = None) -> RunResult:
+    """Generate (or finish) the run described by ``spec``; returns where ``samples.npz`` is.
+
+    ``stop``: a :class:`StopRequest` installed by the caller (``sample.py`` installs one for the
+    whole command); by default one is installed for the duration of this call (main thread only).
+    """
+    if stop is None:
+        with StopRequest() as own:
+            return run_sampling(make_images, spec, state, device, own)
     state = state or _state()
     device = torch.device(device) if device is not None else state.device
     check_num_samples(spec.num_samples, spec.num_classes)
     plan = ShardPlan(spec.num_samples, spec.shard_size)
     batches(range(1), spec.batch_size)  # validates the batch size
-    make_dir(spec.out_dir, "the sampling output (--out)")
+    out = Path(spec.out_dir)
+    rank = state.process_index
 
-    pending = _prepare(spec, plan, state)
-    mine = ShardPlan.assign(pending, state.process_index, state.num_processes)
+    pending, lock = _decide(spec, plan, state)
+    try:
+        return _run(make_images, spec, plan, state, device, stop, pending, out, rank)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(make_images, spec, plan, state, device, stop, pending, out, rank) -> RunResult:
+    mine = ShardPlan.assign(pending, rank, state.num_processes)
     resumed = plan.num_shards - len(pending)
     if resumed:
-        _log(state, f"resuming: {resumed} of {plan.num_shards} shards already complete in {spec.out_dir}")
+        _log(state, f"resuming: {resumed} of {plan.num_shards} shards already complete in {out}")
     total = sum(len(plan.indices(k)) for k in mine)
     bar = tqdm(total=total, unit="img", disable=not (spec.progress and state.is_main_process),
                desc=f"sampling (process 0 of {state.num_processes})", dynamic_ncols=True)
-    nfe_sum, generated = 0, 0
-    for k in mine:
-        idx = plan.indices(k)
-        imgs, labs = [], []
-        for b in batches(idx, spec.batch_size):
-            labels = labels_for(b, spec.num_classes).to(device)
-            gens = per_sample_generators(seeds_for(b, spec.seed), device)
-            images, nfe = make_images(b, labels, gens)
-            if images.shape != (len(b), *spec.image_shape) or images.dtype != np.uint8:
-                raise RuntimeError(f"make_images returned {images.shape} {images.dtype}, "
-                                   f"expected {(len(b), *spec.image_shape)} uint8")
-            imgs.append(images)
-            labs.append(labels.cpu().numpy())
-            nfe_sum += nfe * len(b)
-            generated += len(b)
-            bar.update(len(b))
-        files.write_shard(Path(spec.out_dir), k, np.concatenate(imgs), np.concatenate(labs), idx)
-    bar.close()
-    state.wait_for_everyone()
-    path = None
-    if state.is_main_process:
-        path = Path(spec.out_dir) / FINAL
-        if not _final_is_current(spec, plan):
-            path = _assemble(spec, plan)
-    state.wait_for_everyone()
-    return RunResult(path, generated, resumed, nfe_sum / generated if generated else None)
+    sleep = _shard_sleep(rank)
+    nfe_sum, generated, written = 0, 0, 0
+    try:
+        for k in mine:
+            if sleep:  # test hook: a slow process (wakes early on a stop request)
+                t_end = time.monotonic() + sleep
+                while time.monotonic() < t_end and not stop.requested:
+                    time.sleep(min(0.05, max(t_end - time.monotonic(), 0)))
+            if stop.requested:
+                break
+            idx = plan.indices(k)
+            imgs, labs = [], []
+            for b in batches(idx, spec.batch_size):
+                labels = labels_for(b, spec.num_classes).to(device)
+                gens = per_sample_generators(seeds_for(b, spec.seed), device)
+                images, nfe = make_images(b, labels, gens)
+                if images.shape != (len(b), *spec.image_shape) or images.dtype != np.uint8:
+                    raise RuntimeError(f"make_images returned {images.shape} {images.dtype}, "
+                                       f"expected {(len(b), *spec.image_shape)} uint8")
+                imgs.append(images)
+                labs.append(labels.cpu().numpy())
+                nfe_sum += nfe * len(b)
+                generated += len(b)
+                bar.update(len(b))
+            files.write_shard(out, k, np.concatenate(imgs), np.concatenate(labs), idx)
+            written += 1
+    except Exception as e:
+        if not state.is_main_process:
+            _write_marker(out, rank, "failed", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        bar.close()
+    nfe = nfe_sum / generated if generated else None
+    if stop.requested:
+        if not state.is_main_process:
+            _write_marker(out, rank, "stopped", f"stopped by {stop.name}")
+        return RunResult(None, generated, resumed, nfe, stop.name, written)
+    if not state.is_main_process:
+        return RunResult(None, generated, resumed, nfe, None, written)
+    path = out / FINAL
+    try:
+        if pending or not _final_is_current(spec, plan):
+            path = _assemble(spec, plan, stop, state)
+    except _Stopped as e:
+        _log(state, f"not assembling {FINAL}: {e}")
+        return RunResult(None, generated, resumed, nfe, stop.name or "another process stopped", written)
+    return RunResult(path, generated, resumed, nfe, None, written)

@@ -33,7 +33,7 @@ from ..utils import rng
 from .files import to_uint8
 from .plan import SamplingError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast (+ TF32) on CUDA, fp32 elsewhere
 MakeImages = Callable[[Sequence[int], torch.Tensor, list], "tuple[np.ndarray, int]"]
 
 
@@ -108,7 +108,15 @@ def load(ckpt: str | Path, use_ema: bool = True, device: Any = "cpu", vae: Optio
                                 f"project, which records its own model")
         model, exp, spec, source = load_for_sampling(p, use_ema=use_ema)
         spec = spec if spec is not None else decoder_spec(exp)
-    model = model.to(device).eval().requires_grad_(False)
+    # Frozen by ``torch.no_grad()`` around sampling (image_maker), not by ``requires_grad_(False)``:
+    # autocast caches its low-precision copy of a weight for the whole autocast region only for fp32
+    # leaf tensors that require grad, and not under ``torch.inference_mode()`` (checked with the
+    # profiler: a frozen or inference-mode model re-casts every weight at every one of the 250
+    # sampler steps). So the parameters keep requires_grad=True (``load_for_sampling`` freezes them:
+    # undone here) and no graph is ever recorded because every call runs under no_grad.
+    model = model.to(device).eval()
+    for prm in model.parameters():
+        prm.requires_grad_(True)
     objective = build_objective_for(exp)
     objective.check_model(model)
     decoder = Decoder(spec, device=device, vae=vae)
@@ -117,12 +125,31 @@ def load(ckpt: str | Path, use_ema: bool = True, device: Any = "cpu", vae: Optio
     return Loaded(model, exp, objective, decoder, source)
 
 
-def autocast(device: torch.device, precision: str):
+def resolve_precision(precision: str, device: Any) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA, ``"fp32"`` elsewhere; ``"fp32"`` / ``"bf16"`` as given."""
     if precision not in PRECISIONS:
         raise SamplingError(f"--precision {precision!r} is not valid; accepted: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def configure_tf32(device: Any, precision: str) -> bool:
+    """On CUDA: TF32 matmuls/convolutions on under bf16 (the ops autocast leaves in fp32 run on
+    tensor cores too), off under fp32 (exact protocol runs). Returns whether TF32 is on."""
+    if torch.device(device).type != "cuda":
+        return False
+    on = resolve_precision(precision, device) == "bf16"
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    return on
+
+
+def autocast(device: torch.device, precision: str):
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 def check_sampler_args(loaded: Loaded, sampler, steps, cfg_scale, guide_channels, options: dict) -> str:
@@ -143,7 +170,7 @@ def image_maker(model: torch.nn.Module, objective: Objective, decoder: Decoder, 
     options, null = dict(options or {}), int(model.num_classes)
     steps = parse_steps(steps)
 
-    @torch.no_grad()
+    @torch.no_grad()  # not inference_mode: it would switch off autocast's weight cache (see load)
     def make_images(indices, labels, generators):
         noise = rng.randn((len(indices), *latent_shape), generators, device=device)
         with autocast(device, precision):
@@ -173,5 +200,6 @@ def generate(make_images: MakeImages, labels: Sequence[int], seeds: Sequence[int
     return np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
 
 
-__all__ = ["Loaded", "load", "autocast", "check_sampler_args", "image_maker", "loaded_image_maker", "generate",
+__all__ = ["Loaded", "load", "autocast", "resolve_precision", "configure_tf32", "check_sampler_args", "image_maker",
+           "loaded_image_maker", "generate",
            "parse_steps", "PRECISIONS", "DecoderSpec"]
