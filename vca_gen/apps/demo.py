@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from vca_gen.metrics.sources import balanced_animal_mnist
 from vca_gen.utils.assets import packaged_config
 
 CONFIG = packaged_config("demo.yaml")
@@ -114,28 +115,13 @@ def train_model(cfg) -> float:
 
 
 # ---------------------------------------------------------------------------------------- metrics
-def balanced_real(split: str, n: int):
-    """The first ``n / 10`` images of each class of Animal-MNIST ``split``, as a metrics source."""
-    from vca_gen.data.animal_mnist import CLASSES, load_arrays, split_indices
-    from vca_gen.metrics.sources import AnimalMNISTSource, ArraySource
-
-    k = n // len(CLASSES)
-    if k < 1 or n % len(CLASSES):
-        raise ValueError(f"real image count {n} must be a positive multiple of {len(CLASSES)}")
-    _, labels = load_arrays()
-    y = labels[split_indices(labels, split)]
-    pos = np.sort(np.concatenate([np.flatnonzero(y == c)[:k] for c in range(len(CLASSES))]))
-    src = AnimalMNISTSource(split=split, image_size=32)
-    return ArraySource(src.images[pos], f"animal_mnist(split={split}, {k}/class, 32px)")
-
-
 def reference(out: Path, n: int, fx) -> Path:
     from vca_gen.metrics import compute_statistics, save_statistics
 
     path = out / f"ref_animal_mnist_a{n}_clean.npz"
     if not path.is_file():
         print(f"[demo] reference statistics of {n} real images -> {path}", flush=True)
-        stats = compute_statistics(balanced_real("a", n), fx, "clean", batch_size=50, progress=True)
+        stats = compute_statistics(balanced_animal_mnist("a", n), fx, "clean", batch_size=50, progress=True)
         save_statistics(stats, path, max_features=0)
     return path
 
@@ -236,7 +222,7 @@ def run(args) -> dict:
 def evaluate_real(n: int, ref: Path, fx) -> float:
     from vca_gen.metrics import evaluate
 
-    return evaluate(balanced_real("b", n), ref, mode="clean", extractor=fx, batch_size=50)["fid"]
+    return evaluate(balanced_animal_mnist("b", n), ref, mode="clean", extractor=fx, batch_size=50)["fid"]
 
 
 def _state_dict(export_dir: Path) -> dict:

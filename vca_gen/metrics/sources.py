@@ -290,3 +290,19 @@ class LimitedSource(ImageSource):
                 break
             yield b[:left]
             left -= len(b)
+
+
+def balanced_animal_mnist(split: str, n: int) -> "ArraySource":
+    """The first ``n / 10`` images of each class of Animal-MNIST ``split`` (32 px), as a source: the
+    class-balanced real set the demo and the toy sweeps use for reference statistics and floors."""
+    from vca_gen.data.animal_mnist import CLASSES, load_arrays, split_indices
+
+    k = n // len(CLASSES)
+    if k < 1 or n % len(CLASSES):
+        raise InputFormatError(f"real image count {n} is not valid; accepted: a positive multiple of {len(CLASSES)}")
+    _, labels = load_arrays()
+    y = labels[split_indices(labels, split)]
+    pos = np.sort(np.concatenate([np.flatnonzero(y == c)[:k] for c in range(len(CLASSES))]))
+    src = AnimalMNISTSource(split=split, image_size=32)
+    return ArraySource(src.images[pos], f"animal_mnist(split={split}, {k}/class, 32px)")
+

@@ -1,0 +1,167 @@
+"""Statistics over seeds of the committed cell results.
+
+Per variant, metric and scored step: n, mean, sample std (n − 1), min, max and the 95% Student-t
+interval ``mean ± t(0.975, n − 1) · std / √n`` (none for n < 2). Against the baseline variant: the
+paired per-seed differences ``variant − baseline`` over the seeds both have, with the same interval
+and a flag when it contains 0 (no difference shown at 95%).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from vca_gen.sweep.cells import committed_state, read_json
+from vca_gen.sweep.plan import CellPlan
+from vca_gen.sweep.spec import Sweep
+from vca_gen.sweep.status import cell_status
+
+CONFIDENCE = 0.95
+
+
+def metric_names(metrics: Sequence[str]) -> list[str]:
+    out = ["fid"]
+    if "kid" in metrics:
+        out.append("kid")
+    if "pr" in metrics:
+        out += ["precision", "recall"]
+    return out
+
+
+def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """n, mean, std (ddof 1), min, max and the Student-t interval of the mean."""
+    from scipy import stats
+
+    v = [float(x) for x in values]
+    n = len(v)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None, "ci": None}
+    mean = sum(v) / n
+    std, ci = None, None
+    if n > 1:
+        std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+        ci = [mean - half, mean + half]
+    return {"n": n, "mean": mean, "std": std, "min": min(v), "max": max(v), "ci": ci}
+
+
+def load_results(plans: Sequence[CellPlan]) -> dict[str, dict[str, Any]]:
+    """Result records of the cells whose committed result matches their hashes, by cell key."""
+    return {p.key: read_json(p.result_file) or {} for p in plans if committed_state(p) == "done"}
+
+
+def aggregate(sweep: Sweep, plans: Sequence[CellPlan], ref_identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``results.json``'s content for the cells of ``plans`` (every variant × seed of the sweep)."""
+    records = load_results(plans)
+    names = metric_names(sweep.evaluate.metrics)
+    by_variant: dict[str, list[CellPlan]] = {}
+    for p in plans:
+        by_variant.setdefault(p.variant, []).append(p)
+
+    def values(variant: str, metric: str, step: int) -> dict[int, float]:
+        out = {}
+        for p in by_variant.get(variant, []):
+            rec = records.get(p.key) or {}
+            x = rec.get("metrics", {}).get(str(step), {}).get(metric)
+            if x is not None:
+                out[p.seed] = float(x)
+        return out
+
+    variants: dict[str, Any] = {}
+    for v, vplans in by_variant.items():
+        bname = sweep.baseline_of(v)
+        base_plans = by_variant.get(bname, [])
+        final = vplans[0].max_steps
+        entry: dict[str, Any] = {
+            "final_step": final,
+            "steps": vplans[0].steps,
+            "seeds_done": sorted(p.seed for p in vplans if p.key in records),
+            "metrics": {},
+            "paired": {},
+            "reference": sweep.references.get(v, {}),
+            "baseline": bname,
+        }
+        for m in names:
+            by_step = {}
+            for s in vplans[0].steps:
+                vals = values(v, m, s)
+                by_step[str(s)] = {**summarize(list(vals.values())), "values": {str(k): x for k, x in vals.items()}}
+            entry["metrics"][m] = {"final": by_step[str(final)], "by_step": by_step}
+            if v != bname and base_plans:
+                mine, base = values(v, m, final), values(bname, m, base_plans[0].max_steps)
+                common = sorted(set(mine) & set(base))
+                diffs = [mine[s] - base[s] for s in common]
+                d = summarize(diffs)
+                d["seeds"] = common
+                d["contains_zero"] = None if d["ci"] is None else bool(d["ci"][0] <= 0.0 <= d["ci"][1])
+                entry["paired"][m] = d
+        minutes = {
+            k: [records[p.key][k] for p in vplans if p.key in records and records[p.key].get(k) is not None]
+            for k in ("train_minutes", "sample_minutes", "score_minutes")
+        }
+        entry["minutes"] = {k: summarize(x) for k, x in minutes.items()}
+        entry["cells"] = {
+            p.key: {
+                "seed": p.seed,
+                "train_minutes": records[p.key].get("train_minutes"),
+                "sample_minutes": records[p.key].get("sample_minutes"),
+                "score_minutes": records[p.key].get("score_minutes"),
+                "device": records[p.key].get("device"),
+                "git_commit": records[p.key].get("git_commit"),
+            }
+            for p in vplans
+            if p.key in records
+        }
+        variants[v] = entry
+    incomplete = []
+    for p in plans:
+        if p.key not in records:
+            st = cell_status(p)
+            incomplete.append(
+                {"cell": p.key, "variant": p.variant, "seed": p.seed, "state": st["state"], "failure": st["failure"]}
+            )
+    ev = sweep.evaluate
+    return {
+        "format": "vca-gen-sweep-results",
+        "version": 1,
+        "sweep": sweep.name,
+        "file": str(sweep.path),
+        "baseline": sweep.baseline,
+        "baselines": sweep.baselines,
+        "seeds": sweep.seeds,
+        "metrics": names,
+        "confidence": CONFIDENCE,
+        "protocol": {
+            "checkpoints": ev.checkpoints,
+            "sampler": ev.sampler,
+            "steps": ev.steps,
+            "cfg_scale": ev.cfg_scale,
+            "guide_channels": ev.guide_channels,
+            "options": ev.options,
+            "num_samples": ev.num_samples,
+            "seed": ev.seed,
+            "ema": ev.ema,
+            "mode": ev.mode,
+            "reference": (
+                ev.reference.path
+                if not ev.reference.is_recipe
+                else {
+                    "source": ev.reference.source,
+                    "num_images": ev.reference.num_images,
+                    "mode": ev.reference.mode,
+                    "balanced": ev.reference.balanced,
+                }
+            ),
+            "reference_identity": ref_identity,
+            "protocol_hash": plans[0].protocol_hash if plans else None,
+        },
+        "reference_note": sweep.reference_note,
+        "variants": variants,
+        "incomplete": incomplete,
+        "cells_total": len(plans),
+        "cells_done": len(records),
+    }
+
+
+__all__ = ["aggregate", "summarize", "metric_names", "load_results", "CONFIDENCE"]

@@ -1,0 +1,381 @@
+"""One cell (variant × seed): train → sample (each scored checkpoint) → score, through the project's commands.
+
+Layout of a cell under ``output_dir/cells/<variant>__seed<k>/exp-<experiment hash[:12]>/``::
+
+    cell.json                  the plan (overrides, hashes, commands)
+    train/                     train.py's run directory (checkpoints/step_XXXXXXXX, logs, config.yaml)
+    train.json                 stage output: written when train.py exited 0
+    eval-<protocol hash[:12]>/step_XXXXXXXX/
+        samples/               sample.py --out (shards, sampling.json, samples.npz)
+        sample.json            stage output: sample.py's summary line
+        score.json             stage output: evaluate_fid.py --json-out
+    logs/<stage>.stdout|.stderr  every attempt appended, with a header line
+    stages.jsonl               one line per stage event (start, done, skipped, failed; seconds, exit code)
+    failure.json               the last failure (stage, exit code, last lines of stderr); removed on success
+
+A stage whose output JSON exists is skipped; an unfinished one is re-run with its command's own resume
+(training ``train.resume=auto``, sampling's shards). A changed experiment (or protocol) gets a new
+``exp-`` (or ``eval-``) folder, so nothing stale is reused. A finished cell writes
+``results_dir/cells/<variant>__seed<k>.json`` (see :func:`result_record`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vca_gen.utils.io import atomic_write_json
+
+RESULT_FORMAT, RESULT_VERSION = "vca-gen-sweep-cell", 1
+STDERR_TAIL = 40
+PORT_BASE = 29500
+# Testing hook: "CELL:STAGE[,CELL:STAGE]" (e.g. vca__seed1:score@4) replaces those stages' commands by one
+# that exits 9 with a message on stderr, so a failing cell can be made without a broken experiment.
+FAIL_STAGE_ENV = "VCA_GEN_SWEEP_FAIL_STAGE"
+
+
+def repo_root() -> Path:
+    """The checkout holding ``train.py`` / ``sample.py`` / ``evaluate_fid.py`` (the commands cells run)."""
+    return Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass
+class Stage:
+    name: str  # train | sample@STEP | score@STEP
+    kind: str
+    step: int | None
+    argv: list[str]
+    output: str  # the JSON whose existence means the stage is done
+
+
+def step_name(step: int) -> str:
+    return f"step_{int(step):08d}"
+
+
+def eval_dir(plan) -> Path:
+    return Path(plan.cell_dir) / f"eval-{plan.protocol_hash[:12]}"
+
+
+def _launcher(plan, script: str) -> list[str]:
+    path = str(Path(plan.repo) / script)
+    if plan.processes <= 1:
+        return [sys.executable, path]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(plan.processes),
+        "--main_process_port",
+        str(PORT_BASE + 1 + plan.index % 1000),
+        path,
+    ]
+
+
+def _option_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return "none" if v is None else str(v)
+
+
+def stages(plan) -> list[Stage]:
+    """The cell's stages with their exact commands, in order."""
+    cell, ev = Path(plan.cell_dir), plan.evaluate
+    out = [
+        Stage(
+            "train",
+            "train",
+            None,
+            _launcher(plan, "train.py") + ["--config", plan.base, *plan.overrides, *plan.managed],
+            str(cell / "train.json"),
+        )
+    ]
+    for s in plan.steps:
+        d = eval_dir(plan) / step_name(s)
+        argv = _launcher(plan, "sample.py") + [
+            "--ckpt",
+            str(cell / "train" / "checkpoints" / step_name(s)),
+            "--out",
+            str(d / "samples"),
+            "--num-samples",
+            str(ev["num_samples"]),
+            "--seed",
+            str(ev["seed"]),
+            "--batch-size",
+            str(ev["batch_size"]),
+            "--shard-size",
+            str(ev["shard_size"]),
+            "--cfg-scale",
+            str(ev["cfg_scale"]),
+            "--grid-classes",
+            "0",
+            "--no-progress",
+        ]
+        if ev["sampler"]:
+            argv += ["--sampler", str(ev["sampler"])]
+        if ev["steps"] is not None:
+            argv += ["--steps", str(ev["steps"])]
+        if ev["guide_channels"] is not None:
+            argv += ["--guide-channels", str(ev["guide_channels"])]
+        for k, v in ev["options"].items():
+            argv += ["--sampler-option", f"{k}={_option_text(v)}"]
+        if not ev["ema"]:
+            argv.append("--no-ema")
+        out.append(Stage(f"sample@{s}", "sample", s, argv, str(d / "sample.json")))
+        score = [
+            sys.executable,
+            str(Path(plan.repo) / "evaluate_fid.py"),
+            str(d / "samples" / "samples.npz"),
+            "--ref",
+            plan.reference_path,
+            "--json-out",
+            str(d / "score.json"),
+            "--no-progress",
+        ]
+        if ev["mode"]:
+            score += ["--mode", ev["mode"]]
+        if "kid" in ev["metrics"]:
+            score.append("--kid")
+        if "pr" in ev["metrics"]:
+            score.append("--pr")
+        out.append(Stage(f"score@{s}", "score", s, score, str(d / "score.json")))
+    return out
+
+
+# ----------------------------------------------------------------------------- events and records
+def _event(cell: Path, **fields) -> None:
+    fields = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
+    with open(cell / "stages.jsonl", "a") as f:
+        f.write(json.dumps(fields) + "\n")
+
+
+def read_events(cell_dir: Path | str) -> list[dict[str, Any]]:
+    p = Path(cell_dir) / "stages.jsonl"
+    if not p.is_file():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill
+            pass
+    return out
+
+
+def stage_minutes(events: list[dict[str, Any]], kind: str) -> float:
+    """Minutes spent in finished attempts (done or failed) of stages of ``kind``."""
+    return sum(e.get("seconds", 0.0) for e in events if e.get("kind") == kind and e["event"] in ("done", "failed")) / 60
+
+
+def read_json(path: Path | str) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def git_commit(repo: str) -> dict[str, Any]:
+    def git(*args):
+        r = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=30)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": None if dirty is None else bool(dirty)}
+
+
+def device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    except Exception:  # pragma: no cover - torch always imports here
+        pass
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def result_record(plan, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The committed result of a finished cell."""
+    metrics: dict[str, dict[str, Any]] = {}
+    for s in plan.steps:
+        score = read_json(eval_dir(plan) / step_name(s) / "score.json") or {}
+        metrics[str(s)] = {
+            k: score.get(k)
+            for k in ("fid", "kid", "kid_std", "precision", "recall", "sfid", "n", "n_ref", "mode")
+            if k in score
+        }
+    g = git_commit(plan.repo)
+    return {
+        "format": RESULT_FORMAT,
+        "version": RESULT_VERSION,
+        "sweep": plan.sweep,
+        "variant": plan.variant,
+        "seed": plan.seed,
+        "base": Path(plan.base).name,
+        "overrides": plan.overrides,
+        "experiment_hash": plan.experiment_hash,
+        "protocol_hash": plan.protocol_hash,
+        "max_steps": plan.max_steps,
+        "steps": plan.steps,
+        "metrics": metrics,
+        "train_minutes": round(stage_minutes(events, "train"), 3),
+        "sample_minutes": round(stage_minutes(events, "sample"), 3),
+        "score_minutes": round(stage_minutes(events, "score"), 3),
+        "processes": plan.processes,
+        "git_commit": g["commit"],
+        "git_dirty": g["dirty"],
+        "host": socket.gethostname(),
+        "device": device_name(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def committed_state(plan) -> str | None:
+    """None (no result file), "done", or why a result file does not match this cell."""
+    rec = read_json(plan.result_file)
+    if rec is None:
+        return None
+    why = [
+        what
+        for what, key in (("experiment", "experiment_hash"), ("protocol", "protocol_hash"))
+        if rec.get(key) != getattr(plan, key)
+    ]
+    return "done" if not why else f"stale committed result ({' and '.join(why)} changed; --rerun recomputes)"
+
+
+# ----------------------------------------------------------------------------- running
+def _tail(path: Path, offset: int, n: int = STDERR_TAIL) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def run_stage(plan, stage: Stage, env: dict[str, str] | None = None) -> int:
+    """Run one stage's command, logs appended; writes the stage's output JSON or ``failure.json``."""
+    cell = Path(plan.cell_dir)
+    logs = cell / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    tag = stage.name.replace("@", "_")
+    out_log, err_log = logs / f"{tag}.stdout", logs / f"{tag}.stderr"
+    out0, err0 = _size(out_log), _size(err_log)
+    header = f"===== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(stage.argv)}\n"
+    argv = stage.argv
+    if f"{plan.key}:{stage.name}" in os.environ.get(FAIL_STAGE_ENV, "").split(","):
+        argv = [
+            sys.executable,
+            "-c",
+            f"import sys; sys.stderr.write('forced failure ({FAIL_STAGE_ENV})\\n'); sys.exit(9)",
+        ]
+    _event(cell, stage=stage.name, kind=stage.kind, event="start")
+    t0 = time.perf_counter()
+    with open(out_log, "a") as fo, open(err_log, "a") as fe:
+        fo.write(header)
+        fe.write(header)
+        fo.flush()
+        fe.flush()
+        rc = subprocess.run(argv, stdout=fo, stderr=fe, env=env, stdin=subprocess.DEVNULL).returncode
+    secs = time.perf_counter() - t0
+    if rc != 0:
+        _event(cell, stage=stage.name, kind=stage.kind, event="failed", rc=rc, seconds=secs)
+        atomic_write_json(
+            cell / "failure.json",
+            {
+                "variant": plan.variant,
+                "seed": plan.seed,
+                "stage": stage.name,
+                "exit_code": rc,
+                "command": stage.argv,
+                "stderr_tail": _tail(err_log, err0),
+                "stderr_log": str(err_log),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+        return rc
+    if stage.kind == "train":
+        info = {"command": stage.argv, "seconds": secs}
+    elif stage.kind == "sample":
+        lines = [ln for ln in _tail(out_log, out0, 5) if ln.startswith("{")]
+        info = json.loads(lines[-1]) if lines else {}
+        info["command"] = stage.argv
+    else:
+        info = None  # evaluate_fid.py wrote its --json-out itself
+    if info is not None:
+        atomic_write_json(stage.output, info)
+    _event(cell, stage=stage.name, kind=stage.kind, event="done", rc=0, seconds=secs)
+    return 0
+
+
+def run_cell(plan, rerun: bool = False) -> dict[str, Any]:
+    """Run (or finish) one cell; returns ``{"cell", "status": done|failed|stale, ...}``. Never raises for a
+    failing stage: it is recorded in ``failure.json`` and reported."""
+    key = plan.key
+    state = committed_state(plan)
+    if state == "done":
+        return {"cell": key, "status": "done", "committed": True}
+    if state is not None and not rerun:
+        return {"cell": key, "status": "stale", "detail": state}
+    cell = Path(plan.cell_dir)
+    cell.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cell / "cell.json", {**asdict(plan), "stages": [asdict(s) for s in stages(plan)]})
+    if not Path(plan.reference_path).is_file():
+        atomic_write_json(
+            cell / "failure.json",
+            {
+                "variant": plan.variant,
+                "seed": plan.seed,
+                "stage": "reference",
+                "exit_code": None,
+                "stderr_tail": [f"reference {plan.reference_path} is missing"],
+            },
+        )
+        return {"cell": key, "status": "failed", "stage": "reference"}
+    for stage in stages(plan):
+        if Path(stage.output).is_file():
+            _event(cell, stage=stage.name, kind=stage.kind, event="skipped")
+            continue
+        print(f"[sweep] {key}: {stage.name}", flush=True)
+        rc = run_stage(plan, stage)
+        if rc != 0:
+            print(f"[sweep] {key}: {stage.name} failed (exit {rc}); see {cell / 'failure.json'}", flush=True)
+            return {"cell": key, "status": "failed", "stage": stage.name, "exit_code": rc}
+    record = result_record(plan, read_events(cell))
+    Path(plan.result_file).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan.result_file, record)
+    (cell / "failure.json").unlink(missing_ok=True)
+    final = record["metrics"].get(str(plan.max_steps), {}).get("fid")
+    print(f"[sweep] {key}: done (FID {final})", flush=True)
+    return {"cell": key, "status": "done", "committed": False}
+
+
+__all__ = [
+    "Stage",
+    "stages",
+    "run_cell",
+    "run_stage",
+    "committed_state",
+    "result_record",
+    "read_events",
+    "read_json",
+    "repo_root",
+    "eval_dir",
+    "step_name",
+]

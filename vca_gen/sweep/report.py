@@ -1,0 +1,213 @@
+"""``results_dir/results.json``, ``report.md`` and the PNGs (metric vs step, final metric with intervals)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vca_gen.utils.io import atomic_open, atomic_write_json, atomic_write_text
+
+LABELS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall"}
+
+
+def _f(x: float | None, spec: str = ".2f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _spec(metric: str) -> str:
+    return ".4f" if metric in ("kid", "precision", "recall") else ".2f"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def plot_curves(res: dict[str, Any], metric: str, path: Path) -> Path | None:
+    """Metric vs training step per variant: the mean over seeds and a min–max band."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    drawn = False
+    for v, e in res["variants"].items():
+        pts = [(int(s), d) for s, d in e["metrics"][metric]["by_step"].items() if d["n"]]
+        if not pts:
+            continue
+        pts.sort()
+        xs = [s for s, _ in pts]
+        ax.plot(xs, [d["mean"] for _, d in pts], marker="o", label=f"{v} (n={max(d['n'] for _, d in pts)})")
+        ax.fill_between(xs, [d["min"] for _, d in pts], [d["max"] for _, d in pts], alpha=0.2)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="training step", ylabel=LABELS[metric], title=f"{LABELS[metric]} vs step (mean, min–max band)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_bars(res: dict[str, Any], metric: str, path: Path) -> Path | None:
+    """Final-checkpoint metric per variant: mean with its 95% interval; reference numbers as markers."""
+    plt = _plt()
+    names = [v for v, e in res["variants"].items() if e["metrics"][metric]["final"]["n"]]
+    if not names:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.8))
+    means = [res["variants"][v]["metrics"][metric]["final"]["mean"] for v in names]
+    lo, hi = [], []
+    for v, m in zip(names, means):
+        ci = res["variants"][v]["metrics"][metric]["final"]["ci"]
+        lo.append(m - ci[0] if ci else 0.0)
+        hi.append(ci[1] - m if ci else 0.0)
+    ax.bar(range(len(names)), means, yerr=[lo, hi], capsize=4, color="tab:blue", alpha=0.75, label="measured (95% CI)")
+    refs = [(i, res["variants"][v]["reference"].get(metric)) for i, v in enumerate(names)]
+    refs = [(i, r) for i, r in refs if r is not None]
+    if refs:
+        ax.scatter([i for i, _ in refs], [r for _, r in refs], marker="D", color="tab:red", zorder=3, label="reference")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set(ylabel=LABELS[metric], title=f"{LABELS[metric]} at the final checkpoint")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _protocol_lines(res: dict[str, Any]) -> list[str]:
+    p = res["protocol"]
+    ref = p["reference"]
+    ref_txt = (
+        f"`{ref}`"
+        if isinstance(ref, str)
+        else f"{ref['num_images']} {'class-balanced ' if ref['balanced'] else ''}images of `{ref['source']}` "
+        f"({ref['mode']} mode), computed once for the sweep"
+    )
+    sampler = p["sampler"] or "the objective's FID protocol (DiT: DDPM 250, SiT: SDE 250)"
+    return [
+        f"- checkpoints scored: {', '.join(str(c) for c in p['checkpoints'])} ({'EMA' if p['ema'] else 'live'} "
+        f"weights)",
+        f"- sampler: {sampler}; steps: {p['steps'] or 'default'}; guidance scale {p['cfg_scale']}"
+        + (f"; options {p['options']}" if p["options"] else ""),
+        f"- {p['num_samples']} samples per checkpoint (sample i: label i mod classes, seed {p['seed']} + i)",
+        f"- reference: {ref_txt}; feature mode {p['mode'] or 'the reference’s'}",
+        f"- metrics: {', '.join(res['metrics'])}; protocol hash `{(p['protocol_hash'] or '')[:12]}`",
+    ]
+
+
+def write_report(res: dict[str, Any], results_dir: Path) -> Path:
+    """``results.json``, the PNGs and ``report.md`` in ``results_dir``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(results_dir / "results.json", res, indent=2)
+    pngs = []
+    for m in res["metrics"]:
+        for fn, name in ((plot_bars, f"{m}_final.png"), (plot_curves, f"{m}_vs_step.png")):
+            p = fn(res, m, results_dir / name)
+            if p is not None:
+                pngs.append(p.name)
+    seeds = res["seeds"]
+    ns = sorted({e["metrics"]["fid"]["final"]["n"] for e in res["variants"].values()})
+    n_txt = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
+    lines = [
+        f"# Sweep `{res['sweep']}`",
+        "",
+        f"Sweep file `{res['file']}`; {res['cells_done']} of {res['cells_total']} cells done; "
+        f"{n_txt} seed(s) per variant (planned: {len(seeds)}, seeds {', '.join(map(str, seeds))}). "
+        f"Intervals are {int(res['confidence'] * 100)}% Student-t intervals over seeds (n − 1 degrees of freedom; "
+        f"none for n = 1); Δ is the paired per-seed difference to the baseline `{res['baseline']}` "
+        f"(negative = lower {LABELS['fid']})"
+        + (", or to the variant's own baseline where the table names one" if res.get("baselines") else "")
+        + ".",
+        "",
+        "## Protocol",
+        "",
+        *_protocol_lines(res),
+        "",
+    ]
+    if any(e["final_step"] != next(iter(res["variants"].values()))["final_step"] for e in res["variants"].values()):
+        lines += ["Note: the variants train for different numbers of steps.", ""]
+    for m in res["metrics"]:
+        sp = _spec(m)
+        lines += [
+            f"## {LABELS[m]} at the final checkpoint",
+            "",
+            "| variant | reference | mean ± std | 95% CI | n | Δ vs baseline | 95% CI of Δ | note |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for v, e in res["variants"].items():
+            f = e["metrics"][m]["final"]
+            d = e["paired"].get(m)
+            ci = f"[{_f(f['ci'][0], sp)}, {_f(f['ci'][1], sp)}]" if f["ci"] else "–"
+            mean = f"{_f(f['mean'], sp)} ± {_f(f['std'], sp)}" if f["std"] is not None else _f(f["mean"], sp)
+            if v == e["baseline"]:
+                dtxt, dci, note = "(baseline)", "", ""
+            elif d and d["n"]:
+                dtxt = f"{_f(d['mean'], sp)} (vs {e['baseline']})"
+                dci = f"[{_f(d['ci'][0], sp)}, {_f(d['ci'][1], sp)}]" if d["ci"] else "–"
+                note = (
+                    "interval contains 0: no difference shown"
+                    if d["contains_zero"]
+                    else "interval excludes 0"
+                    if d["contains_zero"] is False
+                    else f"n = {d['n']}: no interval"
+                )
+            else:
+                dtxt, dci, note = "–", "–", "no common seeds"
+            ref = e["reference"].get(m)
+            lines.append(f"| {v} | {_f(ref, sp)} | {mean} | {ci} | {f['n']} | {dtxt} | {dci} | {note} |")
+        lines.append("")
+    lines += [
+        "## FID by checkpoint (mean over seeds)",
+        "",
+        "| variant | " + " | ".join(f"step {s}" for s in next(iter(res["variants"].values()))["steps"]) + " |",
+        "| --- |" + " ---: |" * len(next(iter(res["variants"].values()))["steps"]),
+    ]
+    for v, e in res["variants"].items():
+        cells = [
+            f"{_f(d['mean'])} (n={d['n']})"
+            for _, d in sorted(e["metrics"]["fid"]["by_step"].items(), key=lambda kv: int(kv[0]))
+        ]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Time per cell (minutes, mean over done cells)",
+        "",
+        "| variant | training | sampling | scoring | device |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for v, e in res["variants"].items():
+        mins = e["minutes"]
+        devices = sorted({c["device"] for c in e["cells"].values() if c.get("device")})
+        lines.append(
+            f"| {v} | {_f(mins['train_minutes']['mean'], '.1f')} | {_f(mins['sample_minutes']['mean'], '.1f')}"
+            f" | {_f(mins['score_minutes']['mean'], '.1f')} | {', '.join(devices) or '–'} |"
+        )
+    lines.append("")
+    if res["incomplete"]:
+        lines += [f"## Incomplete cells ({len(res['incomplete'])})", "", "Not in the statistics above:", ""]
+        for c in res["incomplete"]:
+            fail = c.get("failure")
+            why = (
+                f" — {fail.get('stage')} exited {fail.get('exit_code')}: `{(fail.get('stderr_tail') or [''])[-1]}`"
+                if fail
+                else ""
+            )
+            lines.append(f"- `{c['cell']}`: {c['state']}{why}")
+        lines.append("")
+    if res.get("reference_note"):
+        lines += ["## About the reference numbers", "", res["reference_note"].strip(), ""]
+    lines += [f"![{p}]({p})" for p in pngs]
+    path = results_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+__all__ = ["write_report", "plot_curves", "plot_bars"]

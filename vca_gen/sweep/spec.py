@@ -1,0 +1,480 @@
+"""The sweep file (YAML): load it (duplicate keys refused) and validate everything before a cell runs.
+
+Keys (``*`` required)::
+
+    name: toy_flow                # default: the file's stem; names output_dir / results_dir defaults
+    base*: demo.yaml              # experiment YAML: relative to this file, else to the packaged configs/
+    overrides: {train.max_steps: 1500}           # dotted experiment overrides applied to every cell
+    variants*:                    # name -> dotted overrides (nested mappings are flattened)
+      mhsa: {model.attention: mhsa}
+      vca-stage1: {model.attention: vca, model.attention_options.stages: stage1}
+      sit_s2-vca: {base: sit_s2_vca.yaml}        # optional per-variant experiment file
+    baseline*: mhsa               # a variant: paired differences are taken against it
+    baselines: {sit_s2-vca: sit_s2-mhsa}         # optional per-variant baselines (default: baseline)
+    seeds*: [0, 1, 2]             # one cell per variant x seed
+    seed_keys: [train.seed, data.seed]           # experiment keys set to the cell's seed
+    evaluate*:                    # one protocol for every cell
+      checkpoints: [750, final]   # training steps to score (multiples of train.ckpt_every) and/or final
+      sampler: euler              # null: the objective's FID protocol (DiT DDPM 250, SiT SDE 250)
+      steps: "10"                 # sampler steps / respacing (sample.py --steps); null: the sampler's default
+      cfg_scale: 1.0              # 1 = no guidance
+      guide_channels: null        # sample.py --guide-channels
+      options: {}                 # sampler options (sample.py --sampler-option KEY=VALUE)
+      num_samples*: 1000          # a multiple of model.num_classes
+      batch_size: 125             # sample.py --batch-size (per process)
+      shard_size: 250             # sample.py --shard-size (the unit of its resume)
+      seed: 0                     # sample i uses seed + i, the same in every cell
+      ema: true                   # EMA weights (false: sample.py --no-ema)
+      reference*: PATH.npz        # statistics file (evaluate_fid.py --make-ref, or an ADM batch), or a recipe:
+      #   {source: "dataset:animal_mnist:a", num_images: 1000, mode: clean, balanced: true}
+      mode: null                  # feature mode; null: the reference's (a recipe's mode)
+      metrics: [fid]              # fid plus optional kid, pr
+    execution:
+      backend: local              # local | submitit
+      processes: 1                # per cell: 1 = python train.py, P > 1 = accelerate launch --num_processes P
+      parallel: 1                 # cells at a time on this machine (local backend, submitit_cluster local)
+      submitit_cluster: auto      # local (submitit's LocalExecutor) | slurm | auto (slurm when available)
+      slurm: {partition: null, gpus_per_node: 0, cpus_per_task: 8, timeout_min: 4320, mem_gb: null,
+              array_parallelism: 64, additional_parameters: {}}
+    references: {mhsa: {fid: 67.2}}   # numbers shown beside the measured ones (a bare number = fid)
+    reference_note: "..."             # free text printed with them
+    output_dir: runs/sweeps/<name>    # run directories (big, git-ignored); relative to the current directory
+    results_dir: docs/results/<name>  # small result files meant to be committed
+
+Validation (:func:`vca_gen.sweep.plan.validate`) raises :class:`SweepError` (a ``UserError``: ``sweep.py: error: ...``,
+exit 2) and creates nothing: unknown keys; duplicate keys anywhere; bad variant names; no or
+duplicate seeds; a baseline that is not a variant; every cell's experiment composed with
+``load_config`` (an override key no experiment has names the variant); checkpoints that will not
+exist; the evaluation settings checked by the objective's own ``check_sample_args``; the reference
+(mode, resolution against ``data.image_size``, stored features for KID / PR).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vca_gen.errors import UserError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+METRICS = ("fid", "kid", "pr")
+BACKENDS = ("local", "submitit")
+CLUSTERS = ("local", "slurm", "auto")
+TOP_KEYS = (
+    "name",
+    "base",
+    "overrides",
+    "variants",
+    "baseline",
+    "baselines",
+    "seeds",
+    "seed_keys",
+    "evaluate",
+    "execution",
+    "references",
+    "reference_note",
+    "output_dir",
+    "results_dir",
+)
+EVAL_KEYS = (
+    "checkpoints",
+    "sampler",
+    "steps",
+    "cfg_scale",
+    "guide_channels",
+    "options",
+    "num_samples",
+    "batch_size",
+    "shard_size",
+    "seed",
+    "ema",
+    "reference",
+    "mode",
+    "metrics",
+)
+RECIPE_KEYS = ("source", "num_images", "mode", "balanced")
+EXEC_KEYS = ("backend", "processes", "parallel", "submitit_cluster", "slurm")
+SLURM_KEYS = (
+    "partition",
+    "gpus_per_node",
+    "cpus_per_task",
+    "timeout_min",
+    "mem_gb",
+    "array_parallelism",
+    "additional_parameters",
+)
+DEFAULT_SEED_KEYS = ("train.seed", "data.seed")
+
+
+class SweepError(UserError, ValueError):
+    """The sweep file (or a command-line choice) is invalid; the message names the key and what is accepted."""
+
+
+# ----------------------------------------------------------------------------- YAML with duplicate detection
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (safe_load keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise SweepError(
+                    f"{self.name}: key {key!r} appears twice (lines {seen[key]} and {line}); "
+                    f"YAML would silently keep only the last one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_unique(path: Path) -> Any:
+    if not path.is_file():
+        raise SweepError(f"sweep file {path} does not exist")
+    try:
+        text = path.read_text()
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        raise SweepError(f"{path}: not valid YAML: {e}") from None
+
+
+# ----------------------------------------------------------------------------- the sweep, parsed
+@dataclass
+class Reference:
+    path: str | None = None  # a statistics file
+    source: str | None = None  # or a recipe
+    num_images: int = 0
+    mode: str = "clean"
+    balanced: bool = True
+
+    @property
+    def is_recipe(self) -> bool:
+        return self.path is None
+
+    def identity(self) -> dict[str, Any]:
+        if self.is_recipe:
+            return {"source": self.source, "num_images": self.num_images, "mode": self.mode, "balanced": self.balanced}
+        from vca_gen.utils.io import sha256_file
+
+        return {"sha256": sha256_file(str(self.path))} if Path(str(self.path)).is_file() else {"path": self.path}
+
+
+@dataclass
+class Evaluate:
+    checkpoints: list[Any]
+    num_samples: int
+    reference: Reference
+    sampler: str | None = None
+    steps: str | None = None
+    cfg_scale: float = 1.0
+    guide_channels: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+    shard_size: int = 256
+    seed: int = 0
+    ema: bool = True
+    mode: str | None = None
+    metrics: list[str] = field(default_factory=lambda: ["fid"])
+
+
+@dataclass
+class Execution:
+    backend: str = "local"
+    processes: int = 1
+    parallel: int = 1
+    submitit_cluster: str = "auto"
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Variant:
+    name: str
+    base: Path
+    overrides: dict[str, Any]
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    base: Path
+    overrides: dict[str, Any]
+    variants: dict[str, Variant]
+    baseline: str
+    seeds: list[int]
+    seed_keys: list[str]
+    evaluate: Evaluate
+    execution: Execution
+    references: dict[str, dict[str, float]]
+    reference_note: str
+    output_dir: Path
+    results_dir: Path
+    baselines: dict[str, str] = field(default_factory=dict)
+
+    def baseline_of(self, variant: str) -> str:
+        return self.baselines.get(variant, self.baseline)
+
+    def cell_overrides(self, variant: str, seed: int) -> list[str]:
+        """The cell's experiment overrides (``key=value``): sweep-wide, the variant's, then the seed keys."""
+        flat = dict(self.overrides)
+        flat.update(self.variants[variant].overrides)
+        flat.update({k: seed for k in self.seed_keys})
+        return [format_override(k, v) for k, v in flat.items()]
+
+
+def _mapping(value: Any, where: str, keys: Sequence[str] | None = None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SweepError(f"{where} must be a mapping, got {type(value).__name__} {value!r}")
+    if keys is not None:
+        bad = [k for k in value if k not in keys]
+        if bad:
+            raise SweepError(f"{where}: unknown key(s) {bad}; accepted: {', '.join(keys)}")
+    return value
+
+
+def flatten(value: dict[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → ``{dotted key: leaf}``; a key reached twice is an error."""
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        leaves = flatten(v, where, key) if isinstance(v, dict) and v else {key: v}
+        for lk, lv in leaves.items():
+            if lk in out:
+                raise SweepError(f"{where}: {lk!r} is given twice")
+            out[lk] = lv
+    return out
+
+
+def format_override(key: str, value: Any) -> str:
+    """``key=value`` whose value parses back (YAML, as ``load_config``'s overrides) to ``value``."""
+    if isinstance(value, str):
+        try:
+            plain = yaml.safe_load(value) == value and "," not in value and value.strip() == value
+        except yaml.YAMLError:
+            plain = False
+        return f"{key}={value}" if plain and value else f"{key}={json.dumps(value)}"
+    if value is None or isinstance(value, (bool, int, float, list, dict)):
+        return f"{key}={json.dumps(value)}"
+    raise SweepError(f"override {key}: value {value!r} of type {type(value).__name__} is not a YAML scalar/list/map")
+
+
+def find_base(value: Any, sweep_path: Path, where: str) -> Path:
+    """An experiment path: absolute, relative to the sweep file, else to the packaged configs."""
+    from vca_gen.utils.assets import packaged_config
+
+    if not isinstance(value, str) or not value:
+        raise SweepError(f"{where} must be the path of an experiment YAML, got {value!r}")
+    p = Path(value)
+    candidates = [p] if p.is_absolute() else [sweep_path.parent / p]
+    if not p.is_absolute():
+        try:
+            candidates.append(packaged_config(value))
+        except FileNotFoundError:
+            pass
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise SweepError(
+        f"{where}={value!r}: no such experiment file (looked in {', '.join(str(c) for c in candidates)} "
+        f"and the packaged configs/)"
+    )
+
+
+def _int(value: Any, where: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SweepError(f"{where}={value!r} is not valid; accepted: an integer >= {minimum}")
+    return value
+
+
+def _parse_reference(value: Any) -> Reference:
+    if isinstance(value, str) and value:
+        return Reference(path=value)
+    r = _mapping(value, "evaluate.reference", RECIPE_KEYS)
+    if not r:
+        raise SweepError(
+            "evaluate.reference is required: a statistics .npz path, or a recipe "
+            "{source: dataset:animal_mnist:a, num_images: 1000, mode: clean}"
+        )
+    from vca_gen.metrics.inception import MODES
+
+    if not isinstance(r.get("source"), str):
+        raise SweepError(
+            f"evaluate.reference.source={r.get('source')!r}: accepted: an image source "
+            f"(dataset:animal_mnist:SPLIT, an image folder, an .npz with arr_0)"
+        )
+    mode = r.get("mode", "clean")
+    if mode not in MODES:
+        raise SweepError(f"evaluate.reference.mode={mode!r} is not valid; accepted: {', '.join(MODES)}")
+    ref = Reference(
+        source=r["source"],
+        num_images=_int(r.get("num_images"), "evaluate.reference.num_images", 2),
+        mode=mode,
+        balanced=bool(r.get("balanced", True)),
+    )
+    if ref.balanced and str(ref.source).startswith("dataset:animal_mnist"):
+        if ref.num_images % 10:
+            raise SweepError(
+                f"evaluate.reference.num_images={ref.num_images}: a class-balanced Animal-MNIST subset "
+                f"needs a multiple of 10 (the classes)"
+            )
+    return ref
+
+
+def _parse_evaluate(value: Any) -> Evaluate:
+    e = _mapping(value, "evaluate", EVAL_KEYS)
+    if not e:
+        raise SweepError("evaluate is required (checkpoints, num_samples, reference, ...)")
+    ckpts = e.get("checkpoints", ["final"])
+    ckpts = ckpts if isinstance(ckpts, list) else [ckpts]
+    if not ckpts or any(
+        not (c == "final" or (isinstance(c, int) and not isinstance(c, bool) and c > 0)) for c in ckpts
+    ):
+        raise SweepError(
+            f"evaluate.checkpoints={ckpts!r} is not valid; accepted: a list of positive training steps and/or final"
+        )
+    metrics = e.get("metrics", ["fid"])
+    if (
+        not isinstance(metrics, list)
+        or "fid" not in metrics
+        or any(m not in METRICS for m in metrics)
+        or len(set(metrics)) != len(metrics)
+    ):
+        raise SweepError(f"evaluate.metrics={metrics!r} is not valid; accepted: fid plus optional kid, pr")
+    steps = e.get("steps")
+    ev = Evaluate(
+        checkpoints=ckpts,
+        num_samples=_int(e.get("num_samples"), "evaluate.num_samples", 1),
+        reference=_parse_reference(e.get("reference")),
+        sampler=e.get("sampler"),
+        steps=None if steps is None else str(steps),
+        cfg_scale=float(e.get("cfg_scale", 1.0)),
+        guide_channels=e.get("guide_channels"),
+        options=dict(_mapping(e.get("options"), "evaluate.options")),
+        batch_size=_int(e.get("batch_size", 32), "evaluate.batch_size", 1),
+        shard_size=_int(e.get("shard_size", 256), "evaluate.shard_size", 1),
+        seed=_int(e.get("seed", 0), "evaluate.seed"),
+        ema=bool(e.get("ema", True)),
+        mode=e.get("mode"),
+        metrics=list(metrics),
+    )
+    return ev
+
+
+def _parse_execution(value: Any) -> Execution:
+    x = _mapping(value, "execution", EXEC_KEYS)
+    ex = Execution(
+        backend=x.get("backend", "local"),
+        processes=_int(x.get("processes", 1), "execution.processes", 1),
+        parallel=_int(x.get("parallel", 1), "execution.parallel", 1),
+        submitit_cluster=x.get("submitit_cluster", "auto"),
+        slurm=dict(_mapping(x.get("slurm"), "execution.slurm", SLURM_KEYS)),
+    )
+    if ex.backend not in BACKENDS:
+        raise SweepError(f"execution.backend={ex.backend!r} is not valid; accepted: {', '.join(BACKENDS)}")
+    if ex.submitit_cluster not in CLUSTERS:
+        raise SweepError(
+            f"execution.submitit_cluster={ex.submitit_cluster!r} is not valid; accepted: {', '.join(CLUSTERS)}"
+        )
+    return ex
+
+
+def _parse_references(value: Any) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, v in _mapping(value, "references").items():
+        v = {"fid": v} if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        v = _mapping(v, f"references.{name}", METRICS[:1] + ("kid", "precision", "recall"))
+        out[str(name)] = {k: float(x) for k, x in v.items()}
+    return out
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse (not yet validate against the experiments) the sweep file at ``path``."""
+    path = Path(path)
+    data = read_yaml_unique(path)
+    data = _mapping(data, f"{path}: the sweep file", TOP_KEYS)
+    for key in ("base", "variants", "baseline", "seeds", "evaluate"):
+        if data.get(key) in (None, "", [], {}):
+            raise SweepError(f"{path}: {key} is required" + (" (a non-empty list)" if key == "seeds" else ""))
+    name = str(data.get("name") or path.stem)
+    if not NAME_RE.match(name):
+        raise SweepError(f"name={name!r} is not valid; accepted: letters, digits, '.', '_', '-'")
+    base = find_base(data["base"], path, "base")
+    variants: dict[str, Variant] = {}
+    for vname, vover in _mapping(data["variants"], "variants").items():
+        vname = str(vname)
+        if not NAME_RE.match(vname) or "__" in vname:
+            raise SweepError(
+                f"variant name {vname!r} is not valid; accepted: letters, digits, '.', '_', '-' "
+                f"(no '__', which separates variant and seed in file names)"
+            )
+        vover = dict(_mapping(vover, f"variants.{vname}"))
+        vbase = find_base(vover.pop("base"), path, f"variants.{vname}.base") if "base" in vover else base
+        variants[vname] = Variant(vname, vbase, flatten(vover, f"variants.{vname}"))
+    baseline = str(data["baseline"])
+    if baseline not in variants:
+        raise SweepError(f"baseline={baseline!r} is not a variant; accepted: {', '.join(variants)}")
+    baselines = {str(k): str(b) for k, b in _mapping(data.get("baselines"), "baselines").items()}
+    bad_b = sorted({x for kv in baselines.items() for x in kv if x not in variants})
+    if bad_b:
+        raise SweepError(f"baselines: {bad_b} are not variants; accepted: {', '.join(variants)}")
+    seeds = data["seeds"] if isinstance(data["seeds"], list) else [data["seeds"]]
+    for s in seeds:
+        _int(s, "seeds[]")
+    dups = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dups:
+        raise SweepError(f"seeds={seeds}: seed(s) {dups} appear more than once; each seed is one cell per variant")
+    seed_keys = data.get("seed_keys", list(DEFAULT_SEED_KEYS))
+    if not isinstance(seed_keys, list) or not seed_keys or not all(isinstance(k, str) and k for k in seed_keys):
+        raise SweepError(
+            f"seed_keys={seed_keys!r} is not valid; accepted: a list of dotted experiment keys, "
+            f"e.g. [train.seed, data.seed]"
+        )
+    references = _parse_references(data.get("references"))
+    unknown = sorted(set(references) - set(variants))
+    if unknown:
+        raise SweepError(f"references: {unknown} are not variants; accepted: {', '.join(variants)}")
+    return Sweep(
+        path=path,
+        name=name,
+        base=base,
+        overrides=flatten(_mapping(data.get("overrides"), "overrides"), "overrides"),
+        variants=variants,
+        baseline=baseline,
+        seeds=list(seeds),
+        seed_keys=list(seed_keys),
+        evaluate=_parse_evaluate(data["evaluate"]),
+        execution=_parse_execution(data.get("execution")),
+        references=references,
+        reference_note=str(data.get("reference_note") or ""),
+        output_dir=Path(data.get("output_dir") or f"runs/sweeps/{name}").absolute(),
+        results_dir=Path(data.get("results_dir") or f"docs/results/{name}").absolute(),
+        baselines=baselines,
+    )
+
+
+__all__ = [
+    "SweepError",
+    "Sweep",
+    "Evaluate",
+    "Execution",
+    "Reference",
+    "Variant",
+    "load_sweep",
+    "format_override",
+    "flatten",
+    "find_base",
+    "read_yaml_unique",
+]
