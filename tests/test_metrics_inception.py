@@ -43,23 +43,56 @@ def test_tf1_resize_matches_independent_formulations():
     assert tf1_resize_bilinear(v.expand(1, 1, 2, 2), size=4)[0, 0, 0].tolist() == [10.0, 20.0, 30.0, 30.0]
 
 
-def test_per_layer_forward_equals_the_scripted_stack_and_spatial_is_mixed_6_conv(fx, animal_mnist_dir):
+@pytest.fixture(scope="module")
+def fx_script(inception_weights):
+    """The TorchScript layer stack as loaded (no fast network)."""
+    return InceptionFeatureExtractor(mode="clean", device="cpu", weights=inception_weights, fast=False)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "torchscript"])
+def test_per_layer_forward_equals_the_scripted_stack_and_spatial_is_mixed_6_conv(fx, fx_script, fast,
+                                                                                 animal_mnist_dir):
+    ext = fx if fast else fx_script
     imgs = _animal(animal_mnist_dir, 3)
-    x = fx.preprocess(imgs)                                  # (3, 3, 299, 299) in [0, 255]
-    fb = fx(imgs)
+    x = ext.preprocess(imgs)                                 # (3, 3, 299, 299) in [0, 255]
+    fb = ext(imgs)
     assert fb.pool.shape == (3, 2048) and fb.spatial.shape == (3, 17 * 17 * 7)
+    assert (ext.fast_network() is not None) == fast          # the fast network passed its load-time check
     with torch.inference_mode():
         h = (x - 128) / 128
-        whole = fx.layers(h).reshape(3, 2048)                # the TorchScript Sequential in one call
-        for name, layer in fx.layers.named_children():
+        whole = ext.layers(h).reshape(3, 2048)               # the TorchScript Sequential in one call
+        for name, layer in ext.layers.named_children():
             if name == "mixed_6":
                 conv = layer.conv(h)                         # mixed_6/conv: (3, 192, 17, 17), after ReLU
                 break
             h = layer(h)
-    assert np.allclose(fb.pool, whole.numpy(), atol=1e-4)
     want_s = conv[:, :7].permute(0, 2, 3, 1).reshape(3, -1).numpy()  # TF's NHWC flatten order
     assert conv.shape == (3, 192, 17, 17) and (want_s >= 0).all()
-    assert np.allclose(fb.spatial, want_s, atol=1e-5)
+    # the TorchScript path runs these very ops (1e-5); the fast one folds BN into the convs and fuses
+    # conv+ReLU: float32 round-off only (measured max |diff| ~3e-5 on values up to ~6)
+    atol = 1e-4 if fast else 1e-5
+    assert np.allclose(fb.pool, whole.numpy(), atol=1e-4)
+    assert np.allclose(fb.spatial, want_s, atol=atol)
+
+
+def test_fast_network_equals_torchscript_in_both_modes(fx, fx_script, animal_mnist_dir):
+    gray = _animal(animal_mnist_dir, 4, offset=5)
+    rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)   # distinct channels
+    for mode in ("clean", "legacy_tensorflow"):
+        a, b = fx(rgb, mode=mode), fx_script(rgb, mode=mode)
+        assert np.abs(a.pool - b.pool).max() <= 1e-4 * np.abs(b.pool).max()           # float32 round-off
+        assert np.abs(a.spatial - b.spatial).max() <= 1e-4 * np.abs(b.spatial).max()
+
+
+def test_fast_network_falls_back_to_torchscript_when_its_check_fails(inception_weights, animal_mnist_dir):
+    ext = InceptionFeatureExtractor(mode="clean", device="cpu", weights=inception_weights)
+    ext.FAST_TOLERANCE = -1.0                                # the load-time check fails: TorchScript stack
+    with pytest.warns(UserWarning, match="fast network unavailable"):
+        assert ext.fast_network() is None
+    assert ext.fast is False
+    ref = InceptionFeatureExtractor(mode="clean", device="cpu", weights=inception_weights, fast=False)
+    imgs = _animal(animal_mnist_dir, 2, offset=9)
+    assert np.array_equal(ext(imgs).pool, ref(imgs).pool)
 
 
 def test_clean_resize_is_clean_fid_and_gray_is_replicated(fx, animal_mnist_dir):

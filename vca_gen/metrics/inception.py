@@ -14,10 +14,21 @@ features are those of the ADM evaluator's sFID: ``mixed_6/conv`` (the first, 1x1
 ``mixed_6``: conv+BN+ReLU, (B, 192, 17, 17)), first 7 channels, flattened in TF's NHWC order ->
 (B, 17*17*7 = 2023). ``mixed_6``'s output concatenates that branch first, so its channels [:7] are
 exactly ``mixed_6/conv[:7]``.
+
+Speed: the TorchScript stack runs each conv as conv -> batch_norm -> relu (three passes over the
+activations, weights re-laid-out on every call, ``contiguous()`` back to NCHW after every block).
+By default the extractor runs :class:`FastInception` instead: the same layers rebuilt from the
+loaded weights, each BN folded into its conv (float64 fold, then float32), conv+bias+ReLU as one
+oneDNN call on CPU (``mkldnn::_convolution_pointwise``), channels-last end to end. Its features
+equal the TorchScript stack's to float32 round-off (max |diff| ~1e-5 for pool3 values up to ~10,
+checked against the stack on every load; on a mismatch it falls back to the stack with a warning);
+``fast=False`` runs the TorchScript stack itself. About 1.7x the images/s on a 2-core CPU.
 """
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -70,6 +81,127 @@ def tf1_resize_bilinear(x: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Te
     return torch.einsum("oh,bchw,pw->bcop", rh, x, rw)       # (B, C, size, size)
 
 
+# ---- fast network: the TorchScript layer stack rebuilt with folded BN and fused conv+ReLU ---------
+_BN_EPS = 1e-3  # TF-Inception's batch_norm epsilon (in every Conv2dLayer's code)
+_POOL_ARGS = re.compile(r"\(input, \[(\d+), (\d+)\], \[(\d+), (\d+)\], \[(\d+), (\d+)\]"
+                        r"(?:, \[1, 1\])?(?:, (True|False), (True|False))?")
+
+
+class _FusedConv(torch.nn.Module):
+    """TF-Inception ``Conv2dLayer`` (conv without bias, batch_norm with ``beta`` only, ReLU) with the BN
+    folded into the conv: w' = w / sqrt(var + eps), b' = beta - mean / sqrt(var + eps)."""
+
+    def __init__(self, m):
+        super().__init__()
+        if f"{_BN_EPS}, )" not in m.code or "relu" not in m.code or "None, beta" not in m.code:
+            raise ValueError("unexpected Conv2dLayer code")
+        w = m.weight.detach().double()
+        inv = 1.0 / torch.sqrt(m.var.detach().double() + _BN_EPS)
+        pad = m.padding
+        pad = [int(v) for v in pad] if isinstance(pad, (list, tuple)) else [int(pad)] * 2
+        self.weight = torch.nn.Parameter((w * inv[:, None, None, None]).float(), requires_grad=False)
+        self.bias = torch.nn.Parameter((m.beta.detach().double() - m.mean.detach().double() * inv).float(),
+                                       requires_grad=False)
+        self.stride, self.padding = [int(m.stride)] * 2, pad
+        self.onednn = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
+            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
+                                                           [1, 1], 1, "relu", [None], "")
+        return torch.relu_(torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding))
+
+
+def _pool(m) -> torch.nn.Module:
+    g = _POOL_ARGS.search(m.code)
+    if g is None:
+        raise ValueError(f"unexpected {m.original_name} code")
+    k, st, pad = (int(g[1]), int(g[2])), (int(g[3]), int(g[4])), (int(g[5]), int(g[6]))
+    ceil = g[7] == "True"
+    if m.original_name == "MaxPool2d":
+        return torch.nn.MaxPool2d(k, st, pad, ceil_mode=ceil)
+    return torch.nn.AvgPool2d(k, st, pad, ceil_mode=ceil, count_include_pad=g[8] != "False")
+
+
+def _rebuild(m) -> torch.nn.Module:
+    kind = m.original_name
+    if kind == "Conv2dLayer":
+        return _FusedConv(m)
+    if kind in ("MaxPool2d", "AvgPool2d"):
+        return _pool(m)
+    if kind == "Sequential":
+        return torch.nn.Sequential(*[_rebuild(c) for _, c in m.named_children()])
+    if kind in _Block.BRANCHES:
+        return _Block(m)
+    raise ValueError(f"unexpected module {kind}")
+
+
+class _Block(torch.nn.Module):
+    """The Inception blocks A-E, wired as in the TorchScript code (branches concatenated in this order)."""
+
+    BRANCHES = {"InceptionA": ("conv", "tower", "tower_1", "tower_2"),
+                "InceptionB": ("conv", "tower", "pool"),
+                "InceptionC": ("conv", "tower", "tower_1", "tower_2"),
+                "InceptionD": ("tower", "tower_1", "pool"),
+                "InceptionE": ("conv", "tower_conv", "tower_mixed_conv", "tower_mixed_conv_1", "tower_1_conv",
+                               "tower_1_conv_1", "tower_1_mixed_conv", "tower_1_mixed_conv_1", "tower_2_pool",
+                               "tower_2_conv")}
+
+    def __init__(self, m):
+        super().__init__()
+        self.kind = m.original_name
+        names = tuple(n for n, _ in m.named_children())
+        if set(names) != set(self.BRANCHES[self.kind]):
+            raise ValueError(f"unexpected {self.kind} children {names}")
+        self.b = torch.nn.ModuleDict({n: _rebuild(c) for n, c in m.named_children()})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.b
+        if self.kind == "InceptionE":
+            a = b["tower_conv"](x)
+            c = b["tower_1_conv_1"](b["tower_1_conv"](x))
+            parts = [b["conv"](x), b["tower_mixed_conv"](a), b["tower_mixed_conv_1"](a), b["tower_1_mixed_conv"](c),
+                     b["tower_1_mixed_conv_1"](c), b["tower_2_conv"](b["tower_2_pool"](x))]
+        else:
+            parts = [b[n](x) for n in self.BRANCHES[self.kind]]
+        return torch.cat(parts, 1)
+
+
+class FastInception(torch.nn.Module):
+    """The TF-Inception layer stack rebuilt from a loaded TorchScript ``layers`` (see the module docstring).
+
+    ``forward(x)``: float (B, 3, 299, 299) in [-1, 1] -> (pool3 (B, 2048), ``SPATIAL_LAYER`` output).
+    """
+
+    def __init__(self, layers: torch.nn.Module):
+        super().__init__()
+        children = list(layers.named_children())
+        names = [n for n, _ in children]
+        k = names.index(SPATIAL_LAYER) + 1
+        self.head = torch.nn.Sequential(*[_rebuild(m) for _, m in children[:k]])
+        self.tail = torch.nn.Sequential(*[_rebuild(m) for _, m in children[k:]])
+        onednn = bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+        for m in self.modules():
+            if isinstance(m, _FusedConv):
+                m.onednn = onednn
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mid = self.head(x)
+        return self.tail(mid).reshape(len(x), POOL_DIM), mid
+
+
+def _check_fast(fast: FastInception, layers: torch.nn.Module, device: torch.device) -> float:
+    """Largest |pool3 difference| of the two networks on a fixed input, relative to the pool3 scale."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(1, 3, INCEPTION_SIZE, INCEPTION_SIZE, generator=g) * 2 - 1).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = layers(x).reshape(1, POOL_DIM)
+        got = fast(x)[0]
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+
+
 @dataclass
 class FeatureBatch:
     pool: np.ndarray             # (B, 2048) float32
@@ -82,17 +214,23 @@ class InceptionFeatureExtractor:
     ``extractor(images)`` takes uint8 (B, H, W, 3) numpy/torch (grayscale (B, H, W) or (B, H, W, 1)
     is replicated to 3 channels) or a list of (H, W, 3) arrays, and returns a :class:`FeatureBatch`.
     Any torch device works (``cuda:1`` included); on CPU it uses channels-last convolutions and
-    torch's intra-op threads (set ``torch.set_num_threads``) to keep the cores busy.
+    torch's intra-op threads (set ``torch.set_num_threads``) to keep the cores busy. ``fast`` (default)
+    runs :class:`FastInception` (folded BN, fused conv+ReLU; float32 round-off from the TorchScript
+    stack), ``fast=False`` the TorchScript ``layers`` as loaded.
     """
 
+    FAST_TOLERANCE = 1e-4  # relative pool3 difference above which the fast network is not used
+
     def __init__(self, mode: str = "clean", device: str | torch.device | None = None,
-                 weights: str | os.PathLike | None = None, spatial: bool = True):
+                 weights: str | os.PathLike | None = None, spatial: bool = True, fast: bool = True):
         self.mode = check_mode(mode)
         self.device = torch.device(device) if device is not None else default_device()
         self.weights_path = resolve_inception_weights(weights)
         self.weights_sha256 = file_sha256(self.weights_path)
         self.layers = load_inception_layers(self.weights_path, self.device)
         self.spatial = spatial
+        self.fast = fast
+        self._fast_net: FastInception | None = None
         self._clean_resizer: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __repr__(self) -> str:
@@ -122,21 +260,43 @@ class InceptionFeatureExtractor:
         return torch.cat(out)
 
     # ---- network ---------------------------------------------------------------------------------
+    def fast_network(self) -> FastInception | None:
+        """The :class:`FastInception` of ``self.layers`` (built and checked on first use), or None."""
+        if self.fast and self._fast_net is None:
+            try:
+                net = FastInception(self.layers).to(self.device)
+                err = _check_fast(net, self.layers, self.device)
+                if not err <= self.FAST_TOLERANCE:
+                    raise ValueError(f"relative pool3 difference {err:.2e} on the check input")
+                self._fast_net = net
+            except Exception as e:  # an unexpected layer stack: keep the TorchScript one
+                warnings.warn(f"Inception: fast network unavailable ({e}); using the TorchScript layers", stacklevel=2)
+                self.fast = False
+        return self._fast_net
+
     @torch.inference_mode()
     def forward_299(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """float (B, 3, 299, 299) in [0, 255] -> pool3 (B, 2048), spatial (B, 2023) or None."""
         if x.ndim != 4 or x.shape[1:] != (3, INCEPTION_SIZE, INCEPTION_SIZE):
             raise InputFormatError(f"Inception input must be (B, 3, 299, 299), got {tuple(x.shape)}")
         h = ((x.float() - 128.0) / 128.0).to(self.device)
-        if self.device.type == "cpu":
+        net = self.fast_network()
+        if self.device.type == "cpu" or net is not None:
             h = h.contiguous(memory_format=torch.channels_last)
+        if net is not None:
+            pool, mid = net(h)
+        else:
+            mid = None
+            for name, layer in self.layers.named_children():
+                h = layer(h)
+                if name == SPATIAL_LAYER:
+                    mid = h
+            pool = h.reshape(len(h), POOL_DIM)
         spatial = None
-        for name, layer in self.layers.named_children():
-            h = layer(h)
-            if name == SPATIAL_LAYER and self.spatial:
-                s = h[:, :SPATIAL_CHANNELS]                          # (B, 7, 17, 17)
-                spatial = s.permute(0, 2, 3, 1).reshape(len(s), -1)  # NHWC flatten, (B, 2023)
-        return h.reshape(len(h), POOL_DIM), spatial
+        if self.spatial:
+            s = mid[:, :SPATIAL_CHANNELS]                            # (B, 7, 17, 17)
+            spatial = s.permute(0, 2, 3, 1).reshape(len(s), -1)      # NHWC flatten, (B, 2023)
+        return pool, spatial
 
     def __call__(self, images, mode: str | None = None) -> FeatureBatch:
         pool, spatial = self.forward_299(self.preprocess(images, mode))
