@@ -366,3 +366,33 @@ def test_numpy_extract_still_accepted():
     like = torch.zeros(3, 2, 2)
     assert torch.equal(extract(arr, t, like), torch.tensor([0.1, 0.5, 0.9]).view(3, 1, 1))
     assert torch.equal(extract(torch.from_numpy(arr), t, like), extract(arr, t, like))
+
+
+def test_inception_features_ignore_autocast_and_tf32(inception_weights, monkeypatch):
+    """Metric features are true fp32 even when called inside a bf16 autocast region with TF32 on."""
+    import numpy as np
+
+    from vca_gen.metrics import InceptionFeatureExtractor
+
+    fx = InceptionFeatureExtractor(mode="clean", weights=inception_weights)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    plain = fx(images).pool
+    seen = {}
+    real = fx._forward_299
+
+    def spy(x):
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        seen["tf32"] = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        return real(x)
+
+    monkeypatch.setattr(fx, "_forward_299", spy)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = fx(images).pool
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # restored
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert seen == {"autocast": False, "tf32": (False, False)}
+    assert inside.dtype == np.float32 and np.array_equal(inside, plain)

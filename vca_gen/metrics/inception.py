@@ -26,6 +26,7 @@ checked against the stack on every load; on a mismatch it falls back to the stac
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -202,6 +203,19 @@ def _check_fast(fast: FastInception, layers: torch.nn.Module, device: torch.devi
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
 
 
+@contextlib.contextmanager
+def exact_fp32(device: torch.device):
+    """Autocast off and TF32 off (restored afterwards): metric features are computed in true fp32."""
+    cuda = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = cuda[0].allow_tf32, cuda[1].allow_tf32
+    cuda[0].allow_tf32 = cuda[1].allow_tf32 = False
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        cuda[0].allow_tf32, cuda[1].allow_tf32 = saved
+
+
 @dataclass
 class FeatureBatch:
     pool: np.ndarray             # (B, 2048) float32
@@ -276,7 +290,14 @@ class InceptionFeatureExtractor:
 
     @torch.inference_mode()
     def forward_299(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """float (B, 3, 299, 299) in [0, 255] -> pool3 (B, 2048), spatial (B, 2023) or None."""
+        """float (B, 3, 299, 299) in [0, 255] -> pool3 (B, 2048), spatial (B, 2023) or None.
+
+        Always in fp32: autocast is switched off and TF32 disabled for the duration (in-loop FID
+        runs inside a bf16 training process), so features never depend on the caller's precision."""
+        with exact_fp32(self.device):
+            return self._forward_299(x)
+
+    def _forward_299(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.ndim != 4 or x.shape[1:] != (3, INCEPTION_SIZE, INCEPTION_SIZE):
             raise InputFormatError(f"Inception input must be (B, 3, 299, 299), got {tuple(x.shape)}")
         h = ((x.float() - 128.0) / 128.0).to(self.device)
