@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """FID / sFID / KID / precision-recall of a sample set against a reference (see vca_gen.metrics.cli)."""
+
 import sys
 
 from vca_gen.metrics.cli import main

@@ -3,6 +3,7 @@
 Thin wrapper over :mod:`vca_gen.data.extract` (also ``python -m vca_gen.data.extract``); runs under
 ``accelerate launch`` for many processes.
 """
+
 import sys
 
 from vca_gen.data.extract import main

@@ -3,6 +3,7 @@
 
 See ``python sample.py --help`` and :mod:`vca_gen.sample`.
 """
+
 import sys
 
 from vca_gen.sample.cli import main

@@ -19,6 +19,7 @@ Exit status: 0 done; 2 bad input (config / data / checkpoint, run directory lock
 run, processes disagreeing on the checkpoint); 3 stopped on non-finite losses; 75 (EX_TEMPFAIL)
 stopped by a signal with a checkpoint written: re-run (requeue) the same command to continue.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,18 @@ import sys
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n", 2)[2])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
     ap.add_argument("--config", help="experiment YAML (see configs/)")
-    ap.add_argument("--export", nargs=2, metavar=("CKPT", "OUT"),
-                    help="write a stand-alone export (EMA weights, experiment, decoder.json) of a checkpoint or run dir")
+    ap.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("CKPT", "OUT"),
+        help="write a stand-alone export (EMA weights, experiment, decoder.json) of a checkpoint or run dir",
+    )
     ap.add_argument("--live", action="store_true", help="with --export: the live weights instead of the EMA")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")

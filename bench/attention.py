@@ -20,6 +20,7 @@ How things are measured
   AdamW step. Kinds run round-robin in one process so background load hits them alike; median.
 The machine is shared with other jobs, so the load average is recorded with the results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,13 @@ def worker(kinds: list, n_tokens: int, repeats: int, threads: int) -> list:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = layer(x)
         del out
-        results[kind] = {"kind": kind, "tokens": n_tokens, "times_s": [], "peak_mb": peak_kb / 1024,
-                         "saved_mb": sum(saved.values()) / 2**20}
+        results[kind] = {
+            "kind": kind,
+            "tokens": n_tokens,
+            "times_s": [],
+            "peak_mb": peak_kb / 1024,
+            "saved_mb": sum(saved.values()) / 2**20,
+        }
 
     rounds = 0
     while rounds < repeats:
@@ -111,10 +117,23 @@ def worker(kinds: list, n_tokens: int, repeats: int, threads: int) -> list:
 
 
 def run_layers(kinds: list, n_tokens: int, repeats: int, threads: int) -> list:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, __file__, "--worker", str(n_tokens), *kinds, "--repeats", str(repeats),
-           "--threads", str(threads)]
+    env = dict(
+        os.environ,
+        MALLOC_MMAP_THRESHOLD_="65536",
+        OMP_NUM_THREADS=str(threads),
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        str(n_tokens),
+        *kinds,
+        "--repeats",
+        str(repeats),
+        "--threads",
+        str(threads),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"worker N={n_tokens} failed:\n{out.stderr[-2000:]}")
@@ -145,8 +164,10 @@ def run_model_step(batch: int, repeats: int, threads: int) -> list:
             opt.step()
             if r:
                 times[kind].append(time.perf_counter() - t0)
-    return [{"kind": k, "batch": batch, "tokens": 256, "times_s": v, "median_s": statistics.median(v)}
-            for k, v in times.items()]
+    return [
+        {"kind": k, "batch": batch, "tokens": 256, "times_s": v, "median_s": statistics.median(v)}
+        for k, v in times.items()
+    ]
 
 
 def checks(layer: list, model: list) -> dict:
@@ -174,12 +195,20 @@ def checks(layer: list, model: list) -> dict:
 
 
 def table(layer: list, model: list, chk: dict) -> str:
-    lines = ["| attention | N | fwd+bwd (s) | peak mem (MB) | saved activations (MB) |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| attention | N | fwd+bwd (s) | peak mem (MB) | saved activations (MB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in sorted(layer, key=lambda r: (KINDS.index(r["kind"]), r["tokens"])):
-        lines.append(f"| {r['kind']} | {r['tokens']} | {r['median_s']:.4f} | {r['peak_mb']:.1f} | {r['saved_mb']:.1f} |")
+        lines.append(
+            f"| {r['kind']} | {r['tokens']} | {r['median_s']:.4f} | {r['peak_mb']:.1f} | {r['saved_mb']:.1f} |"
+        )
     if model:
-        lines += ["", f"| attention | DiT-S/2 train step (s), batch {int(model[0]['batch'])}, 256 tokens | vs mhsa |",
-                  "| --- | ---: | ---: |"]
+        lines += [
+            "",
+            f"| attention | DiT-S/2 train step (s), batch {int(model[0]['batch'])}, 256 tokens | vs mhsa |",
+            "| --- | ---: | ---: |",
+        ]
         base = next((r["median_s"] for r in model if r["kind"] == "mhsa"), None)
         for r in model:
             rel = f"{r['median_s'] / base:.3f}" if base else "-"
@@ -204,10 +233,12 @@ def plot(layer: list, path: Path) -> None:
             continue
         ns = [r["tokens"] for r in rows]
         (line,) = axes[0].plot(ns, [r["median_s"] for r in rows], "o-", label=kind)
-        axes[1].plot(ns, [max(r["peak_mb"], 1e-3) for r in rows], "o-", color=line.get_color(),
-                     label=f"{kind} peak RSS")
-        axes[1].plot(ns, [r["saved_mb"] for r in rows], "x--", color=line.get_color(), alpha=0.6,
-                     label=f"{kind} saved act.")
+        axes[1].plot(
+            ns, [max(r["peak_mb"], 1e-3) for r in rows], "o-", color=line.get_color(), label=f"{kind} peak RSS"
+        )
+        axes[1].plot(
+            ns, [r["saved_mb"] for r in rows], "x--", color=line.get_color(), alpha=0.6, label=f"{kind} saved act."
+        )
     for ax, ylabel in zip(axes, ("forward+backward time (s)", "memory (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -247,17 +278,36 @@ def main(argv=None) -> int:
     for n_tok in tokens:
         for r in run_layers(args.kinds, n_tok, repeats, args.threads):
             layer.append(r)
-            print(f"{r['kind']:>5} N={n_tok:>6}: {r['median_s']:.4f} s  peak {r['peak_mb']:.1f} MB  "
-                  f"saved {r['saved_mb']:.1f} MB", flush=True)
+            print(
+                f"{r['kind']:>5} N={n_tok:>6}: {r['median_s']:.4f} s  peak {r['peak_mb']:.1f} MB  "
+                f"saved {r['saved_mb']:.1f} MB",
+                flush=True,
+            )
     model = [] if args.no_model else run_model_step(batch, max(repeats, 2) if not args.quick else 1, args.threads)
     chk = checks(layer, model)
     result = {
-        "config": {"C": C, "heads": HEADS, "num_contrast_tokens": N_CONTRAST, "tokens": tokens, "repeats": repeats,
-                   "threads": args.threads, "model_batch": batch, "quick": args.quick},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "torch": __import__("torch").__version__,
-                    "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
-        "layer": layer, "model_step": model, "checks": chk,
+        "config": {
+            "C": C,
+            "heads": HEADS,
+            "num_contrast_tokens": N_CONTRAST,
+            "tokens": tokens,
+            "repeats": repeats,
+            "threads": args.threads,
+            "model_batch": batch,
+            "quick": args.quick,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": __import__("torch").__version__,
+            "loadavg_start": load_start,
+            "loadavg_end": os.getloadavg(),
+        },
+        "layer": layer,
+        "model_step": model,
+        "checks": chk,
     }
     md = table(layer, model, chk)
     print("\n" + md)

@@ -13,6 +13,7 @@ also pays diffusers' import for DPM-Solver++) / batch size (no CFG: with
 of the model function); dopri5's NFE also depends on the model and its tolerances.
 The load average is recorded because the machine is shared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,16 @@ CASES = [
 
 def tiny_model(learn_sigma: bool) -> torch.nn.Module:
     torch.manual_seed(0)
-    m = create_model("DiT-S/2", depth=4, hidden_size=128, num_heads=4, input_size=16, in_channels=4,
-                     num_classes=10, learn_sigma=learn_sigma)
+    m = create_model(
+        "DiT-S/2",
+        depth=4,
+        hidden_size=128,
+        num_heads=4,
+        input_size=16,
+        in_channels=4,
+        num_classes=10,
+        learn_sigma=learn_sigma,
+    )
     with torch.no_grad():  # undo adaLN-Zero so the prediction is not identically zero
         for name, p in m.named_parameters():
             if p.dim() > 1 and ("adaLN" in name or "final_layer" in name):
@@ -74,21 +83,36 @@ def run(args) -> list[dict]:
         out = obj.sample(models[kind], noise, labels, sampler=sampler, steps=steps, generator=gens, **opts)
         wall = time.perf_counter() - t
         opt_s = ", ".join(f"{k}={v}" for k, v in opts.items())
-        row = {"objective": kind, "sampler": sampler, "steps": steps, "options": opt_s, "nfe": out.nfe,
-               "seconds_per_image": wall / args.batch, "ms_per_eval_per_image": 1000 * wall / args.batch / out.nfe,
-               "finite": bool(torch.isfinite(out.x).all())}
+        row = {
+            "objective": kind,
+            "sampler": sampler,
+            "steps": steps,
+            "options": opt_s,
+            "nfe": out.nfe,
+            "seconds_per_image": wall / args.batch,
+            "ms_per_eval_per_image": 1000 * wall / args.batch / out.nfe,
+            "finite": bool(torch.isfinite(out.x).all()),
+        }
         rows.append(row)
-        print(f"{kind:9s} {sampler:12s} {str(steps):7s} {opt_s:38s} nfe {out.nfe:4d}  "
-              f"{row['seconds_per_image']:.3f} s/img", flush=True)
+        print(
+            f"{kind:9s} {sampler:12s} {str(steps):7s} {opt_s:38s} nfe {out.nfe:4d}  "
+            f"{row['seconds_per_image']:.3f} s/img",
+            flush=True,
+        )
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| objective | sampler | steps | options | NFE | s / image | ms / eval / image |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| objective | sampler | steps | options | NFE | s / image | ms / eval / image |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['objective']} | {r['sampler']} | {r['steps'] if r['steps'] is not None else 'adaptive'} | "
-                     f"{r['options'] or '(defaults)'} | {r['nfe']} | {r['seconds_per_image']:.3f} | "
-                     f"{r['ms_per_eval_per_image']:.2f} |")
+        lines.append(
+            f"| {r['objective']} | {r['sampler']} | {r['steps'] if r['steps'] is not None else 'adaptive'} | "
+            f"{r['options'] or '(defaults)'} | {r['nfe']} | {r['seconds_per_image']:.3f} | "
+            f"{r['ms_per_eval_per_image']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -107,9 +131,16 @@ def main():
     print(table(rows))
     out = REPO / "bench" / "results" / ("samplers_quick.json" if args.quick else "samplers.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"batch": args.batch, "threads": args.threads, "device": "cpu", "dtype": "float32",
-            "torch": torch.__version__, "python": platform.python_version(), "loadavg": os.getloadavg(),
-            "model": "DiT-S/2 depth 4, hidden 128, 4 heads, 4x16x16, MHSA (output layers re-drawn N(0, 0.02))"}
+    meta = {
+        "batch": args.batch,
+        "threads": args.threads,
+        "device": "cpu",
+        "dtype": "float32",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg": os.getloadavg(),
+        "model": "DiT-S/2 depth 4, hidden 128, 4 heads, 4x16x16, MHSA (output layers re-drawn N(0, 0.02))",
+    }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {out.relative_to(REPO)}")
 

@@ -15,6 +15,7 @@ its NFE grows with ``steps``).
 Feature extraction: ``features_lib.feature_throughput`` (clean mode, 32 px inputs), with
 CPU utilisation = process CPU time / wall time (2.0 = both cores busy).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vca_gen.objectives import build_objective  # noqa: E402
 from vca_gen.utils import rng  # noqa: E402
 
 
@@ -51,6 +51,7 @@ def time_forward(model, batch: int, shape, reps: int) -> float:
 
 def sampler_cost(objective, sampler: str, batch: int, shape, num_classes: int, out_channels: int, model=None):
     """(NFE, seconds) of the sampler on ``batch`` images; a stand-in model unless ``model`` is given."""
+
     def stand_in(x, t, y):  # cheap, smooth, non-trivial dynamics (a contraction towards 0)
         extra = x.new_zeros(x.shape[0], out_channels - x.shape[1], *x.shape[2:])
         return torch.cat([-0.5 * x, extra], dim=1)
@@ -72,10 +73,21 @@ def bench_model(name: str, model, objective, batch: int, reps: int) -> list[dict
         nfe, overhead = sampler_cost(objective, s, batch, shape, int(model.num_classes), int(model.out_channels))
         note = "adaptive dopri5: NFE of the stand-in dynamics, indicative only" if s == "ode" else ""
         per_batch = nfe * t_fwd + overhead
-        rows.append({"model": name, "sampler": s, "default_steps": _steps(objective, s), "nfe": nfe, "batch": batch,
-                     "t_forward_s": round(t_fwd, 4), "t_overhead_s": round(overhead, 4),
-                     "images_per_s": batch / per_batch, "seconds_per_image": per_batch / batch, "note": note,
-                     "model_params_m": sum(p.numel() for p in model.parameters()) / 1e6})
+        rows.append(
+            {
+                "model": name,
+                "sampler": s,
+                "default_steps": _steps(objective, s),
+                "nfe": nfe,
+                "batch": batch,
+                "t_forward_s": round(t_fwd, 4),
+                "t_overhead_s": round(overhead, 4),
+                "images_per_s": batch / per_batch,
+                "seconds_per_image": per_batch / batch,
+                "note": note,
+                "model_params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            }
+        )
         print(f"  {name:10s} {s:13s} NFE {nfe:4d}  {batch / per_batch:9.3f} img/s", flush=True)
     return rows
 
@@ -119,8 +131,14 @@ def main(argv=None) -> int:
     rows = []
     print("sampling throughput (extrapolated from one forward + the sampler with a stand-in model):")
     for kind, prefix in (("diffusion", "DiT"), ("flow", "SiT")):
-        cfg = config_from_dict({"name": "bench", "model": {"name": f"{prefix}-S/2", "learn_sigma": kind == "diffusion"},
-                                "objective": {"kind": kind}, "data": {"kind": "latents", "path": "unused", "image_size": 256}})
+        cfg = config_from_dict(
+            {
+                "name": "bench",
+                "model": {"name": f"{prefix}-S/2", "learn_sigma": kind == "diffusion"},
+                "objective": {"kind": kind},
+                "data": {"kind": "latents", "path": "unused", "image_size": 256},
+            }
+        )
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         rows += bench_model(f"{prefix}-S/2", model, protocol_objective(cfg.objective), 4 if a.quick else 8, reps)
@@ -135,14 +153,25 @@ def main(argv=None) -> int:
     print("\n| model | sampler | default steps | NFE/image | batch | forward s | img/s | s/image | note |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['model']} | {r['sampler']} | {r['default_steps']} | {r['nfe']} | {r['batch']} | "
-              f"{r['t_forward_s']:.3f} | {r['images_per_s']:.4f} | {r['seconds_per_image']:.1f} | {r['note']} |")
-    print(f"\nFID features (clean, 32 px -> 299, CPU, {feat['threads']} threads): {feat['images_per_s']:.2f} img/s, "
-          f"CPU utilisation {feat['cpu_utilisation']:.2f} of {feat['cpus']} cores (load average {load})")
-    result = {"sampling": rows, "features": feat, "demo_weights": which, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average_1m": load,
-              "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        print(
+            f"| {r['model']} | {r['sampler']} | {r['default_steps']} | {r['nfe']} | {r['batch']} | "
+            f"{r['t_forward_s']:.3f} | {r['images_per_s']:.4f} | {r['seconds_per_image']:.1f} | {r['note']} |"
+        )
+    print(
+        f"\nFID features (clean, 32 px -> 299, CPU, {feat['threads']} threads): {feat['images_per_s']:.2f} img/s, "
+        f"CPU utilisation {feat['cpu_utilisation']:.2f} of {feat['cpus']} cores (load average {load})"
+    )
+    result = {
+        "sampling": rows,
+        "features": feat,
+        "demo_weights": which,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_1m": load,
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -13,6 +13,7 @@ format and reader, 4x32x32 latents) built in a temporary folder.
 
 Writes ``bench/results/train_throughput[_quick].json`` and prints a Markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,20 +45,35 @@ def make_store(root: Path, num_images: int) -> tuple[Path, Path]:
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), layers_per_block=1, latent_channels=4,
-                        norm_num_groups=8, sample_size=32)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
     vae.save_pretrained(root / "vae")
-    extract(str(root / "images"), str(root / "store"), vae=str(root / "vae"), image_size=32, batch_size=64,
-            shard_size=256, num_workers=0)
+    extract(
+        str(root / "images"),
+        str(root / "store"),
+        vae=str(root / "vae"),
+        image_size=32,
+        batch_size=64,
+        shard_size=256,
+        num_workers=0,
+    )
     return root / "store", root / "vae"
 
 
 def measure(config: str, overrides: list[str], steps: int, warmup: int, workers: int) -> dict:
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    from vca_gen.experiment.schema import load_config
     from loader_lib import loader_throughput
+    from vca_gen.experiment.schema import load_config
     from vca_gen.train.trainer import Trainer
 
     AcceleratorState._reset_state(True)
@@ -76,12 +92,20 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int, workers:
     B = int(cfg.train.global_batch_size)
     loader = loader_throughput(tr.dataset, B, num_workers=workers, steps=max(steps, 5), warmup=1)
     return {
-        "config": config, "model": cfg.model.name, "attention": cfg.model.attention,
-        "hidden_size": tr.model.hidden_size, "depth": tr.model.depth,
+        "config": config,
+        "model": cfg.model.name,
+        "attention": cfg.model.attention,
+        "hidden_size": tr.model.hidden_size,
+        "depth": tr.model.depth,
         "input": f"{cfg.model.in_channels}x{cfg.model.input_size}x{cfg.model.input_size}",
         "params_M": round(sum(p.numel() for p in tr.model.parameters()) / 1e6, 2),
-        "batch": B, "steps": steps, "train_images_per_s": B * steps / dt, "sec_per_step": dt / steps,
-        "loader_items_per_s": loader["items_per_s"], "loader_unit": loader["unit"], "loader_workers": workers,
+        "batch": B,
+        "steps": steps,
+        "train_images_per_s": B * steps / dt,
+        "sec_per_step": dt / steps,
+        "loader_items_per_s": loader["items_per_s"],
+        "loader_unit": loader["unit"],
+        "loader_workers": workers,
     }
 
 
@@ -99,16 +123,27 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store, vae = make_store(tmp, 64 if args.quick else 256)
-        latent = [f"data.path={store}", f"data.vae={vae}", "data.image_size=32", "data.vae_downsample=1",
-                  "data.num_workers=0", "logging.tracker=none",
-                  f"train.global_batch_size={dit_batch}", "train.mixed_precision=no"]
+        latent = [
+            f"data.path={store}",
+            f"data.vae={vae}",
+            "data.image_size=32",
+            "data.vae_downsample=1",
+            "data.num_workers=0",
+            "logging.tracker=none",
+            f"train.global_batch_size={dit_batch}",
+            "train.mixed_precision=no",
+        ]
         common = [f"train.output_dir={tmp / 'run'}", "train.resume=none", "logging.tracker=none"]
         rows = [measure("configs/demo.yaml", common, steps, warmup, args.workers)]
         for att in ("mhsa", "vca"):
             rows.append(measure(f"configs/dit_s2_{att}.yaml", latent + common, steps, warmup, args.workers))
     result = {
-        "quick": args.quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.platform(), "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
         "rows": rows,
         "note": "CPU fp32, one process; loader = loader_lib.loader_throughput on the same dataset",
     }
@@ -118,12 +153,16 @@ def main(argv=None) -> int:
     print("| model | attention | input | params (M) | batch | train images/s | s/step | loader items/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['model']} ({r['hidden_size']}x{r['depth']}) | {r['attention']} | {r['input']} | {r['params_M']} | "
-              f"{r['batch']} | {r['train_images_per_s']:.1f} | {r['sec_per_step']:.2f} | "
-              f"{r['loader_items_per_s']:.0f} {r['loader_unit']} |")
+        print(
+            f"| {r['model']} ({r['hidden_size']}x{r['depth']}) | {r['attention']} | {r['input']} | {r['params_M']} | "
+            f"{r['batch']} | {r['train_images_per_s']:.1f} | {r['sec_per_step']:.2f} | "
+            f"{r['loader_items_per_s']:.0f} {r['loader_unit']} |"
+        )
     slowest = min(r["loader_items_per_s"] / r["train_images_per_s"] for r in rows)
-    print(f"\nloader / training speed ratio (worst row): {slowest:.0f}x; 1-min load average "
-          f"{result['load_average_1min']:.1f} on {os.cpu_count()} CPUs → wrote {out}")
+    print(
+        f"\nloader / training speed ratio (worst row): {slowest:.0f}x; 1-min load average "
+        f"{result['load_average_1min']:.1f} on {os.cpu_count()} CPUs → wrote {out}"
+    )
     return 0
 
 

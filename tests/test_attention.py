@@ -3,6 +3,7 @@
 The references below are independent of ``vca_gen``: they read the layer's parameters by name
 and recompute the forward pass from the formulas in VCA.md / the DIFF Transformer paper.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -32,8 +33,11 @@ def rms(z, g, eps=1e-5):
 
 
 def lam(P, prefix, lambda_init):
-    return (torch.exp((P[prefix + "lambda_q1"] * P[prefix + "lambda_k1"]).sum())
-            - torch.exp((P[prefix + "lambda_q2"] * P[prefix + "lambda_k2"]).sum()) + lambda_init)
+    return (
+        torch.exp((P[prefix + "lambda_q1"] * P[prefix + "lambda_k1"]).sum())
+        - torch.exp((P[prefix + "lambda_q2"] * P[prefix + "lambda_k2"]).sum())
+        + lambda_init
+    )
 
 
 def adaptive_pool(qmap, s):
@@ -56,7 +60,7 @@ def depthwise3x3(vmap, w, b):
     out = b.expand(B, H, W, C).clone()
     for dy in range(3):
         for dx in range(3):
-            out = out + w[:, 0, dy, dx] * pad[:, dy:dy + H, dx:dx + W]
+            out = out + w[:, 0, dy, dx] * pad[:, dy : dy + H, dx : dx + W]
     return out
 
 
@@ -68,7 +72,7 @@ def ref_vca(x, P, grid, h, n, lambda_init, stages, stage2_softmax, dwconv, contr
     B, N, C = x.shape
     d, s = C // h, math.isqrt(n)
     qkv = x @ P["qkv.weight"].T + P["qkv.bias"]
-    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+    q, k, v = qkv[..., :C], qkv[..., C : 2 * C], qkv[..., 2 * C :]
     if contrast_tokens == "pooled":
         t = adaptive_pool(q.reshape(B, *grid, C), s)
         tp, tm = t + P["pos_plus"], t + P["pos_minus"]
@@ -79,8 +83,9 @@ def ref_vca(x, P, grid, h, n, lambda_init, stages, stage2_softmax, dwconv, contr
         sl = slice(i * d, (i + 1) * d)
         qh, kh, vh, tph, tmh = q[..., sl], k[..., sl], v[..., sl], tp[..., sl], tm[..., sl]
         if stages in ("both", "stage1"):
-            vhat = (1 - lambda_init) * rms(attend(tph, kh, vh) - lam(P, "lambda1.", lambda_init) * attend(tmh, kh, vh),
-                                           P["norm1.weight"])
+            vhat = (1 - lambda_init) * rms(
+                attend(tph, kh, vh) - lam(P, "lambda1.", lambda_init) * attend(tmh, kh, vh), P["norm1.weight"]
+            )
         else:
             vhat = attend(tph, kh, vh)
         if stages in ("both", "stage2"):
@@ -89,7 +94,9 @@ def ref_vca(x, P, grid, h, n, lambda_init, stages, stage2_softmax, dwconv, contr
                 S = softmax(qh @ torch.cat([tph, tmh], 1).transpose(1, 2) / math.sqrt(d))  # (B, N, 2n)
                 A = S[..., :n] - l2 * S[..., n:]
             else:
-                A = softmax(qh @ tph.transpose(1, 2) / math.sqrt(d)) - l2 * softmax(qh @ tmh.transpose(1, 2) / math.sqrt(d))
+                A = softmax(qh @ tph.transpose(1, 2) / math.sqrt(d)) - l2 * softmax(
+                    qh @ tmh.transpose(1, 2) / math.sqrt(d)
+                )
             o = (1 - lambda_init) * rms(A @ vhat, P["norm2.weight"])
         else:
             o = attend(qh, tph, vhat)
@@ -108,14 +115,15 @@ def ref_diff(x, P, h, lambda_init):
     else:
         d = C // h
     qkv = x @ P["qkv.weight"].T + P["qkv.bias"]
-    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+    q, k, v = qkv[..., :C], qkv[..., C : 2 * C], qkv[..., 2 * C :]
     l = lam(P, "lambda_.", lambda_init)
     heads = []
     for i in range(h // 2):
         a, b = slice(2 * i * d, (2 * i + 1) * d), slice((2 * i + 1) * d, (2 * i + 2) * d)
-        A = (softmax(q[..., a] @ k[..., a].transpose(1, 2) / math.sqrt(d))
-             - l * softmax(q[..., b] @ k[..., b].transpose(1, 2) / math.sqrt(d)))
-        o = A @ v[..., 2 * i * d:(2 * i + 2) * d]
+        A = softmax(q[..., a] @ k[..., a].transpose(1, 2) / math.sqrt(d)) - l * softmax(
+            q[..., b] @ k[..., b].transpose(1, 2) / math.sqrt(d)
+        )
+        o = A @ v[..., 2 * i * d : (2 * i + 2) * d]
         heads.append((1 - lambda_init) * rms(o, P["subln.weight"]))
     return torch.cat(heads, -1) @ P["proj.weight"].T + P["proj.bias"]
 
@@ -124,8 +132,17 @@ def ref_mhsa(x, P, h):
     C = x.shape[-1]
     d = C // h
     qkv = x @ P["qkv.weight"].T + P["qkv.bias"]
-    o = torch.cat([attend(qkv[..., i * d:(i + 1) * d], qkv[..., C + i * d:C + (i + 1) * d],
-                          qkv[..., 2 * C + i * d:2 * C + (i + 1) * d]) for i in range(h)], -1)
+    o = torch.cat(
+        [
+            attend(
+                qkv[..., i * d : (i + 1) * d],
+                qkv[..., C + i * d : C + (i + 1) * d],
+                qkv[..., 2 * C + i * d : 2 * C + (i + 1) * d],
+            )
+            for i in range(h)
+        ],
+        -1,
+    )
     return o @ P["proj.weight"].T + P["proj.bias"]
 
 
@@ -142,8 +159,9 @@ def randomize_(layer):
 
 # ----------------------------------------------------------------------------- combos
 def vca_combos():
-    for stages, sm, dw, ct in itertools.product(("both", "stage1", "stage2"), ("joint", "separate"), (True, False),
-                                                ("pooled", "learned")):
+    for stages, sm, dw, ct in itertools.product(
+        ("both", "stage1", "stage2"), ("joint", "separate"), (True, False), ("pooled", "learned")
+    ):
         if stages == "stage1" and sm == "separate":
             continue
         yield dict(stages=stages, stage2_softmax=sm, dwconv=dw, contrast_tokens=ct)
@@ -172,7 +190,9 @@ def test_diff_and_mhsa_match_float64_reference(grid, h):
     C, layer_idx = 24, 5
     x = torch.randn(2, grid[0] * grid[1], C, dtype=torch.float64)
     diff = randomize_(build_attention("diff", C, h, grid, layer_idx)).double()
-    torch.testing.assert_close(diff(x), ref_diff(x, params64(diff), h, lambda_init_ref(layer_idx)), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(
+        diff(x), ref_diff(x, params64(diff), h, lambda_init_ref(layer_idx)), rtol=1e-9, atol=1e-10
+    )
     mhsa = randomize_(build_attention("mhsa", C, h, grid, layer_idx)).double()
     torch.testing.assert_close(mhsa(x), ref_mhsa(x, params64(mhsa), h), rtol=1e-9, atol=1e-10)
 

@@ -1,4 +1,5 @@
 """bench/gpu.py: the CPU smoke run writes every section with numbers; guards, budget and sync counting."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,8 +31,9 @@ gpu = _load()
 
 def _run(args, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=str(REPO))
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO)
+    )
 
 
 def _pos(v) -> bool:
@@ -57,8 +59,9 @@ def test_smoke_json_has_every_section_with_numbers(smoke):
     train = res["sections"]["train"]
     assert train["status"] == "ok"
     keys = {(r["model"], r["attention"], r["mode"]) for r in train["rows"]}
-    assert keys == {(m, a, mode) for m in ("DiT-S/2", "DiT-XL/2") for a in ("mhsa", "vca")
-                    for mode in ("eager", "compile")}
+    assert keys == {
+        (m, a, mode) for m in ("DiT-S/2", "DiT-XL/2") for a in ("mhsa", "vca") for mode in ("eager", "compile")
+    }
     for r in train["rows"]:
         assert r["status"] == "ok", r
         for k in ("images_per_s", "wall_images_per_s", "sec_per_step", "peak_mem_mb", "first_step_s", "final_loss"):
@@ -78,7 +81,8 @@ def test_smoke_json_has_every_section_with_numbers(smoke):
     sampling = res["sections"]["sampling"]
     assert sampling["status"] == "ok" and sampling["extrapolated"] is True
     assert {(r["attention"], r["precision"]) for r in sampling["rows"]} == {
-        (a, p) for a in ("mhsa", "vca") for p in ("bf16 autocast", "fp32")}
+        (a, p) for a in ("mhsa", "vca") for p in ("bf16 autocast", "fp32")
+    }
     for r in sampling["rows"]:
         assert r["status"] == "ok" and r["model"] == "DiT-XL/2" and r["sampler"] == "ddpm" and r["steps"] == 250
         assert r["extrapolated"] is True and r["timed_steps"] == 2
@@ -213,5 +217,6 @@ def test_a_failing_unit_is_recorded_and_the_rest_continues(tmp_path, monkeypatch
         assert "pretend" in by[("vca", n)]["error"]
         assert by[("mhsa", n)]["status"] == "ok" and _pos(by[("mhsa", n)]["fwd_bwd_s"])
     assert res["sections"]["train"]["status"] == "skipped" and res["sections"]["train"]["rows"] == []
-    assert att["ratios"] == {"mhsa_time_256_over_64": pytest.approx(
-        by[("mhsa", 256)]["fwd_bwd_s"] / by[("mhsa", 64)]["fwd_bwd_s"])}
+    assert att["ratios"] == {
+        "mhsa_time_256_over_64": pytest.approx(by[("mhsa", 256)]["fwd_bwd_s"] / by[("mhsa", 64)]["fwd_bwd_s"])
+    }

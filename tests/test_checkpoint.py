@@ -1,4 +1,5 @@
 """Checkpoint I/O: atomic layout, pruning, RNG round trip, safe loading, mismatch errors, export."""
+
 from __future__ import annotations
 
 import json
@@ -9,29 +10,46 @@ import numpy as np
 import pytest
 import torch
 
-from vca_gen.experiment import checkpoint as ckpt
 from vca_gen.experiment import build as B
+from vca_gen.experiment import checkpoint as ckpt
 from vca_gen.experiment import schema as C
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_cfg(tmp_path: Path, **model):
-    m = {"name": "DiT-S/4", "depth": 2, "hidden_size": 64, "num_heads": 2, "num_classes": 10, "attention": "vca",
-         "attention_options": {"num_contrast_tokens": 4}, **model}
-    return C.config_from_dict({
-        "name": "tiny", "model": m,
-        "data": {"kind": "animal_mnist", "image_size": 32, "vae": None, "num_workers": 0},
-        "train": {"output_dir": str(tmp_path / "run")},
-    })
+    m = {
+        "name": "DiT-S/4",
+        "depth": 2,
+        "hidden_size": 64,
+        "num_heads": 2,
+        "num_classes": 10,
+        "attention": "vca",
+        "attention_options": {"num_contrast_tokens": 4},
+        **model,
+    }
+    return C.config_from_dict(
+        {
+            "name": "tiny",
+            "model": m,
+            "data": {"kind": "animal_mnist", "image_size": 32, "vae": None, "num_workers": 0},
+            "train": {"output_dir": str(tmp_path / "run")},
+        }
+    )
 
 
 def write_ckpt(root: Path, step: int, model, cfg, opt=None) -> Path:
     opt = opt or torch.optim.AdamW(model.parameters(), lr=1e-3)
     return ckpt.save_checkpoint(
-        root, step, model_state=model.state_dict(), ema_state=model.state_dict(),
-        optimizer_state=opt.state_dict(), rng_states=[ckpt.capture_rng_state()],
-        state={"step": step, "data": {"epoch": 0, "batch": step}}, config_yaml=C.to_yaml(cfg))
+        root,
+        step,
+        model_state=model.state_dict(),
+        ema_state=model.state_dict(),
+        optimizer_state=opt.state_dict(),
+        rng_states=[ckpt.capture_rng_state()],
+        state={"step": step, "data": {"epoch": 0, "batch": step}},
+        config_yaml=C.to_yaml(cfg),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +67,25 @@ def test_layout_and_safe_loading(tmp_path, cfg_model):
     opt.step()
     path = write_ckpt(tmp_path, 12, model, cfg, opt)
     assert path.name == "step_00000012"
-    assert {p.name for p in path.iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.pt",
-                                                 "state.json", "config.yaml", "checksums.json", "COMPLETE"}
+    assert {p.name for p in path.iterdir()} == {
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.pt",
+        "rng.pt",
+        "state.json",
+        "config.yaml",
+        "checksums.json",
+        "COMPLETE",
+    }
     recorded = ckpt.read_checksums(path)
-    assert set(recorded) == {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.pt", "state.json",
-                             "config.yaml"}
+    assert set(recorded) == {
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.pt",
+        "rng.pt",
+        "state.json",
+        "config.yaml",
+    }
     assert recorded["model.safetensors"]["size"] == (path / "model.safetensors").stat().st_size
     ckpt.verify_checkpoint(path)  # intact
     extra = ckpt.load_training_state(path)  # weights_only=True throughout
@@ -80,8 +112,8 @@ def test_incomplete_and_tmp_dirs_are_ignored_and_pruning_keeps_milestones(tmp_pa
     cfg, model = cfg_model
     for s in (100, 200, 300, 400, 500):
         write_ckpt(tmp_path, s, model, cfg)
-    (tmp_path / "step_00000600.tmp").mkdir()                  # killed mid-write
-    (tmp_path / "step_00000700").mkdir()                      # no COMPLETE marker
+    (tmp_path / "step_00000600.tmp").mkdir()  # killed mid-write
+    (tmp_path / "step_00000700").mkdir()  # no COMPLETE marker
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [100, 200, 300, 400, 500]
     assert ckpt.latest_checkpoint(tmp_path).name == "step_00000500"
     assert ckpt.resolve_resume("auto", tmp_path).name == "step_00000500"
@@ -122,9 +154,16 @@ def train_cli(*argv) -> int:
 def test_export_and_load_for_sampling(tmp_path, cfg_model, capsys):
     cfg, model = cfg_model
     ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    path = ckpt.save_checkpoint(tmp_path / "run" / "checkpoints", 3, model_state=model.state_dict(), ema_state=ema,
-                                optimizer_state={}, rng_states=[ckpt.capture_rng_state()], state={"step": 3},
-                                config_yaml=C.to_yaml(cfg))
+    path = ckpt.save_checkpoint(
+        tmp_path / "run" / "checkpoints",
+        3,
+        model_state=model.state_dict(),
+        ema_state=ema,
+        optimizer_state={},
+        rng_states=[ckpt.capture_rng_state()],
+        state={"step": 3},
+        config_yaml=C.to_yaml(cfg),
+    )
     m_ema, cfg2, spec, _ = ckpt.load_for_sampling(path)
     m_live, *_ = ckpt.load_for_sampling(path, use_ema=False)
     m_run, *_ = ckpt.load_for_sampling(tmp_path / "run")  # run dir → latest checkpoint
@@ -143,6 +182,7 @@ def test_export_and_load_for_sampling(tmp_path, cfg_model, capsys):
     assert torch.equal(m_exp.state_dict()[w], ema[w]) and C.to_container(cfg3) == C.to_container(cfg)
     # the export is loadable by create_model directly
     from safetensors.torch import load_file
+
     from vca_gen.models import create_model
 
     fresh = create_model(cfg3.model.name, **B.model_kwargs(cfg3.model))
@@ -179,7 +219,9 @@ def test_damaged_checkpoint_is_named_and_resume_falls_back(tmp_path, cfg_model):
     with pytest.raises(ckpt.CheckpointDamagedError, match="step_00000003/model.safetensors has .* bytes") as e:
         ckpt.verify_checkpoint(tmp_path / "step_00000003")
     assert e.value.damaged == tmp_path / "step_00000003/model.safetensors"
-    (tmp_path / "step_00000002/optimizer.pt").write_bytes(b"x" * (tmp_path / "step_00000002/optimizer.pt").stat().st_size)
+    (tmp_path / "step_00000002/optimizer.pt").write_bytes(
+        b"x" * (tmp_path / "step_00000002/optimizer.pt").stat().st_size
+    )
     with pytest.warns(ckpt.CheckpointWarning) as warned:
         assert ckpt.resolve_resume("auto", tmp_path, verify=True).name == "step_00000001"
     msgs = [str(w.message) for w in warned]

@@ -1,4 +1,5 @@
 """Experiment configs: every shipped YAML validates and builds; typos and bad values are clear errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,7 @@ EXPECTED = {
     for fam, size in (("dit", "s4"), ("dit", "s2"), ("dit", "b2"), ("sit", "s2"), ("sit", "b2"))
     for att in ("mhsa", "vca")
     for res in ("", "_512")
-} | {"dit_s2_diff", "dit_s2_vca_stage1", "dit_s2_vca_stage2", "dit_s2_vca_learned", "demo"}
+} | {"dit_s2_diff", "dit_s2_vca_stage1", "dit_s2_vca_stage2", "dit_s2_vca_learned", "demo", "toy_diffusion"}
 
 
 def test_shipped_configs_cover_the_paper_tables():
@@ -33,8 +34,9 @@ def test_every_config_validates_and_builds_on_meta(path):
     assert model.name == cfg.model.name and model.attention == cfg.model.attention
     assert next(model.parameters()).device.type == "meta"
     stem = path.stem
-    if stem == "demo":
+    if stem in ("demo", "toy_diffusion"):
         assert cfg.data.kind == "animal_mnist" and cfg.model.attention == "vca" and model.in_channels == 1
+        assert cfg.objective.kind == ("flow" if stem == "demo" else "diffusion")
         return
     fam, size = stem.split("_")[:2]
     assert cfg.model.name == f"{fam.replace('dit', 'DiT').replace('sit', 'SiT')}-{size[0].upper()}/{size[1]}"
@@ -49,8 +51,14 @@ def test_every_config_validates_and_builds_on_meta(path):
     elif "learned" in stem:
         assert opts["contrast_tokens"] == "learned"
     elif "_vca" in stem:
-        assert opts == {"num_contrast_tokens": 64, "stage2_softmax": "joint", "dwconv": True,
-                        "contrast_tokens": "pooled", "stages": "both"}
+        # n = N/4: 64 of the /2 models' 256 tokens at 256 px; DiT-S/4 has 64 tokens at 256 px -> 16
+        assert opts == {
+            "num_contrast_tokens": 16 if stem == "dit_s4_vca" else 64,
+            "stage2_softmax": "joint",
+            "dwconv": True,
+            "contrast_tokens": "pooled",
+            "stages": "both",
+        }
     if "diff" in stem:
         assert cfg.model.attention == "diff"
 
@@ -62,21 +70,24 @@ def test_vca_adds_the_papers_parameter_count():
     assert 0.6e6 < extra < 0.7e6  # VCA.md: DiT-S/2 with n=64 gains about 0.64M
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'lr'?)"),
-    ("trian.lr=1", "unknown config key 'trian'"),
-    ("model.attention_options.foo=1", "unknown option(s) ['foo']; accepted per attention kind"),
-    ("objective.flow.pathh=gvp", "unknown config key 'objective.flow.pathh'"),
-    ("data.kind=imgs", "data.kind='imgs' is not valid"),
-    ("train.lr=abc", "invalid value for 'train.lr'"),
-    ("train.mixed_precision=bf32", "accepted: auto, no, bf16, fp16"),
-    ("model.attention=vcx", "accepted: mhsa, vca, diff"),
-    ("model.name=DiT-M/2", "accepted: DiT-Ti/2"),
-    ("model.input_size=16", "model.input_size=16 does not match the data"),
-    ("train.global_batch_size=0", "train.global_batch_size=0 is not valid; accepted: a number > 0"),
-    ("logging.tracker=tensorbord", "accepted: tensorboard"),
-    ("train.grid.classes=[1000]", "class indices in [0, 1000)"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr' (did you mean 'lr'?)"),
+        ("trian.lr=1", "unknown config key 'trian'"),
+        ("model.attention_options.foo=1", "unknown option(s) ['foo']; accepted per attention kind"),
+        ("objective.flow.pathh=gvp", "unknown config key 'objective.flow.pathh'"),
+        ("data.kind=imgs", "data.kind='imgs' is not valid"),
+        ("train.lr=abc", "invalid value for 'train.lr'"),
+        ("train.mixed_precision=bf32", "accepted: auto, no, bf16, fp16"),
+        ("model.attention=vcx", "accepted: mhsa, vca, diff"),
+        ("model.name=DiT-M/2", "accepted: DiT-Ti/2"),
+        ("model.input_size=16", "model.input_size=16 does not match the data"),
+        ("train.global_batch_size=0", "train.global_batch_size=0 is not valid; accepted: a number > 0"),
+        ("logging.tracker=tensorbord", "accepted: tensorboard"),
+        ("train.grid.classes=[1000]", "class indices in [0, 1000)"),
+    ],
+)
 def test_bad_values_are_clear_errors(override, needle):
     with pytest.raises(C.ConfigError) as e:
         C.load_config(REPO / "configs/dit_s2_vca.yaml", [override])
@@ -98,7 +109,9 @@ def test_overrides_and_base_composition(tmp_path):
     child = tmp_path / "sub" / "child.yaml"
     child.parent.mkdir()
     child.write_text("_base_: ../base.yaml\nname: child\ndata: {kind: animal_mnist, image_size: 32, vae: null}\n")
-    cfg = C.load_config(child, ["train.lr=5e-4", "model.attention=vca", "model.attention_options.num_contrast_tokens=4"])
+    cfg = C.load_config(
+        child, ["train.lr=5e-4", "model.attention=vca", "model.attention_options.num_contrast_tokens=4"]
+    )
     assert cfg.name == "child" and cfg.model.name == "DiT-S/4" and cfg.model.num_classes == 10
     assert cfg.train.lr == 5e-4 and list(cfg.train.betas) == [0.8, 0.9]
     assert cfg.model.attention_options.num_contrast_tokens == 4

@@ -1,4 +1,5 @@
 """Animal-MNIST: safe loading, shape/range/polarity/padding, classes and balance, splits."""
+
 from __future__ import annotations
 
 import gzip
@@ -37,8 +38,9 @@ def test_shape_range_padding_classes_balance(animal_mnist_dir, raw):
         x, y = ds[i]
         assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
         assert y.item() == int(labels[i])
-        torch.testing.assert_close(x[0, 2:30, 2:30], torch.from_numpy(images[i].astype(np.float32)) / 127.5 - 1,
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            x[0, 2:30, 2:30], torch.from_numpy(images[i].astype(np.float32)) / 127.5 - 1, rtol=0, atol=1e-6
+        )
         border = torch.cat([x[0, :2].flatten(), x[0, 30:].flatten(), x[0, :, :2].flatten(), x[0, :, 30:].flatten()])
         assert torch.all(border == -1)  # padded with the (black) background value
     allx = ds.images.float()

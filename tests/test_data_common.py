@@ -1,4 +1,5 @@
 """Shared builders for the data tests (no tests here): tiny image folders and a tiny random VAE."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,9 +28,17 @@ def make_tiny_vae(path: Path) -> Path:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(1234)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
     vae.save_pretrained(path)
     return path
 

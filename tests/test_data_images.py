@@ -1,4 +1,5 @@
 """Image folders: ADM centre crop, class/extension scanning, RGB conversion, errors, unreadable files."""
+
 from __future__ import annotations
 
 import warnings
@@ -51,8 +52,8 @@ def test_folder_scanning_conversion_range_and_flip(tmp_path):
     rng = np.random.default_rng(1)
     _save(tmp_path / "zebra" / "a.PNG", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     _save(tmp_path / "zebra" / "sub" / "b.jpeg", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
-    _save(tmp_path / "ant" / "gray.bmp", np.full((36, 36), 200, dtype=np.uint8))               # grayscale
-    _save(tmp_path / "ant" / "rgba.webp", rng.integers(0, 256, (36, 36, 4), dtype=np.uint8))   # RGBA
+    _save(tmp_path / "ant" / "gray.bmp", np.full((36, 36), 200, dtype=np.uint8))  # grayscale
+    _save(tmp_path / "ant" / "rgba.webp", rng.integers(0, 256, (36, 36, 4), dtype=np.uint8))  # RGBA
     (tmp_path / "ant" / "notes.txt").write_text("not an image")
     ds = ImageFolderDataset(tmp_path, 32, random_flip=True, seed=4)
     assert ds.classes == ["ant", "zebra"]

@@ -1,4 +1,5 @@
 """Data order and per-item randomness: process-count independence, exact resume, num_workers."""
+
 from __future__ import annotations
 
 import itertools
@@ -7,8 +8,7 @@ import pytest
 import torch
 
 from vca_gen.data.animal_mnist import AnimalMNIST
-from vca_gen.data.sampler import (DeterministicBatchSampler, ItemKey, ResumableLoader, epoch_permutation,
-                                  item_generator)
+from vca_gen.data.sampler import DeterministicBatchSampler, ItemKey, ResumableLoader, epoch_permutation, item_generator
 
 
 def _indices(batch):
@@ -28,8 +28,8 @@ def test_one_vs_two_ranks_same_examples_per_step():
         assert [x[0] for x in b2] == b1
         # independent check: global batch b = perm[b*G:(b+1)*G] with the permutation of (seed, epoch)
         perm = epoch_permutation(n, 7, epoch).tolist()
-        assert b1 == [perm[b * G:(b + 1) * G] for b in range(n // G)]
-        assert sorted(sum(b1, [])) == sorted(perm[:12 * G])  # no repeats within an epoch
+        assert b1 == [perm[b * G : (b + 1) * G] for b in range(n // G)]
+        assert sorted(sum(b1, [])) == sorted(perm[: 12 * G])  # no repeats within an epoch
     assert epoch_permutation(n, 7, 0).tolist() != epoch_permutation(n, 7, 1).tolist()
     assert epoch_permutation(n, 7, 0).tolist() != epoch_permutation(n, 8, 0).tolist()
 

@@ -1,4 +1,5 @@
 """``python -m vca_gen.apps.demo --quick``: the whole demo pipeline end to end on a tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, animal_mnist_dir, inception_weights):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "vca_gen.apps.demo", "--quick", "--out", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(
+        [sys.executable, "-m", "vca_gen.apps.demo", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert [e["step"] for e in res["evals"]] == [0, 10, 20]
@@ -30,8 +36,13 @@ def test_quick_demo_end_to_end(tmp_path, animal_mnist_dir, inception_weights):
     report = (out / "report.md").read_text()
     assert "quick smoke run" in report and f"{fids[20]:.2f}" in report and f"{fids[0]:.2f}" in report
     # re-running reuses every finished stage (no retraining, no resampling)
-    r2 = subprocess.run([sys.executable, "-m", "vca_gen.apps.demo", "--quick", "--out", str(out)], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+    r2 = subprocess.run(
+        [sys.executable, "-m", "vca_gen.apps.demo", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "sampling 10 images" in r2.stdout and "wrote" not in r2.stderr
     assert json.loads((out / "results.json").read_text())["evals"] == res["evals"]

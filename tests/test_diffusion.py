@@ -1,4 +1,5 @@
 """Diffusion objective: respacing rule, VLB closed forms, analytic-Gaussian sampler checks, errors."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vca_gen.objectives.diffusion import GaussianDiffusion, beta_schedule, space_timesteps
 from vca_gen.objectives import DiffusionConfig, ObjectiveConfig, build_objective
+from vca_gen.objectives.diffusion import GaussianDiffusion, beta_schedule, space_timesteps
 from vca_gen.utils.rng import per_sample_generators
 
 # data N(MU, diag SD^2) on (2, 2, 2) "images"
@@ -91,7 +92,7 @@ def test_vb_term_equals_closed_form_kl_and_decoder_nll():
 
     g = torch.Generator().manual_seed(1)
     B, shape = 6, (6, 2, 3, 3)
-    x0 = (torch.randint(0, 256, shape, generator=g).double() / 127.5 - 1)  # on the 8-bit grid
+    x0 = torch.randint(0, 256, shape, generator=g).double() / 127.5 - 1  # on the 8-bit grid
     eps = torch.randn(shape, generator=g, dtype=torch.float64)
     out = torch.randn((B, 4, 3, 3), generator=g, dtype=torch.float64)
     out[:, 2:] = out[:, 2:].tanh()  # v in [-1, 1]
@@ -117,7 +118,9 @@ def test_vb_term_equals_closed_form_kl_and_decoder_nll():
         else:
             mean_q = c1 * X0[i] + c2 * XT[i]
             var_q = post_var[ti]
-            kl = 0.5 * (logvar_p - np.log(var_q) + var_q / np.exp(logvar_p) + (mean_q - mean_p) ** 2 / np.exp(logvar_p) - 1)
+            kl = 0.5 * (
+                logvar_p - np.log(var_q) + var_q / np.exp(logvar_p) + (mean_q - mean_p) ** 2 / np.exp(logvar_p) - 1
+            )
             want = kl.mean() / np.log(2)
         assert got[i] == pytest.approx(want, rel=1e-9, abs=1e-12), (ti, got[i], want)
 
@@ -189,8 +192,15 @@ def test_samplers_reproduce_gaussian_data(sampler, steps, opts, learned, fixed, 
     obj = build_objective({"kind": "diffusion", "diffusion": {"fixed_variance": fixed}})
     noise = torch.randn(N, 2, 2, 2, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(N, dtype=torch.long)
-    out = obj.sample(_analytic_eps(learned), noise, y, sampler=sampler, steps=steps,
-                     generator=torch.Generator().manual_seed(1), **opts)
+    out = obj.sample(
+        _analytic_eps(learned),
+        noise,
+        y,
+        sampler=sampler,
+        steps=steps,
+        generator=torch.Generator().manual_seed(1),
+        **opts,
+    )
     assert out.nfe == nfe
     _check_moments(out.x)
 
@@ -201,7 +211,9 @@ def test_ddim_eta1_equals_ddpm_with_posterior_variance():
     y = torch.zeros(64, dtype=torch.long)
     obj = build_objective({"diffusion": {"fixed_variance": "small"}})
     a = obj.sample(_analytic_eps(False), noise, y, steps="30", generator=torch.Generator().manual_seed(1)).x
-    b = obj.sample(_analytic_eps(False), noise, y, sampler="ddim", steps="30", eta=1.0, generator=torch.Generator().manual_seed(1)).x
+    b = obj.sample(
+        _analytic_eps(False), noise, y, sampler="ddim", steps="30", eta=1.0, generator=torch.Generator().manual_seed(1)
+    ).x
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -213,10 +225,19 @@ def test_per_sample_generators_make_samples_batch_independent(sampler, opts):
     y = torch.zeros(4, dtype=torch.long)
     model = _analytic_eps(True)
     full = obj.sample(model, noise, y, sampler=sampler, steps="20", generator=per_sample_generators(seeds), **opts).x
-    part = obj.sample(model, noise[[1, 3]], y[:2], sampler=sampler, steps="20",
-                      generator=per_sample_generators([seeds[1], seeds[3]]), **opts).x
+    part = obj.sample(
+        model,
+        noise[[1, 3]],
+        y[:2],
+        sampler=sampler,
+        steps="20",
+        generator=per_sample_generators([seeds[1], seeds[3]]),
+        **opts,
+    ).x
     torch.testing.assert_close(full[[1, 3]], part, rtol=1e-5, atol=1e-6)
-    other = obj.sample(model, noise, y, sampler=sampler, steps="20", generator=per_sample_generators([1, 2, 3, 4]), **opts).x
+    other = obj.sample(
+        model, noise, y, sampler=sampler, steps="20", generator=per_sample_generators([1, 2, 3, 4]), **opts
+    ).x
     assert not torch.allclose(full, other)  # the stochastic steps do use the generators
 
 

@@ -1,5 +1,6 @@
 """Two CPU processes (gloo, ``accelerate launch --multi_gpu``) train like one process with the same
 global batch and seed, and only the main process writes files."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_training_common import (REPO, ckpt_tensors, image_data, launch_direct, make_images, run, tiny_dict,
-                                  wait_all, write_yaml)
+from test_training_common import (
+    REPO,
+    ckpt_tensors,
+    image_data,
+    launch_direct,
+    make_images,
+    run,
+    tiny_dict,
+    wait_all,
+    write_yaml,
+)
 
 
 def free_port() -> int:
@@ -25,9 +35,24 @@ def launch(cfg: Path, num_processes: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     accelerate = str(Path(sys.executable).parent / "accelerate")
     if num_processes > 1:
-        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "train.py", "--config", str(cfg)]
+        cmd = [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "train.py",
+            "--config",
+            str(cfg),
+        ]
     else:
         cmd = [sys.executable, "train.py", "--config", str(cfg)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -42,8 +67,9 @@ def test_two_processes_match_one(tmp_path):
     images = make_images(tmp_path / "images")
     runs = {}
     for n in (1, 2):
-        d = tiny_dict(tmp_path / f"run{n}", data=image_data(images), max_steps=4, ckpt_every=2,
-                      grid={"every": 4, "num": 2})
+        d = tiny_dict(
+            tmp_path / f"run{n}", data=image_data(images), max_steps=4, ckpt_every=2, grid={"every": 4, "num": 2}
+        )
         d["logging"] = {"tracker": "tensorboard"}
         out = launch(write_yaml(tmp_path / f"c{n}.yaml", d), n)
         assert out.returncode == 0, out.stderr[-3000:]
@@ -57,7 +83,9 @@ def test_two_processes_match_one(tmp_path):
     # same files, no stray temporaries, one TensorBoard writer (the main process's)
     assert files(runs[1]) == files(runs[2])
     assert not [p for p in files(runs[2]) if ".tmp" in p or ".old" in p]
-    assert len(list((runs[2] / "logs").rglob("events.out.tfevents.*"))) == len(list((runs[1] / "logs").rglob("events.out.tfevents.*")))
+    assert len(list((runs[2] / "logs").rglob("events.out.tfevents.*"))) == len(
+        list((runs[1] / "logs").rglob("events.out.tfevents.*"))
+    )
     rng = torch.load(runs[2] / "checkpoints/step_00000004/rng.pt", weights_only=True)
     assert rng["world_size"] == 2 and len(rng["states"]) == 2
 

@@ -3,6 +3,7 @@
 All checks here fail before Inception would run (inputs are validated first), so they are fast;
 the notes on metrics from too few images are checked with a stand-in extractor (``FakeExtractor``).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vca_gen.metrics import (FeatureStatistics, InceptionWeightsNotFound, InputFormatError, ModeMismatchError,
-                             evaluate, load_reference, open_source, resolve_inception_weights, save_statistics)
-from vca_gen.metrics import cli, statistics, weights
+from vca_gen.metrics import (
+    FeatureStatistics,
+    InceptionWeightsNotFound,
+    InputFormatError,
+    ModeMismatchError,
+    cli,
+    evaluate,
+    load_reference,
+    open_source,
+    resolve_inception_weights,
+    save_statistics,
+    statistics,
+    weights,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,8 +40,15 @@ def _images(n=6, size=16, seed=0):
 def _fake_stats(mode="clean", d=8):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, d))
-    return FeatureStatistics(mu=x.mean(0), sigma=np.cov(x, rowvar=False), count=20, mode=mode,
-                             resolution=(16, 16), extractor_sha256="0" * 64, source="test")
+    return FeatureStatistics(
+        mu=x.mean(0),
+        sigma=np.cov(x, rowvar=False),
+        count=20,
+        mode=mode,
+        resolution=(16, 16),
+        extractor_sha256="0" * 64,
+        source="test",
+    )
 
 
 def _run_cli(args, capsys):
@@ -46,11 +65,14 @@ def test_npz_without_arr_0(tmp_path, capsys):
     assert out == "" and not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.parametrize("array,expect", [
-    (np.zeros((4, 8, 8, 3), np.float32), "dtype float32, expected uint8"),
-    (np.zeros((4, 8, 8, 4), np.uint8), "shape (4, 8, 8, 4), expected (N, H, W, 3)"),
-    (np.zeros((4, 8), np.uint8), "shape (4, 8), expected (N, H, W, 3)"),
-])
+@pytest.mark.parametrize(
+    "array,expect",
+    [
+        (np.zeros((4, 8, 8, 3), np.float32), "dtype float32, expected uint8"),
+        (np.zeros((4, 8, 8, 4), np.uint8), "shape (4, 8, 8, 4), expected (N, H, W, 3)"),
+        (np.zeros((4, 8), np.uint8), "shape (4, 8), expected (N, H, W, 3)"),
+    ],
+)
 def test_npz_wrong_dtype_or_shape(tmp_path, capsys, array, expect):
     bad = tmp_path / "bad.npz"
     np.savez(bad, arr_0=array)
@@ -121,9 +143,14 @@ def test_missing_inception_weights_message(tmp_path, monkeypatch):
     with pytest.raises(InceptionWeightsNotFound) as e:
         resolve_inception_weights()
     msg = str(e.value)
-    for needle in (str(tmp_path / "assets" / "inception" / "default_1.pt"), str(tmp_path / "tmpdir"),
-                   "make assets", "python scripts/fetch_assets.py inception", "inception-2015-12-05.pt",
-                   "--inception PATH"):
+    for needle in (
+        str(tmp_path / "assets" / "inception" / "default_1.pt"),
+        str(tmp_path / "tmpdir"),
+        "make assets",
+        "python scripts/fetch_assets.py inception",
+        "inception-2015-12-05.pt",
+        "--inception PATH",
+    ):
         assert needle in msg
     # order: explicit > env > clean-fid's temp file > assets copy
     (tmp_path / "tmpdir").mkdir()
@@ -146,8 +173,14 @@ def test_missing_weights_cli_exit_code(tmp_path):
     np.savez(samples, arr_0=_images())
     env = dict(os.environ, VCA_GEN_INCEPTION=str(tmp_path / "nope.pt"))
     out_ref = tmp_path / "ref.npz"
-    p = subprocess.run([sys.executable, str(REPO / "evaluate_fid.py"), str(samples), "--make-ref", str(out_ref),
-                        "--device", "cpu"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    p = subprocess.run(
+        [sys.executable, str(REPO / "evaluate_fid.py"), str(samples), "--make-ref", str(out_ref), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr
     assert "Inception weights not found at" in p.stderr and "fetch_assets.py inception" in p.stderr
     assert "Traceback" not in p.stderr and not out_ref.exists()
@@ -165,6 +198,7 @@ def test_statistics_file_roundtrip_and_atomic_write(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
+
     monkeypatch.setattr(statistics.np, "savez", boom)
     with pytest.raises(OSError, match="disk full"):
         save_statistics(_fake_stats(), path)
@@ -215,7 +249,7 @@ class FakeExtractor:
         rng = np.random.default_rng(x.shape[1])
         w = rng.normal(size=(x.shape[1], self.POOL_DIM + self.SPATIAL_DIM)) / np.sqrt(x.shape[1])
         f = (x @ w).astype(np.float32)
-        return FeatureBatch(f[:, :self.POOL_DIM], f[:, self.POOL_DIM:])
+        return FeatureBatch(f[:, : self.POOL_DIM], f[:, self.POOL_DIM :])
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@
 * resume refuses a change of a run-defining setting (seeds, lr), naming it, and accepts max_steps;
 * a missing VAE, data path or init_from file is a one-line error with exit 2.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -86,9 +87,21 @@ def test_vca_options_of_a_config_survive_the_switch_back():
 
 def test_print_config_as_a_subprocess():
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/demo.yaml"),
-                        "model.attention=mhsa", "--print-config"], capture_output=True, text=True, cwd=REPO,
-                       env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            str(REPO / "configs/demo.yaml"),
+            "model.attention=mhsa",
+            "--print-config",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     printed = yaml.safe_load(r.stdout)
     assert printed["model"]["attention"] == "mhsa" and printed["model"]["attention_options"] == {}
@@ -103,133 +116,315 @@ def _case(objective: str, overrides: str, *needles: str):
 BAD = [
     # objective.kind and objective.diffusion.*
     _case("diffusion", "objective.kind=foo", "objective.kind='foo'", "accepted: diffusion, flow"),
-    _case("diffusion", "objective.diffusion.beta_schedule=foo", "objective.diffusion.beta_schedule='foo'",
-          "accepted: linear, cosine"),
-    _case("diffusion", "objective.diffusion.fixed_variance=foo", "objective.diffusion.fixed_variance='foo'",
-          "accepted: large, small"),
-    _case("diffusion", "objective.diffusion.sampler=foo", "objective.diffusion.sampler='foo'",
-          "accepted: ddpm, ddim, dpm-solver++"),
-    _case("diffusion", "objective.diffusion.sample_steps=abc", "objective.diffusion.sample_steps='abc'",
-          "accepted: a step count, a respacing"),
-    _case("diffusion", "objective.diffusion.sample_steps=5000", "objective.diffusion.sample_steps='5000'",
-          "accepted: a step count, a respacing"),
-    _case("diffusion", "objective.diffusion.sampler=dpm-solver++ objective.diffusion.sample_steps=ddim20",
-          "objective.diffusion.sample_steps='ddim20'", "an integer in 1..1000 for dpm-solver++"),
-    _case("diffusion", "objective.diffusion.dpm_solver_order=4", "objective.diffusion.dpm_solver_order=4",
-          "accepted: 1, 2, 3"),
-    _case("diffusion", "objective.diffusion.num_timesteps=0", "objective.diffusion.num_timesteps=0",
-          "accepted: a number > 0"),
-    _case("diffusion", "objective.diffusion.num_timesteps=abc", "'objective.diffusion.num_timesteps'", "'abc'",
-          "accepted: an integer"),
-    _case("diffusion", "objective.diffusion.beta_start=0", "objective.diffusion.beta_start=0.0",
-          "accepted: a number in (0.0, 1.0)"),
-    _case("diffusion", "objective.diffusion.beta_start=2", "objective.diffusion.beta_start=2.0",
-          "accepted: a number in (0.0, 1.0)"),
-    _case("diffusion", "objective.diffusion.beta_end=1e-5", "objective.diffusion.beta_end=1e-05",
-          "accepted: a number in (0.0001, 1.0]"),
-    _case("diffusion", "objective.diffusion.ddim_eta=-1", "objective.diffusion.ddim_eta=-1.0",
-          "accepted: a number >= 0"),
+    _case(
+        "diffusion",
+        "objective.diffusion.beta_schedule=foo",
+        "objective.diffusion.beta_schedule='foo'",
+        "accepted: linear, cosine",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.fixed_variance=foo",
+        "objective.diffusion.fixed_variance='foo'",
+        "accepted: large, small",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.sampler=foo",
+        "objective.diffusion.sampler='foo'",
+        "accepted: ddpm, ddim, dpm-solver++",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.sample_steps=abc",
+        "objective.diffusion.sample_steps='abc'",
+        "accepted: a step count, a respacing",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.sample_steps=5000",
+        "objective.diffusion.sample_steps='5000'",
+        "accepted: a step count, a respacing",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.sampler=dpm-solver++ objective.diffusion.sample_steps=ddim20",
+        "objective.diffusion.sample_steps='ddim20'",
+        "an integer in 1..1000 for dpm-solver++",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.dpm_solver_order=4",
+        "objective.diffusion.dpm_solver_order=4",
+        "accepted: 1, 2, 3",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.num_timesteps=0",
+        "objective.diffusion.num_timesteps=0",
+        "accepted: a number > 0",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.num_timesteps=abc",
+        "'objective.diffusion.num_timesteps'",
+        "'abc'",
+        "accepted: an integer",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.beta_start=0",
+        "objective.diffusion.beta_start=0.0",
+        "accepted: a number in (0.0, 1.0)",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.beta_start=2",
+        "objective.diffusion.beta_start=2.0",
+        "accepted: a number in (0.0, 1.0)",
+    ),
+    _case(
+        "diffusion",
+        "objective.diffusion.beta_end=1e-5",
+        "objective.diffusion.beta_end=1e-05",
+        "accepted: a number in (0.0001, 1.0]",
+    ),
+    _case(
+        "diffusion", "objective.diffusion.ddim_eta=-1", "objective.diffusion.ddim_eta=-1.0", "accepted: a number >= 0"
+    ),
     # objective.flow.*
     _case("flow", "objective.kind=foo", "objective.kind='foo'", "accepted: diffusion, flow"),
     _case("flow", "objective.flow.path=foo", "objective.flow.path='foo'", "accepted: linear, gvp, vp"),
-    _case("flow", "objective.flow.prediction=foo", "objective.flow.prediction='foo'",
-          "accepted: velocity, score, noise"),
-    _case("flow", "objective.flow.loss_weight=foo", "objective.flow.loss_weight='foo'",
-          "accepted: none, velocity, likelihood"),
+    _case(
+        "flow", "objective.flow.prediction=foo", "objective.flow.prediction='foo'", "accepted: velocity, score, noise"
+    ),
+    _case(
+        "flow",
+        "objective.flow.loss_weight=foo",
+        "objective.flow.loss_weight='foo'",
+        "accepted: none, velocity, likelihood",
+    ),
     _case("flow", "objective.flow.sampler=foo", "objective.flow.sampler='foo'", "accepted: sde, ode, euler, heun"),
-    _case("flow", "objective.flow.sampler=sde objective.flow.sample_steps=1", "objective.flow.sample_steps=1",
-          "accepted: an integer >= 2 for the sde sampler"),
-    _case("flow", "objective.flow.sampler=euler objective.flow.sample_steps=0", "objective.flow.sample_steps=0",
-          "accepted: an integer >= 1 for the euler sampler"),
-    _case("flow", "objective.flow.sample_steps=abc", "'objective.flow.sample_steps'", "'abc'",
-          "accepted: an integer"),
-    _case("flow", "objective.flow.diffusion_form=foo", "objective.flow.diffusion_form='foo'",
-          "accepted: constant, sbdm, sigma, linear, decreasing, increasing-decreasing"),
-    _case("flow", "objective.flow.last_step=foo", "objective.flow.last_step='foo'",
-          "accepted: mean, tweedie, euler, none"),
-    _case("flow", "objective.flow.last_step_size=0", "objective.flow.last_step_size=0.0",
-          "accepted: a number in (0.0, 1.0)"),
-    _case("flow", "objective.flow.last_step_size=1.5", "objective.flow.last_step_size=1.5",
-          "accepted: a number in (0.0, 1.0)"),
+    _case(
+        "flow",
+        "objective.flow.sampler=sde objective.flow.sample_steps=1",
+        "objective.flow.sample_steps=1",
+        "accepted: an integer >= 2 for the sde sampler",
+    ),
+    _case(
+        "flow",
+        "objective.flow.sampler=euler objective.flow.sample_steps=0",
+        "objective.flow.sample_steps=0",
+        "accepted: an integer >= 1 for the euler sampler",
+    ),
+    _case("flow", "objective.flow.sample_steps=abc", "'objective.flow.sample_steps'", "'abc'", "accepted: an integer"),
+    _case(
+        "flow",
+        "objective.flow.diffusion_form=foo",
+        "objective.flow.diffusion_form='foo'",
+        "accepted: constant, sbdm, sigma, linear, decreasing, increasing-decreasing",
+    ),
+    _case(
+        "flow", "objective.flow.last_step=foo", "objective.flow.last_step='foo'", "accepted: mean, tweedie, euler, none"
+    ),
+    _case(
+        "flow",
+        "objective.flow.last_step_size=0",
+        "objective.flow.last_step_size=0.0",
+        "accepted: a number in (0.0, 1.0)",
+    ),
+    _case(
+        "flow",
+        "objective.flow.last_step_size=1.5",
+        "objective.flow.last_step_size=1.5",
+        "accepted: a number in (0.0, 1.0)",
+    ),
     _case("flow", "objective.flow.ode_method=foo", "objective.flow.ode_method='foo'", "accepted: dopri5, dopri8"),
     _case("flow", "objective.flow.atol=0", "objective.flow.atol=0.0", "accepted: a number > 0"),
     _case("flow", "objective.flow.rtol=-1", "objective.flow.rtol=-1.0", "accepted: a number > 0"),
     _case("flow", "objective.flow.train_eps=0.7", "objective.flow.train_eps=0.7", "accepted: a number in [0.0, 0.5)"),
-    _case("flow", "objective.flow.train_eps=-0.1", "objective.flow.train_eps=-0.1",
-          "accepted: a number in [0.0, 0.5)"),
+    _case("flow", "objective.flow.train_eps=-0.1", "objective.flow.train_eps=-0.1", "accepted: a number in [0.0, 0.5)"),
     # train.grid / train.fid with the diffusion samplers
     _case("diffusion", "train.grid.sampler=foo", "train.grid.sampler='foo'", "accepted: ddpm, ddim, dpm-solver++"),
-    _case("diffusion", "train.grid.sampler=ddpm train.grid.steps=abc", "train.grid.steps='abc'",
-          "expected an int, 'N', 'N1,N2,...' or 'ddimN'"),
+    _case(
+        "diffusion",
+        "train.grid.sampler=ddpm train.grid.steps=abc",
+        "train.grid.steps='abc'",
+        "expected an int, 'N', 'N1,N2,...' or 'ddimN'",
+    ),
     _case("diffusion", "train.grid.sampler=ddpm train.grid.steps=0", "train.grid.steps='0'", "steps must be >= 1"),
-    _case("diffusion", "train.grid.sampler=dpm-solver++ train.grid.steps=ddim5", "train.grid.steps='ddim5'",
-          "dpm-solver++ steps must be an integer"),
-    _case("diffusion", "train.grid.sampler=ddim train.grid.options.foo=1", "train.grid.options", "['foo']",
-          "accepted: ['clip_denoised', 'eta']"),
-    _case("diffusion", "train.grid.sampler=ddim train.grid.options.eta=-1", "train.grid.options.eta=-1",
-          "accepted: a number >= 0"),
-    _case("diffusion", "train.grid.sampler=ddim train.grid.options.eta=abc", "train.grid.options.eta='abc'",
-          "accepted: a number"),
-    _case("diffusion", "train.grid.sampler=dpm-solver++ train.grid.options.order=5", "train.grid.options.order=5",
-          "accepted: 1, 2, 3"),
-    _case("diffusion", "train.grid.sampler=ddpm train.grid.options.clip_denoised=abc",
-          "train.grid.options.clip_denoised='abc'", "accepted: true or false"),
+    _case(
+        "diffusion",
+        "train.grid.sampler=dpm-solver++ train.grid.steps=ddim5",
+        "train.grid.steps='ddim5'",
+        "dpm-solver++ steps must be an integer",
+    ),
+    _case(
+        "diffusion",
+        "train.grid.sampler=ddim train.grid.options.foo=1",
+        "train.grid.options",
+        "['foo']",
+        "accepted: ['clip_denoised', 'eta']",
+    ),
+    _case(
+        "diffusion",
+        "train.grid.sampler=ddim train.grid.options.eta=-1",
+        "train.grid.options.eta=-1",
+        "accepted: a number >= 0",
+    ),
+    _case(
+        "diffusion",
+        "train.grid.sampler=ddim train.grid.options.eta=abc",
+        "train.grid.options.eta='abc'",
+        "accepted: a number",
+    ),
+    _case(
+        "diffusion",
+        "train.grid.sampler=dpm-solver++ train.grid.options.order=5",
+        "train.grid.options.order=5",
+        "accepted: 1, 2, 3",
+    ),
+    _case(
+        "diffusion",
+        "train.grid.sampler=ddpm train.grid.options.clip_denoised=abc",
+        "train.grid.options.clip_denoised='abc'",
+        "accepted: true or false",
+    ),
     _case("diffusion", "train.grid.cfg_scale=abc", "'train.grid.cfg_scale'", "'abc'", "accepted: a number"),
-    _case("diffusion", "model.class_dropout_prob=0 train.grid.cfg_scale=2", "train.grid.cfg_scale=2.0",
-          "accepted here: 1.0"),
+    _case(
+        "diffusion",
+        "model.class_dropout_prob=0 train.grid.cfg_scale=2",
+        "train.grid.cfg_scale=2.0",
+        "accepted here: 1.0",
+    ),
     _case("diffusion", "train.fid.sampler=foo", "train.fid.sampler='foo'", "accepted: ddpm, ddim, dpm-solver++"),
-    _case("diffusion", "train.fid.sampler=ddim train.fid.steps=abc", "train.fid.steps='abc'",
-          "expected an int, 'N', 'N1,N2,...' or 'ddimN'"),
+    _case(
+        "diffusion",
+        "train.fid.sampler=ddim train.fid.steps=abc",
+        "train.fid.steps='abc'",
+        "expected an int, 'N', 'N1,N2,...' or 'ddimN'",
+    ),
     _case("diffusion", "train.fid.sampler=ddpm train.fid.steps=0", "train.fid.steps='0'", "steps must be >= 1"),
-    _case("diffusion", "train.fid.sampler=ddpm train.fid.options.foo=1", "train.fid.options", "['foo']",
-          "accepted: ['clip_denoised']"),
-    _case("diffusion", "train.fid.sampler=ddim train.fid.options.eta=-1", "train.fid.options.eta=-1",
-          "accepted: a number >= 0"),
-    _case("diffusion", "train.fid.sampler=dpm-solver++ train.fid.options.order=0", "train.fid.options.order=0",
-          "accepted: 1, 2, 3"),
+    _case(
+        "diffusion",
+        "train.fid.sampler=ddpm train.fid.options.foo=1",
+        "train.fid.options",
+        "['foo']",
+        "accepted: ['clip_denoised']",
+    ),
+    _case(
+        "diffusion",
+        "train.fid.sampler=ddim train.fid.options.eta=-1",
+        "train.fid.options.eta=-1",
+        "accepted: a number >= 0",
+    ),
+    _case(
+        "diffusion",
+        "train.fid.sampler=dpm-solver++ train.fid.options.order=0",
+        "train.fid.options.order=0",
+        "accepted: 1, 2, 3",
+    ),
     _case("diffusion", "train.fid.num_samples=0", "train.fid.num_samples=0", "accepted: a number > 0"),
-    _case("diffusion", "train.fid.num_samples=1001", "train.fid.num_samples=1001",
-          "accepted: a multiple of model.num_classes"),
+    _case(
+        "diffusion",
+        "train.fid.num_samples=1001",
+        "train.fid.num_samples=1001",
+        "accepted: a multiple of model.num_classes",
+    ),
     _case("diffusion", "train.fid.cfg_scale=abc", "'train.fid.cfg_scale'", "'abc'", "accepted: a number"),
-    _case("diffusion", "model.class_dropout_prob=0 train.fid.cfg_scale=1.5", "train.fid.cfg_scale=1.5",
-          "accepted here: 1.0"),
+    _case(
+        "diffusion",
+        "model.class_dropout_prob=0 train.fid.cfg_scale=1.5",
+        "train.fid.cfg_scale=1.5",
+        "accepted here: 1.0",
+    ),
     # train.grid / train.fid with the flow samplers
     _case("flow", "train.grid.sampler=foo", "train.grid.sampler='foo'", "accepted: sde, ode, euler, heun"),
     _case("flow", "train.grid.sampler=sde train.grid.steps=1", "train.grid.steps='1'", "steps must be >= 2"),
-    _case("flow", "train.grid.sampler=euler train.grid.steps=abc", "train.grid.steps='abc'",
-          "flow steps must be an integer"),
-    _case("flow", "train.grid.sampler=ode train.grid.options.foo=1", "train.grid.options", "['foo']",
-          "accepted: ['atol', 'ode_method', 'rtol']"),
-    _case("flow", "train.grid.sampler=ode train.grid.options.atol=-1", "train.grid.options.atol=-1",
-          "accepted: a number > 0"),
-    _case("flow", "train.grid.sampler=ode train.grid.options.rtol=0", "train.grid.options.rtol=0",
-          "accepted: a number > 0"),
-    _case("flow", "train.grid.sampler=ode train.grid.options.atol=abc", "train.grid.options.atol='abc'",
-          "accepted: a number"),
-    _case("flow", "train.grid.sampler=ode train.grid.options.ode_method=foo", "train.grid.options.ode_method='foo'",
-          "accepted: dopri5"),
-    _case("flow", "train.grid.sampler=sde train.grid.options.diffusion_form=foo",
-          "train.grid.options.diffusion_form='foo'", "accepted: constant, sbdm, sigma"),
-    _case("flow", "train.grid.sampler=sde train.grid.options.diffusion_norm=-1",
-          "train.grid.options.diffusion_norm=-1", "accepted: a number > 0"),
-    _case("flow", "train.grid.sampler=sde train.grid.options.last_step=foo", "train.grid.options.last_step='foo'",
-          "accepted: mean, tweedie, euler, none"),
-    _case("flow", "train.grid.sampler=sde train.grid.options.last_step_size=2",
-          "train.grid.options.last_step_size=2", "accepted: a number in (0.0, 1.0)"),
+    _case(
+        "flow",
+        "train.grid.sampler=euler train.grid.steps=abc",
+        "train.grid.steps='abc'",
+        "flow steps must be an integer",
+    ),
+    _case(
+        "flow",
+        "train.grid.sampler=ode train.grid.options.foo=1",
+        "train.grid.options",
+        "['foo']",
+        "accepted: ['atol', 'ode_method', 'rtol']",
+    ),
+    _case(
+        "flow",
+        "train.grid.sampler=ode train.grid.options.atol=-1",
+        "train.grid.options.atol=-1",
+        "accepted: a number > 0",
+    ),
+    _case(
+        "flow",
+        "train.grid.sampler=ode train.grid.options.rtol=0",
+        "train.grid.options.rtol=0",
+        "accepted: a number > 0",
+    ),
+    _case(
+        "flow",
+        "train.grid.sampler=ode train.grid.options.atol=abc",
+        "train.grid.options.atol='abc'",
+        "accepted: a number",
+    ),
+    _case(
+        "flow",
+        "train.grid.sampler=ode train.grid.options.ode_method=foo",
+        "train.grid.options.ode_method='foo'",
+        "accepted: dopri5",
+    ),
+    _case(
+        "flow",
+        "train.grid.sampler=sde train.grid.options.diffusion_form=foo",
+        "train.grid.options.diffusion_form='foo'",
+        "accepted: constant, sbdm, sigma",
+    ),
+    _case(
+        "flow",
+        "train.grid.sampler=sde train.grid.options.diffusion_norm=-1",
+        "train.grid.options.diffusion_norm=-1",
+        "accepted: a number > 0",
+    ),
+    _case(
+        "flow",
+        "train.grid.sampler=sde train.grid.options.last_step=foo",
+        "train.grid.options.last_step='foo'",
+        "accepted: mean, tweedie, euler, none",
+    ),
+    _case(
+        "flow",
+        "train.grid.sampler=sde train.grid.options.last_step_size=2",
+        "train.grid.options.last_step_size=2",
+        "accepted: a number in (0.0, 1.0)",
+    ),
     _case("flow", "train.fid.sampler=foo", "train.fid.sampler='foo'", "accepted: sde, ode, euler, heun"),
     _case("flow", "train.fid.sampler=sde train.fid.steps=0", "train.fid.steps='0'", "steps must be >= 2"),
-    _case("flow", "train.fid.sampler=euler train.fid.options.eta=0", "train.fid.options", "['eta']",
-          "accepted: []"),
-    _case("flow", "train.fid.sampler=ode train.fid.options.atol=-1", "train.fid.options.atol=-1",
-          "accepted: a number > 0"),
-    _case("flow", "train.fid.sampler=sde train.fid.options.last_step=foo", "train.fid.options.last_step='foo'",
-          "accepted: mean, tweedie, euler, none"),
+    _case("flow", "train.fid.sampler=euler train.fid.options.eta=0", "train.fid.options", "['eta']", "accepted: []"),
+    _case(
+        "flow", "train.fid.sampler=ode train.fid.options.atol=-1", "train.fid.options.atol=-1", "accepted: a number > 0"
+    ),
+    _case(
+        "flow",
+        "train.fid.sampler=sde train.fid.options.last_step=foo",
+        "train.fid.options.last_step='foo'",
+        "accepted: mean, tweedie, euler, none",
+    ),
     _case("flow", "train.fid.num_samples=0", "train.fid.num_samples=0", "accepted: a number > 0"),
-    _case("flow", "train.fid.num_samples=15", "train.fid.num_samples=15",
-          "accepted: a multiple of model.num_classes=10"),
+    _case(
+        "flow", "train.fid.num_samples=15", "train.fid.num_samples=15", "accepted: a multiple of model.num_classes=10"
+    ),
     _case("flow", "train.fid.cfg_scale=abc", "'train.fid.cfg_scale'", "'abc'", "accepted: a number"),
-    _case("flow", "model.class_dropout_prob=0 train.grid.cfg_scale=1 train.fid.cfg_scale=2",
-          "train.fid.cfg_scale=2.0", "accepted here: 1.0"),
+    _case(
+        "flow",
+        "model.class_dropout_prob=0 train.grid.cfg_scale=1 train.fid.cfg_scale=2",
+        "train.fid.cfg_scale=2.0",
+        "accepted here: 1.0",
+    ),
 ]
 
 
@@ -303,13 +498,29 @@ def test_bad_value_fails_at_load(objective, overrides, needles, where, print_cfg
 def test_the_valid_neighbours_of_the_bad_values_load():
     """The cases above fail for their value alone: the same keys with good values are accepted."""
     good = {
-        "diffusion": ["objective.diffusion.sampler=ddim", "objective.diffusion.sample_steps=ddim25",
-                      "train.grid.sampler=ddim", "train.grid.options.eta=0.5", "train.fid.sampler=dpm-solver++",
-                      "train.fid.steps=20", "train.fid.options.order=3", "train.fid.num_samples=2000"],
-        "flow": ["objective.flow.sampler=ode", "objective.flow.sample_steps=0", "train.grid.sampler=ode",
-                 "train.grid.steps=null", "train.grid.options.atol=1e-5", "train.grid.options.rtol=1e-4",
-                 "train.fid.sampler=sde", "train.fid.options.diffusion_norm=2", "train.fid.options.last_step=none",
-                 "train.fid.num_samples=20", "train.fid.cfg_scale=1.5"],
+        "diffusion": [
+            "objective.diffusion.sampler=ddim",
+            "objective.diffusion.sample_steps=ddim25",
+            "train.grid.sampler=ddim",
+            "train.grid.options.eta=0.5",
+            "train.fid.sampler=dpm-solver++",
+            "train.fid.steps=20",
+            "train.fid.options.order=3",
+            "train.fid.num_samples=2000",
+        ],
+        "flow": [
+            "objective.flow.sampler=ode",
+            "objective.flow.sample_steps=0",
+            "train.grid.sampler=ode",
+            "train.grid.steps=null",
+            "train.grid.options.atol=1e-5",
+            "train.grid.options.rtol=1e-4",
+            "train.fid.sampler=sde",
+            "train.fid.options.diffusion_norm=2",
+            "train.fid.options.last_step=none",
+            "train.fid.num_samples=20",
+            "train.fid.cfg_scale=1.5",
+        ],
     }
     for objective, overrides in good.items():
         exp = C.load_config(SHIPPED[objective], overrides)
@@ -323,11 +534,14 @@ def test_resume_refuses_seed_and_lr_changes_and_accepts_max_steps(tmp_path, caps
     assert train_cli("--config", str(cfg)) == 0
     assert (run_dir / "checkpoints/step_00000001").is_dir()
     files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts}
-    for change, needle in (("data.seed=5", "data.seed: checkpoint 0 vs now 5"),
-                           ("train.seed=3", "train.seed: checkpoint 0 vs now 3"),
-                           ("train.lr=0.002", "train.lr: checkpoint 0.001 vs now 0.002")):
-        err = _assert_refused(capsys, ["--config", str(cfg), change, "train.max_steps=2"],
-                              ["was saved by a different run", needle])
+    for change, needle in (
+        ("data.seed=5", "data.seed: checkpoint 0 vs now 5"),
+        ("train.seed=3", "train.seed: checkpoint 0 vs now 3"),
+        ("train.lr=0.002", "train.lr: checkpoint 0.001 vs now 0.002"),
+    ):
+        err = _assert_refused(
+            capsys, ["--config", str(cfg), change, "train.max_steps=2"], ["was saved by a different run", needle]
+        )
         assert err.count("checkpoint ") >= 1 and "max_steps" not in err
         assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.parts} == files
     capsys.readouterr()
@@ -340,9 +554,17 @@ def test_resume_refuses_seed_and_lr_changes_and_accepts_max_steps(tmp_path, caps
 def test_missing_init_from_is_refused_at_load(tmp_path, capsys):
     out_dir = tmp_path / "run"
     for extra in ([], ["--print-config"]):
-        _assert_refused(capsys, ["--config", str(REPO / "configs/demo.yaml"), "model.init_from=/nonexistent",
-                                 f"train.output_dir={out_dir}", *extra],
-                        ["model.init_from='/nonexistent' does not exist", "accepted: an official DiT/SiT .pt"])
+        _assert_refused(
+            capsys,
+            [
+                "--config",
+                str(REPO / "configs/demo.yaml"),
+                "model.init_from=/nonexistent",
+                f"train.output_dir={out_dir}",
+                *extra,
+            ],
+            ["model.init_from='/nonexistent' does not exist", "accepted: an official DiT/SiT .pt"],
+        )
     assert not out_dir.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -355,12 +577,18 @@ def test_missing_vae_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("kind, needle", [("images", "image folder"), ("latents", "latent store"),
-                                          ("animal_mnist", "Animal-MNIST file")])
+@pytest.mark.parametrize(
+    "kind, needle", [("images", "image folder"), ("latents", "latent store"), ("animal_mnist", "Animal-MNIST file")]
+)
 def test_missing_data_path_is_a_one_line_error(kind, needle, tmp_path, capsys):
     d = tiny_dict(tmp_path / "run", max_steps=1, ckpt_every=1)
-    d["data"] = {"kind": kind, "path": str(tmp_path / "no_data"), "image_size": 32, "num_workers": 0,
-                 "vae": None if kind != "latents" else "stabilityai/sd-vae-ft-ema"}
+    d["data"] = {
+        "kind": kind,
+        "path": str(tmp_path / "no_data"),
+        "image_size": 32,
+        "num_workers": 0,
+        "vae": None if kind != "latents" else "stabilityai/sd-vae-ft-ema",
+    }
     cfg = write_yaml(tmp_path / "c.yaml", d)
     _assert_refused(capsys, ["--config", str(cfg)], [f"data (kind={kind}, path=", needle, "no_data"])
     assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ The store's statistics reach the export's ``decoder.json``; they are recomputed 
 store's shards (posterior samples ``z = mean + std * eps`` over both copies:
 E[z] = mean(mean), E[z^2] = mean(mean^2 + std^2)).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -33,8 +33,21 @@ def train_cli(*args: str) -> int:
 
 def sample(capsys, ckpt: Path, out: Path) -> tuple[dict, bytes, np.ndarray]:
     """sample.py on ``ckpt`` (the experiment's own protocol: DDPM, its 3 steps) → summary, arr_0 bytes, labels."""
-    argv = ["--ckpt", str(ckpt), "--out", str(out), "--num-samples", "6", "--seed", "5", "--batch-size", "4",
-            "--no-progress", "--grid-classes", "0"]
+    argv = [
+        "--ckpt",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--num-samples",
+        "6",
+        "--seed",
+        "5",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--grid-classes",
+        "0",
+    ]
     assert sample_main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     with np.load(out / "samples.npz") as z:
@@ -47,7 +60,7 @@ def store_channel_stats(store: Path) -> tuple[np.ndarray, np.ndarray]:
     mean = torch.cat([t["mean"] for t in shards]).double()  # (n, 2, c, h, w)
     std = torch.cat([t["std"] for t in shards]).double()
     m = mean.mean(dim=(0, 1, 3, 4))
-    var = (mean ** 2 + std ** 2).mean(dim=(0, 1, 3, 4)) - m ** 2
+    var = (mean**2 + std**2).mean(dim=(0, 1, 3, 4)) - m**2
     return m.numpy(), var.sqrt().numpy()
 
 
@@ -67,8 +80,15 @@ def test_latent_per_channel_export_samples_alone(tmp_path, capsys):
     run_dir = tmp_path / "run"
     d = tiny_dict(run_dir, max_steps=2, ckpt_every=2, warmup_steps=0, fid={"every": 0, "num_samples": 6})
     d["model"]["num_classes"] = 3
-    d["data"] = {"kind": "latents", "path": str(store), "image_size": 16, "vae": str(vae), "vae_downsample": 2,
-                 "latent_norm": "per_channel", "num_workers": 0}
+    d["data"] = {
+        "kind": "latents",
+        "path": str(store),
+        "image_size": 16,
+        "vae": str(vae),
+        "vae_downsample": 2,
+        "latent_norm": "per_channel",
+        "num_workers": 0,
+    }
     assert run(d)["step"] == 2
     ckpt = run_dir / "checkpoints" / "step_00000002"
     export = tmp_path / "export"

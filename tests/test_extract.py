@@ -1,4 +1,5 @@
 """Latent extraction: complete store, moments vs a direct encode, resume after a kill, errors, multi-process."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,13 +39,16 @@ def test_store_is_complete_and_moments_equal_direct_encode(tiny_setup):
     assert m["image_size"] == 32 and m["latent_shape"] == [4, 16, 16] and m["vae"]["id"] == str(vae_dir)
     assert m["normalization"] == {"kind": "scale", "scale_factor": 0.18215} and m["skipped"] == []
     assert [(s["file"], s["start"], s["end"], s["count"]) for s in m["shards"]] == [
-        ("shard_00000.safetensors", 0, 5, 5), ("shard_00001.safetensors", 5, 10, 5), ("shard_00002.safetensors", 10, 12, 2)]
+        ("shard_00000.safetensors", 0, 5, 5),
+        ("shard_00001.safetensors", 5, 10, 5),
+        ("shard_00002.safetensors", 10, 12, 2),
+    ]
     for s in m["shards"]:
         data = (store / s["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == s["sha256"] and len(data) == s["bytes"]
     assert not list(store.glob("*.tmp"))
     shards = [load_file(store / s["file"]) for s in m["shards"]]
-    mean = torch.cat([t["mean"] for t in shards])    # (12, 2, 4, 16, 16)
+    mean = torch.cat([t["mean"] for t in shards])  # (12, 2, 4, 16, 16)
     std = torch.cat([t["std"] for t in shards])
     assert mean.shape == std.shape == (12, 2, 4, 16, 16)
     assert torch.equal(torch.cat([t["indices"] for t in shards]), torch.arange(12))
@@ -62,7 +66,7 @@ def test_store_is_complete_and_moments_equal_direct_encode(tiny_setup):
     assert not torch.allclose(mean[:, 0], mean[:, 1])  # the flip copy is a different encoding
     # per-channel statistics of posterior samples over both copies
     ref_mean = mean.double().mean(dim=(0, 1, 3, 4))
-    ref_var = (mean.double() ** 2 + std.double() ** 2).mean(dim=(0, 1, 3, 4)) - ref_mean ** 2
+    ref_var = (mean.double() ** 2 + std.double() ** 2).mean(dim=(0, 1, 3, 4)) - ref_mean**2
     np.testing.assert_allclose(m["latent_stats"]["mean"], ref_mean.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(m["latent_stats"]["std"], ref_var.sqrt().numpy(), rtol=1e-9)
 
@@ -72,12 +76,12 @@ def test_resume_after_interrupted_run_is_byte_identical(tiny_setup, tmp_path):
     want = _files(store)
     broken = tmp_path / "store"
     shutil.copytree(store, broken)
-    (broken / "manifest.json").unlink()                                   # killed before the manifest
-    (broken / "shard_00001.safetensors").unlink()                         # shard never renamed into place
+    (broken / "manifest.json").unlink()  # killed before the manifest
+    (broken / "shard_00001.safetensors").unlink()  # shard never renamed into place
     (broken / "shard_00001.safetensors.tmp").write_bytes(b"half-written")  # ... its partial temp file
     data = bytearray((broken / "shard_00002.safetensors").read_bytes())
     data[-7] ^= 0xFF
-    (broken / "shard_00002.safetensors").write_bytes(bytes(data))        # corrupt (torn) shard
+    (broken / "shard_00002.safetensors").write_bytes(bytes(data))  # corrupt (torn) shard
     t0 = (broken / "shard_00000.safetensors").stat().st_mtime_ns
     extract(str(images), str(broken), vae=str(vae_dir), image_size=32, batch_size=4, shard_size=5, num_workers=0)
     assert _files(broken) == want
@@ -120,8 +124,24 @@ def test_unreadable_images_stop_or_are_skipped(tmp_path, tiny_setup, capsys):
 
 
 def _cli(store: Path, images: Path, vae: Path) -> list[str]:
-    return ["-m", "vca_gen.data.extract", "--images", str(images), "--out", str(store), "--vae", str(vae),
-            "--image-size", "32", "--batch-size", "2", "--shard-size", "1", "--num-workers", "0"]
+    return [
+        "-m",
+        "vca_gen.data.extract",
+        "--images",
+        str(images),
+        "--out",
+        str(store),
+        "--vae",
+        str(vae),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--shard-size",
+        "1",
+        "--num-workers",
+        "0",
+    ]
 
 
 def _env() -> dict:
@@ -152,8 +172,12 @@ def reference_store(tiny_setup, tmp_path_factory) -> Path:
 def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, tiny_setup, reference_store):
     images, vae_dir, _ = tiny_setup
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, *_cli(killed, images, vae_dir)], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *_cli(killed, images, vae_dir)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while len(list(killed.glob("shard_*.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -179,12 +203,30 @@ def test_two_process_accelerate_extraction_equals_single_process(tmp_path, tiny_
     # rank 1 (6 of the 12 shards) sleeps 2 s before each: 12 s past rank 0, process-group timeout 6 s;
     # the main process waits for its shards through the files, with no collective
     env = dict(_env(), ACCELERATE_USE_CPU="1", VCA_GEN_TEST_SHARD_SLEEP="1:2")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port())]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+    ]
     t0 = time.monotonic()
-    r = subprocess.run([*launch, *_cli(multi, images, vae_dir), "--timeout-s", "6"], env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [*launch, *_cli(multi, images, vae_dir), "--timeout-s", "6"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert time.monotonic() - t0 > 12
     assert r.stdout.count("latent store") == 1  # only the main process reports (2 ranks, not 2 x rank 0)
@@ -196,8 +238,22 @@ def test_store_locked_by_another_extraction_exits_2_and_stale_lock_is_taken_over
 
     images, vae_dir, store = tiny_setup
     out = tmp_path / "store"
-    args = ["--images", str(images), "--out", str(out), "--vae", str(vae_dir), "--image-size", "32",
-            "--batch-size", "4", "--shard-size", "5", "--num-workers", "0"]
+    args = [
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--vae",
+        str(vae_dir),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--shard-size",
+        "5",
+        "--num-workers",
+        "0",
+    ]
     with RunLock(out, "extract", command="extract_latents.py (the other one)"):
         assert main(args) == 2
     err = capsys.readouterr().err
@@ -205,13 +261,15 @@ def test_store_locked_by_another_extraction_exits_2_and_stale_lock_is_taken_over
     assert "the other one" in err and not list(out.glob("shard_*")) and not (out / ".lock").exists()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "purpose": "extract",
-                                           "started_unix": time.time()}))
+    (out / ".lock").write_text(
+        json.dumps({"pid": dead.pid, "host": socket.gethostname(), "purpose": "extract", "started_unix": time.time()})
+    )
     with pytest.warns(StaleLockWarning, match=f"process {dead.pid} on this host is not running"):
         assert main(args) == 0
     assert not (out / ".lock").exists()
     assert {n: b for n, b in _files(out).items() if n.startswith("shard_")} == {
-        n: b for n, b in _files(store).items() if n.startswith("shard_")}
+        n: b for n, b in _files(store).items() if n.startswith("shard_")
+    }
 
 
 def test_non_finite_latents_are_refused_naming_the_images(tmp_path, tiny_setup, capsys, monkeypatch):
@@ -230,8 +288,22 @@ def test_non_finite_latents_are_refused_naming_the_images(tmp_path, tiny_setup, 
 
     monkeypatch.setattr(X, "encode_moments", encode_with_overflow)
     out = tmp_path / "store"
-    args = ["--images", str(images), "--out", str(out), "--vae", str(vae_dir), "--image-size", "32",
-            "--batch-size", "4", "--shard-size", "5", "--num-workers", "0"]
+    args = [
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--vae",
+        str(vae_dir),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--shard-size",
+        "5",
+        "--num-workers",
+        "0",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "non-finite latents (inf/nan) for 2 image(s) of shard 0" in err
@@ -248,8 +320,16 @@ def test_fp16_vae_with_force_upcast_encodes_in_fp32(tmp_path, tiny_setup):
     images, vae_dir, store = tiny_setup
     assert AutoencoderKL.load_config(vae_dir)["force_upcast"] is True  # diffusers' default
     out = tmp_path / "fp16"
-    m = extract(str(images), str(out), vae=str(vae_dir), image_size=32, batch_size=4, shard_size=5, num_workers=0,
-                dtype="float16")
+    m = extract(
+        str(images),
+        str(out),
+        vae=str(vae_dir),
+        image_size=32,
+        batch_size=4,
+        shard_size=5,
+        num_workers=0,
+        dtype="float16",
+    )
     assert m["vae"]["dtype"] == "float16" and m["vae"]["compute_dtype"] == "float32"
     for s in m["shards"]:  # exactly the fp32 encoding
         assert (out / s["file"]).read_bytes() == (store / s["file"]).read_bytes()

@@ -1,6 +1,7 @@
 """An ADM-format reference batch written here (mu, sigma, mu_s, sigma_s, arr_0 from legacy_tensorflow
 features computed in this test) gives the same FID / sFID / precision / recall as scoring against
 the images directly in legacy_tensorflow mode; exactly one JSON line is printed."""
+
 from __future__ import annotations
 
 import json
@@ -9,32 +10,53 @@ import numpy as np
 import pytest
 import torch
 
-from vca_gen.metrics import InceptionFeatureExtractor, evaluate, precision_recall
-from vca_gen.metrics import cli
+from vca_gen.metrics import InceptionFeatureExtractor, cli, evaluate, precision_recall
 
 
 @pytest.mark.slow
 def test_adm_reference_batch_equals_direct_legacy_tensorflow(tmp_path, capsys, inception_weights, animal_mnist_dir):
     from vca_gen.data.animal_mnist import load_arrays
+
     images, _ = load_arrays(animal_mnist_dir)
-    gray_ref, gray_smp = images[5::834][:12], images[400::834][:12]       # 12 + 12, spread over classes
-    ref_imgs = np.repeat(gray_ref[..., None], 3, axis=-1)                 # (12, 28, 28, 3) uint8
+    gray_ref, gray_smp = images[5::834][:12], images[400::834][:12]  # 12 + 12, spread over classes
+    ref_imgs = np.repeat(gray_ref[..., None], 3, axis=-1)  # (12, 28, 28, 3) uint8
     smp_imgs = np.repeat(gray_smp[..., None], 3, axis=-1)
 
     fx = InceptionFeatureExtractor(mode="legacy_tensorflow", device="cpu", weights=inception_weights)
-    fr, fs = fx(ref_imgs), fx(smp_imgs)                                    # (12, 2048), (12, 2023)
+    fr, fs = fx(ref_imgs), fx(smp_imgs)  # (12, 2048), (12, 2023)
     adm = tmp_path / "VIRTUAL_ref.npz"
-    np.savez(adm, mu=fr.pool.astype(np.float64).mean(0), sigma=np.cov(fr.pool.astype(np.float64), rowvar=False),
-             mu_s=fr.spatial.astype(np.float64).mean(0), sigma_s=np.cov(fr.spatial.astype(np.float64), rowvar=False),
-             arr_0=ref_imgs)
+    np.savez(
+        adm,
+        mu=fr.pool.astype(np.float64).mean(0),
+        sigma=np.cov(fr.pool.astype(np.float64), rowvar=False),
+        mu_s=fr.spatial.astype(np.float64).mean(0),
+        sigma_s=np.cov(fr.spatial.astype(np.float64), rowvar=False),
+        arr_0=ref_imgs,
+    )
     samples, ref_set = tmp_path / "samples.npz", tmp_path / "ref_images.npz"
     np.savez(samples, arr_0=smp_imgs)
     np.savez(ref_set, arr_0=ref_imgs)
 
     # 1) the CLI against the ADM batch; mode comes from the reference (legacy_tensorflow)
-    code = cli.main([str(samples), "--ref", str(adm), "--pr", "--batch-size", "12", "--device", "cpu",
-                     "--threads", str(torch.get_num_threads()), "--inception", str(inception_weights),
-                     "--json-out", str(tmp_path / "r.json"), "--no-progress"])
+    code = cli.main(
+        [
+            str(samples),
+            "--ref",
+            str(adm),
+            "--pr",
+            "--batch-size",
+            "12",
+            "--device",
+            "cpu",
+            "--threads",
+            str(torch.get_num_threads()),
+            "--inception",
+            str(inception_weights),
+            "--json-out",
+            str(tmp_path / "r.json"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     json_lines = [line for line in out if line.startswith("{")]

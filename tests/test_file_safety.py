@@ -2,6 +2,7 @@
 022) and appears atomically; outputs never overwrite inputs (always refused) nor an existing
 ``--make-ref`` file (unless ``--overwrite``); an output folder that cannot be created is a one-line
 error with exit 2. Also the helpers of :mod:`vca_gen.utils.io` themselves."""
+
 from __future__ import annotations
 
 import json
@@ -69,11 +70,23 @@ def export(tmp_path_factory) -> Path:
     from vca_gen.experiment import schema as C
     from vca_gen.experiment.build import build_model
 
-    cfg = C.config_from_dict({
-        "name": "tiny", "objective": {"kind": "diffusion"},
-        "data": {"kind": "animal_mnist", "image_size": 32, "vae": None},
-        "model": {"name": "DiT-S/4", "depth": 1, "hidden_size": 32, "num_heads": 2, "num_classes": 10,
-                  "learn_sigma": True, "attention": "vca", "attention_options": {"num_contrast_tokens": 4}}})
+    cfg = C.config_from_dict(
+        {
+            "name": "tiny",
+            "objective": {"kind": "diffusion"},
+            "data": {"kind": "animal_mnist", "image_size": 32, "vae": None},
+            "model": {
+                "name": "DiT-S/4",
+                "depth": 1,
+                "hidden_size": 32,
+                "num_heads": 2,
+                "num_classes": 10,
+                "learn_sigma": True,
+                "attention": "vca",
+                "attention_options": {"num_contrast_tokens": 4},
+            },
+        }
+    )
     model = build_model(cfg)
     path = tmp_path_factory.mktemp("ckpt") / "export"
     path.mkdir()
@@ -86,13 +99,41 @@ def export(tmp_path_factory) -> Path:
 def test_sample_cli_files_follow_the_umask(export, tmp_path, umask, mask, file_mode, dir_mode):
     umask(mask)
     out = tmp_path / "new" / "s"
-    assert sample_main(["--ckpt", str(export), "--out", str(out), "--num-samples", "10", "--steps", "2",
-                        "--shard-size", "4", "--save-png", "--grid-classes", "5", "--grid-per-class", "2",
-                        "--no-progress"]) == 0
+    assert (
+        sample_main(
+            [
+                "--ckpt",
+                str(export),
+                "--out",
+                str(out),
+                "--num-samples",
+                "10",
+                "--steps",
+                "2",
+                "--shard-size",
+                "4",
+                "--save-png",
+                "--grid-classes",
+                "5",
+                "--grid-per-class",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got = modes(out)
     names = set(got)
-    assert {"samples.npz", "sampling.json", "grid.png", "shard_00000.npz", "shard_00002.npz",
-            "png", "png/000000.png", "png/000009.png"} <= names
+    assert {
+        "samples.npz",
+        "sampling.json",
+        "grid.png",
+        "shard_00000.npz",
+        "shard_00002.npz",
+        "png",
+        "png/000000.png",
+        "png/000009.png",
+    } <= names
     assert len([n for n in names if n.startswith("png/")]) == 10 and not [n for n in names if n.endswith(".tmp")]
     for name, mode in got.items():
         want = dir_mode if (out / name).is_dir() else file_mode
@@ -102,14 +143,19 @@ def test_sample_cli_files_follow_the_umask(export, tmp_path, umask, mask, file_m
 
 def test_sample_out_equal_to_ckpt_is_refused(export, tmp_path, capsys):
     before = snapshot(export)
-    for out, ckpt in ((export, export), (Path(str(export) + "/../export/."), export),
-                      (export / "model.safetensors", export / "model.safetensors")):
+    for out, ckpt in (
+        (export, export),
+        (Path(str(export) + "/../export/."), export),
+        (export / "model.safetensors", export / "model.safetensors"),
+    ):
         assert sample_main(["--ckpt", str(ckpt), "--out", str(out), "--num-samples", "5", "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("sample.py: error: --out ") and "is the same path as the input" in err, err
         assert "--ckpt" in err and "Traceback" not in err
-    assert snapshot(export) == before and sorted(p.name for p in export.iterdir()) == ["config.json",
-                                                                                      "model.safetensors"]
+    assert snapshot(export) == before and sorted(p.name for p in export.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
 
 
 # ------------------------------------------------------------------------------ evaluate_fid.py
@@ -161,7 +207,7 @@ def test_output_that_is_an_input_is_always_refused(tmp_path, capsys, fake_incept
     cases = [
         ([s, "--make-ref", s], "--make-ref", "SAMPLES"),
         ([s, "--make-ref", s, "--overwrite"], "--make-ref", "SAMPLES"),
-        ([s, "--make-ref", link, "--overwrite"], "--make-ref", "SAMPLES"),      # same file, other name
+        ([s, "--make-ref", link, "--overwrite"], "--make-ref", "SAMPLES"),  # same file, other name
         ([tmp_path / "." / "s.npz", "--make-ref", s], "--make-ref", "SAMPLES"),
         ([s, "--ref", ref, "--json-out", s], "--json-out", "SAMPLES"),
         ([s, "--ref", ref, "--json-out", ref], "--json-out", "--ref"),
@@ -182,9 +228,11 @@ def test_uncreatable_output_folder_is_a_one_line_error(tmp_path, capsys, fake_in
     ref = tmp_path / "ref.npz"
     assert evaluate_fid(capsys, s, "--make-ref", ref)[0] == 0
     before = snapshot(tmp_path)
-    for args, flag in (([s, "--make-ref", blocker / "sub" / "ref.npz"], "--make-ref"),
-                       ([s, "--ref", ref, "--json-out", blocker / "r.json"], "--json-out"),
-                       ([s, "--make-ref", tmp_path], "--make-ref")):           # a folder is not a file
+    for args, flag in (
+        ([s, "--make-ref", blocker / "sub" / "ref.npz"], "--make-ref"),
+        ([s, "--ref", ref, "--json-out", blocker / "r.json"], "--json-out"),
+        ([s, "--make-ref", tmp_path], "--make-ref"),
+    ):  # a folder is not a file
         code, out, err = evaluate_fid(capsys, *args)
         assert code == 2 and out == ""
         assert_one_line_error(err, flag, str(blocker) if "a_file" in str(args[-1]) else "existing folder")
@@ -265,5 +313,7 @@ def test_refuse_helpers(tmp_path):
         io.make_parent_dir(a / "x" / "f.json", "--json-out")
     with pytest.raises(io.OutputDirError, match="is not a folder"):
         io.check_output_path(a / "x" / "f.json", "--json-out")
-    assert io.check_output_path(tmp_path / "new" / "deeper" / "f.json", "--json-out") and not (tmp_path / "new").exists()
+    assert (
+        io.check_output_path(tmp_path / "new" / "deeper" / "f.json", "--json-out") and not (tmp_path / "new").exists()
+    )
     assert issubclass(io.UnsafeWriteError, UserError) and issubclass(io.OutputDirError, UserError)

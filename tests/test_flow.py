@@ -3,6 +3,7 @@
 The test writes α_t, σ_t and their derivatives for each path itself, and from them the exact
 velocity / score / noise of Gaussian data N(MU, diag SD²) under x_t = α x₁ + σ x₀.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,8 @@ import math
 import pytest
 import torch
 
-from vca_gen.objectives.flow import diffusion_coefficient, make_path
 from vca_gen.objectives import build_objective
+from vca_gen.objectives.flow import diffusion_coefficient, make_path
 from vca_gen.utils.rng import per_sample_generators
 
 MU = torch.tensor([0.5, -0.4, 0.0, 0.8, 0.3, -0.2, 0.6, -0.6]).view(1, 2, 2, 2)
@@ -25,7 +26,12 @@ def coeffs(path: str, t: torch.Tensor):
     if path == "linear":
         return t, torch.ones_like(t), 1 - t, -torch.ones_like(t)
     if path == "gvp":
-        return (torch.sin(PI * t / 2), PI / 2 * torch.cos(PI * t / 2), torch.cos(PI * t / 2), -PI / 2 * torch.sin(PI * t / 2))
+        return (
+            torch.sin(PI * t / 2),
+            PI / 2 * torch.cos(PI * t / 2),
+            torch.cos(PI * t / 2),
+            -PI / 2 * torch.sin(PI * t / 2),
+        )
     s = 1 - t  # VP: β(s) = 0.1 + 19.9 s, α = exp(-∫₀ˢ β/2)
     a = torch.exp(-0.25 * s**2 * 19.9 - 0.05 * s)
     da = a * (0.5 * s * 19.9 + 0.05)
@@ -61,8 +67,15 @@ def _check_moments(x):
 
 def _run(obj, model, sampler, steps=None, seed=1, **opts):
     noise = torch.randn(N, 2, 2, 2, generator=torch.Generator().manual_seed(0))
-    return obj.sample(model, noise, torch.zeros(N, dtype=torch.long), sampler=sampler, steps=steps,
-                      generator=torch.Generator().manual_seed(seed), **opts)
+    return obj.sample(
+        model,
+        noise,
+        torch.zeros(N, dtype=torch.long),
+        sampler=sampler,
+        steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        **opts,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,8 +116,12 @@ def test_sbdm_coefficient_and_diffusion_forms():
     torch.testing.assert_close(make_path("gvp").drift_var(t), PI / 2 / torch.tan(PI * t / 2))
     p, n = make_path("linear"), 0.7
     want = {
-        "constant": torch.full_like(t, n), "sbdm": n * (1 - t) / t, "sigma": n * (1 - t), "linear": n * (1 - t),
-        "decreasing": 0.25 * (n * torch.cos(PI * t) + 1) ** 2, "increasing-decreasing": n * torch.sin(PI * t) ** 2,
+        "constant": torch.full_like(t, n),
+        "sbdm": n * (1 - t) / t,
+        "sigma": n * (1 - t),
+        "linear": n * (1 - t),
+        "decreasing": 0.25 * (n * torch.cos(PI * t) + 1) ** 2,
+        "increasing-decreasing": n * torch.sin(PI * t) ** 2,
     }
     for form, w in want.items():
         torch.testing.assert_close(diffusion_coefficient(p, t, form, n), w)
@@ -187,8 +204,17 @@ def test_sde_per_sample_generators_make_samples_batch_independent(opts):
 # training loss
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["linear", "vp"])
-@pytest.mark.parametrize("prediction,weight", [("velocity", "none"), ("velocity", "likelihood"), ("score", "none"),
-                                               ("score", "velocity"), ("noise", "likelihood"), ("noise", "none")])
+@pytest.mark.parametrize(
+    "prediction,weight",
+    [
+        ("velocity", "none"),
+        ("velocity", "likelihood"),
+        ("score", "none"),
+        ("score", "velocity"),
+        ("noise", "likelihood"),
+        ("noise", "none"),
+    ],
+)
 def test_training_loss_matches_sit_formula(path, prediction, weight):
     obj = _flow(path=path, prediction=prediction, loss_weight=weight)
     x1 = torch.randn(5, 2, 2, 2, dtype=torch.float64)

@@ -1,5 +1,6 @@
 """In-loop FID is a small-N version of ``sample.py`` + ``evaluate_fid.py``: same images, same
 features, same number (one generation path, one feature path)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ def test_in_loop_fid_equals_sample_py_plus_evaluate_fid(tmp_path, inception_weig
     rng = np.random.default_rng(0)
     save_statistics(compute_statistics(rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), fx), ref)
 
-    fid = {"every": 1, "num_samples": N, "ref": str(ref), "seed": SEED, "batch_size": BATCH, "sampler": "ddim",
-           "steps": "ddim3"}
+    fid = {
+        "every": 1,
+        "num_samples": N,
+        "ref": str(ref),
+        "seed": SEED,
+        "batch_size": BATCH,
+        "sampler": "ddim",
+        "steps": "ddim3",
+    }
     reset_accelerate()
     cfg = C.config_from_dict(tiny_dict(tmp_path / "run", max_steps=1, ckpt_every=1, fid=fid))
     trainer = Trainer(cfg)
@@ -40,12 +48,46 @@ def test_in_loop_fid_equals_sample_py_plus_evaluate_fid(tmp_path, inception_weig
 
     reset_accelerate()
     out = tmp_path / "samples"
-    assert sample_main(["--ckpt", str(tmp_path / "run"), "--out", str(out), "--num-samples", str(N), "--seed",
-                        str(SEED), "--batch-size", str(BATCH), "--sampler", "ddim", "--steps", "ddim3",
-                        "--shard-size", "8", "--no-progress"]) == 0
+    assert (
+        sample_main(
+            [
+                "--ckpt",
+                str(tmp_path / "run"),
+                "--out",
+                str(out),
+                "--num-samples",
+                str(N),
+                "--seed",
+                str(SEED),
+                "--batch-size",
+                str(BATCH),
+                "--sampler",
+                "ddim",
+                "--steps",
+                "ddim3",
+                "--shard-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert evaluate_main([str(out / "samples.npz"), "--ref", str(ref), "--batch-size", str(BATCH),
-                          "--inception", str(inception_weights), "--no-progress"]) == 0
+    assert (
+        evaluate_main(
+            [
+                str(out / "samples.npz"),
+                "--ref",
+                str(ref),
+                "--batch-size",
+                str(BATCH),
+                "--inception",
+                str(inception_weights),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     offline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fid"]
     assert abs(in_loop - offline) < 1e-6, (in_loop, offline)
 
@@ -55,8 +97,9 @@ def test_in_loop_fid_batches_are_dealt_round_robin():
     from vca_gen.train.evaluation import InLoopFID
 
     fid = InLoopFID.__new__(InLoopFID)
-    fid.exp = C.config_from_dict(tiny_dict(__import__("pathlib").Path("/nonexistent"),
-                                           fid={"num_samples": 50, "batch_size": 8}))
+    fid.exp = C.config_from_dict(
+        tiny_dict(__import__("pathlib").Path("/nonexistent"), fid={"num_samples": 50, "batch_size": 8})
+    )
     for world in (1, 2, 3, 7):
         parts = [fid.batches(r, world) for r in range(world)]
         flat = sorted(i for p in parts for b in p for i in b)

@@ -1,4 +1,5 @@
 """Latent store reading, per-item latent sampling, compatibility checks, factory, VAE helpers, loader bench."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from loader_lib import loader_throughput
 from test_data_common import tiny_setup  # noqa: F401 (fixture)
 from vca_gen.data import DataConfig, build_dataset, model_in_channels, model_input_size
 from vca_gen.data.animal_mnist import AnimalMNIST
-from loader_lib import loader_throughput
 from vca_gen.data.images import ImageFolderDataset
 from vca_gen.data.latents import LatentDataset, LatentStore, StoreError
 from vca_gen.data.latents import main as verify_main
@@ -24,8 +25,11 @@ from vca_gen.utils.rng import per_sample_generators
 def moments(tiny_setup):
     _, _, store = tiny_setup
     shards = [load_file(p) for p in sorted(store.glob("shard_*.safetensors"))]
-    return torch.cat([s["mean"] for s in shards]), torch.cat([s["std"] for s in shards]), \
-        torch.cat([s["labels"] for s in shards])
+    return (
+        torch.cat([s["mean"] for s in shards]),
+        torch.cat([s["std"] for s in shards]),
+        torch.cat([s["labels"] for s in shards]),
+    )
 
 
 def test_items_are_scaled_posterior_samples_from_the_item_generator(tiny_setup, moments):
@@ -46,8 +50,12 @@ def test_items_are_scaled_posterior_samples_from_the_item_generator(tiny_setup, 
     no_flip = LatentDataset(store, random_flip=False, seed=11)
     g = item_generator(11, 0, 5)
     torch.rand((), generator=g)
-    torch.testing.assert_close(no_flip[ItemKey(0, 5)][0], (mean[5, 0] + std[5, 0] * torch.randn(4, 16, 16, generator=g)) * 0.18215,
-                               rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        no_flip[ItemKey(0, 5)][0],
+        (mean[5, 0] + std[5, 0] * torch.randn(4, 16, 16, generator=g)) * 0.18215,
+        rtol=0,
+        atol=1e-7,
+    )
     # per-channel normalisation from the recorded statistics
     st = LatentStore(store).manifest["latent_stats"]
     pc = LatentDataset(store, seed=11, normalizer=LatentStore(store).channel_stats_normalizer())
@@ -109,24 +117,37 @@ def test_corrupt_truncated_and_unfinished_stores(tiny_setup, tmp_path):
 
 def test_build_dataset_and_model_shapes(tiny_setup, animal_mnist_dir):
     images, vae_dir, store = tiny_setup
-    cfg = DataConfig(kind="latents", path=str(store), image_size=32, vae=str(vae_dir), vae_downsample=2, scale_factor=0.5)
+    cfg = DataConfig(
+        kind="latents", path=str(store), image_size=32, vae=str(vae_dir), vae_downsample=2, scale_factor=0.5
+    )
     ds = build_dataset(cfg)
     assert isinstance(ds, LatentDataset) and ds.normalizer == LatentNormalizer("scale", 0.5)
     assert ds[ItemKey(0, 0)][0].shape == (model_in_channels(cfg), model_input_size(cfg), model_input_size(cfg))
-    pc = build_dataset(DataConfig(kind="latents", path=str(store), image_size=32, vae=None, vae_downsample=2,
-                                  latent_norm="per_channel"))
-    assert pc.normalizer.kind == "per_channel" and pc.normalizer.std == LatentStore(store).manifest["latent_stats"]["std"]
+    pc = build_dataset(
+        DataConfig(
+            kind="latents", path=str(store), image_size=32, vae=None, vae_downsample=2, latent_norm="per_channel"
+        )
+    )
+    assert (
+        pc.normalizer.kind == "per_channel" and pc.normalizer.std == LatentStore(store).manifest["latent_stats"]["std"]
+    )
     with pytest.raises(StoreError, match="resolution: store has 32 px images, config asks for 256"):
         build_dataset(DataConfig(kind="latents", path=str(store), image_size=256))
     img = build_dataset(DataConfig(kind="images", path=str(images), image_size=32, vae=None))
     assert isinstance(img, ImageFolderDataset) and img[0][0].shape == (3, 32, 32)
     am_cfg = DataConfig(kind="animal_mnist", path=str(animal_mnist_dir), image_size=32, vae=None, split="b")
     am = build_dataset(am_cfg)
-    assert isinstance(am, AnimalMNIST) and len(am) == 5000 and (model_in_channels(am_cfg), model_input_size(am_cfg)) == (1, 32)
-    assert (model_in_channels(DataConfig()), model_input_size(DataConfig())) == (4, 32)          # 256 px sd-vae latents
+    assert (
+        isinstance(am, AnimalMNIST)
+        and len(am) == 5000
+        and (model_in_channels(am_cfg), model_input_size(am_cfg)) == (1, 32)
+    )
+    assert (model_in_channels(DataConfig()), model_input_size(DataConfig())) == (4, 32)  # 256 px sd-vae latents
     assert model_input_size(DataConfig(kind="images", path="x", image_size=512)) == 64
     assert model_in_channels(DataConfig(kind="images", path="x", vae=None)) == 3
-    with pytest.raises(ValueError, match=r"data.kind='latent' is not valid; accepted: \['latents', 'images', 'animal_mnist'\]"):
+    with pytest.raises(
+        ValueError, match=r"data.kind='latent' is not valid; accepted: \['latents', 'images', 'animal_mnist'\]"
+    ):
         build_dataset(DataConfig(kind="latent", path="x"))
     with pytest.raises(ValueError, match="data.path is required"):
         build_dataset(DataConfig(kind="images"))

@@ -1,4 +1,5 @@
 """Run-directory lock: atomic creation, holder in the error, stale takeover, cross-process behaviour."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,14 @@ CHILD = textwrap.dedent("""
 
 def _spawn_holder(directory: Path, purpose: str = "sampling", mode: str = "hold") -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(directory), purpose, mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(directory), purpose, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+    )
     line = proc.stdout.readline().strip()
     if line != "locked":
         proc.kill()
@@ -46,8 +53,15 @@ def _spawn_holder(directory: Path, purpose: str = "sampling", mode: str = "hold"
 
 
 def _write_record(directory: Path, **fields) -> dict:
-    rec = {"pid": 999999, "host": socket.gethostname(), "purpose": "training", "started": "2020-01-01T00:00:00Z",
-           "command": "train.py --old", "started_unix": time.time(), "token": "f" * 32}
+    rec = {
+        "pid": 999999,
+        "host": socket.gethostname(),
+        "purpose": "training",
+        "started": "2020-01-01T00:00:00Z",
+        "command": "train.py --old",
+        "started_unix": time.time(),
+        "token": "f" * 32,
+    }
     rec.update(fields)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / LOCK_NAME).write_text(json.dumps(rec))
@@ -85,8 +99,14 @@ def test_second_acquisition_names_the_holder(tmp_path):
     err = ei.value
     assert isinstance(err, UserError)
     msg = str(err)
-    for part in (f"pid {os.getpid()}", socket.gethostname(), "(training)", "since 20", "train.py --config a.yaml",
-                 str(tmp_path)):
+    for part in (
+        f"pid {os.getpid()}",
+        socket.gethostname(),
+        "(training)",
+        "since 20",
+        "train.py --config a.yaml",
+        str(tmp_path),
+    ):
         assert part in msg, (part, msg)
     assert err.holder["pid"] == os.getpid() and err.directory == tmp_path
     assert not (tmp_path / LOCK_NAME).exists()  # the failed attempt did not disturb the holder's release

@@ -1,4 +1,5 @@
 """The Inception feature extractor with the real offline weights (a few dozen images in total)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vca_gen.metrics import (InceptionFeatureExtractor, InputFormatError, compute_statistics, fid_between,
-                             fid_from_uint8, tf1_resize_bilinear)
+from vca_gen.metrics import (
+    InceptionFeatureExtractor,
+    InputFormatError,
+    compute_statistics,
+    fid_between,
+    fid_from_uint8,
+    tf1_resize_bilinear,
+)
 from vca_gen.metrics.weights import load_inception_layers
 
 
@@ -18,6 +25,7 @@ def fx(inception_weights):
 
 def _animal(animal_mnist_dir, n, offset=0):
     from vca_gen.data.animal_mnist import load_arrays
+
     images, _ = load_arrays(animal_mnist_dir)
     idx = np.arange(offset, 10000, 10000 // n)[:n]  # spread over the (class-sorted) set
     return images[idx]  # (n, 28, 28) uint8 grayscale
@@ -50,20 +58,19 @@ def fx_script(inception_weights):
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "torchscript"])
-def test_per_layer_forward_equals_the_scripted_stack_and_spatial_is_mixed_6_conv(fx, fx_script, fast,
-                                                                                 animal_mnist_dir):
+def test_per_layer_forward_equals_the_scripted_stack_and_spatial_is_mixed_6_conv(fx, fx_script, fast, animal_mnist_dir):
     ext = fx if fast else fx_script
     imgs = _animal(animal_mnist_dir, 3)
-    x = ext.preprocess(imgs)                                 # (3, 3, 299, 299) in [0, 255]
+    x = ext.preprocess(imgs)  # (3, 3, 299, 299) in [0, 255]
     fb = ext(imgs)
     assert fb.pool.shape == (3, 2048) and fb.spatial.shape == (3, 17 * 17 * 7)
-    assert (ext.fast_network() is not None) == fast          # the fast network passed its load-time check
+    assert (ext.fast_network() is not None) == fast  # the fast network passed its load-time check
     with torch.inference_mode():
         h = (x - 128) / 128
-        whole = ext.layers(h).reshape(3, 2048)               # the TorchScript Sequential in one call
+        whole = ext.layers(h).reshape(3, 2048)  # the TorchScript Sequential in one call
         for name, layer in ext.layers.named_children():
             if name == "mixed_6":
-                conv = layer.conv(h)                         # mixed_6/conv: (3, 192, 17, 17), after ReLU
+                conv = layer.conv(h)  # mixed_6/conv: (3, 192, 17, 17), after ReLU
                 break
             h = layer(h)
     want_s = conv[:, :7].permute(0, 2, 3, 1).reshape(3, -1).numpy()  # TF's NHWC flatten order
@@ -77,16 +84,16 @@ def test_per_layer_forward_equals_the_scripted_stack_and_spatial_is_mixed_6_conv
 
 def test_fast_network_equals_torchscript_in_both_modes(fx, fx_script, animal_mnist_dir):
     gray = _animal(animal_mnist_dir, 4, offset=5)
-    rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)   # distinct channels
+    rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)  # distinct channels
     for mode in ("clean", "legacy_tensorflow"):
         a, b = fx(rgb, mode=mode), fx_script(rgb, mode=mode)
-        assert np.abs(a.pool - b.pool).max() <= 1e-4 * np.abs(b.pool).max()           # float32 round-off
+        assert np.abs(a.pool - b.pool).max() <= 1e-4 * np.abs(b.pool).max()  # float32 round-off
         assert np.abs(a.spatial - b.spatial).max() <= 1e-4 * np.abs(b.spatial).max()
 
 
 def test_fast_network_falls_back_to_torchscript_when_its_check_fails(inception_weights, animal_mnist_dir):
     ext = InceptionFeatureExtractor(mode="clean", device="cpu", weights=inception_weights)
-    ext.FAST_TOLERANCE = -1.0                                # the load-time check fails: TorchScript stack
+    ext.FAST_TOLERANCE = -1.0  # the load-time check fails: TorchScript stack
     with pytest.warns(UserWarning, match="fast network unavailable"):
         assert ext.fast_network() is None
     assert ext.fast is False
@@ -97,13 +104,14 @@ def test_fast_network_falls_back_to_torchscript_when_its_check_fails(inception_w
 
 def test_clean_resize_is_clean_fid_and_gray_is_replicated(fx, animal_mnist_dir):
     from cleanfid.resize import build_resizer
+
     gray = _animal(animal_mnist_dir, 2, offset=7)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     ref = np.stack([build_resizer("clean")(im) for im in rgb]).transpose(0, 3, 1, 2)
     assert np.array_equal(fx.preprocess(gray).numpy(), ref)
     assert np.array_equal(fx(gray).pool, fx(rgb).pool)
     legacy = fx(rgb, mode="legacy_tensorflow").pool
-    assert np.abs(legacy - fx(rgb).pool).max() > 1e-2         # the two modes do differ at 28 px
+    assert np.abs(legacy - fx(rgb).pool).max() > 1e-2  # the two modes do differ at 28 px
     with pytest.raises(InputFormatError, match="accepted: clean, legacy_tensorflow"):
         fx(rgb, mode="legacy_pytorch")
 
@@ -138,7 +146,7 @@ def test_self_fid_is_zero_and_streaming_is_batch_size_independent(fx, animal_mni
     assert stats.count == 8 and stats.feats.shape == (8, 2048) and stats.mu_s.shape == (2023,)
     assert abs(fid_between(stats, stats)) < 1e-4  # float64 round-off of sqrtm; real FIDs are >= ~1
     # the same images as an iterable of uneven batches, re-batched to 5: same statistics, FID ~ 0
-    batches = (imgs[i:i + 3] for i in range(0, 8, 3))
+    batches = (imgs[i : i + 3] for i in range(0, 8, 3))
     assert abs(fid_from_uint8(batches, stats, extractor=fx, batch_size=5)) < 1e-3
     other = compute_statistics(_animal(animal_mnist_dir, 8, offset=2), fx, batch_size=8)
     assert fid_between(stats, other) > 1.0
@@ -146,14 +154,22 @@ def test_self_fid_is_zero_and_streaming_is_batch_size_independent(fx, animal_mni
 
 def test_clean_mode_folder_features_equal_clean_fid_pipeline(fx, tmp_path, animal_mnist_dir):
     """Our clean mode on a PNG folder == clean-fid's own folder pipeline fed our network."""
-    from PIL import Image
     from cleanfid.fid import get_folder_features
+    from PIL import Image
+
     gray = _animal(animal_mnist_dir, 3, offset=11)
-    rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)            # (3, 28, 28, 3), distinct channels
+    rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)  # (3, 28, 28, 3), distinct channels
     for i, im in enumerate(rgb):
         Image.fromarray(im).save(tmp_path / f"{i:02d}.png")
-    theirs = get_folder_features(str(tmp_path), model=fx.as_clean_fid_module(), num_workers=0, batch_size=3,
-                                 device=torch.device("cpu"), mode="clean", verbose=False)
+    theirs = get_folder_features(
+        str(tmp_path),
+        model=fx.as_clean_fid_module(),
+        num_workers=0,
+        batch_size=3,
+        device=torch.device("cpu"),
+        mode="clean",
+        verbose=False,
+    )
     ours = compute_statistics(str(tmp_path), fx, batch_size=3).feats
     assert theirs.shape == ours.shape == (3, 2048)
     assert np.allclose(ours, theirs, atol=1e-4)
@@ -161,6 +177,7 @@ def test_clean_mode_folder_features_equal_clean_fid_pipeline(fx, tmp_path, anima
 
 def test_feature_throughput_reports_rate_and_cpu_use(fx):
     from features_lib import feature_throughput
+
     r = feature_throughput(n=2, batch_size=2, mode="legacy_tensorflow", image_size=16, extractor=fx)
     assert r["n"] == 2 and r["mode"] == "legacy_tensorflow" and r["device"] == "cpu"
     assert r["images_per_s"] == pytest.approx(2 / r["seconds"]) and r["cpu_utilisation"] > 0

@@ -1,12 +1,19 @@
 """Scores of vca_gen.metrics against independent float64 computations written here (no Inception)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from vca_gen.metrics import (InputFormatError, RunningMoments, frechet_distance, frechet_distance_from_features,
-                             kernel_inception_distance, precision_recall)
+from vca_gen.metrics import (
+    InputFormatError,
+    RunningMoments,
+    frechet_distance,
+    frechet_distance_from_features,
+    kernel_inception_distance,
+    precision_recall,
+)
 from vca_gen.metrics.scores import kid_subset_size
 
 

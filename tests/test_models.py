@@ -1,4 +1,5 @@
 """Backbone: official key names/shapes, embeddings, CFG, checkpointing, loading, errors."""
+
 from __future__ import annotations
 
 import math
@@ -32,18 +33,20 @@ def official_shapes(depth, C, p, in_ch=4, num_classes=1000, input_size=32, learn
         "final_layer.adaLN_modulation.1.bias": (2 * C,),
     }
     for i in range(depth):
-        shapes.update({
-            f"blocks.{i}.attn.qkv.weight": (3 * C, C),
-            f"blocks.{i}.attn.qkv.bias": (3 * C,),
-            f"blocks.{i}.attn.proj.weight": (C, C),
-            f"blocks.{i}.attn.proj.bias": (C,),
-            f"blocks.{i}.mlp.fc1.weight": (4 * C, C),
-            f"blocks.{i}.mlp.fc1.bias": (4 * C,),
-            f"blocks.{i}.mlp.fc2.weight": (C, 4 * C),
-            f"blocks.{i}.mlp.fc2.bias": (C,),
-            f"blocks.{i}.adaLN_modulation.1.weight": (6 * C, C),
-            f"blocks.{i}.adaLN_modulation.1.bias": (6 * C,),
-        })
+        shapes.update(
+            {
+                f"blocks.{i}.attn.qkv.weight": (3 * C, C),
+                f"blocks.{i}.attn.qkv.bias": (3 * C,),
+                f"blocks.{i}.attn.proj.weight": (C, C),
+                f"blocks.{i}.attn.proj.bias": (C,),
+                f"blocks.{i}.mlp.fc1.weight": (4 * C, C),
+                f"blocks.{i}.mlp.fc1.bias": (4 * C,),
+                f"blocks.{i}.mlp.fc2.weight": (C, 4 * C),
+                f"blocks.{i}.mlp.fc2.bias": (C,),
+                f"blocks.{i}.adaLN_modulation.1.weight": (6 * C, C),
+                f"blocks.{i}.adaLN_modulation.1.bias": (6 * C,),
+            }
+        )
     return shapes
 
 

@@ -1,4 +1,5 @@
 """One interface over both objectives: config forms, guidance wiring, NFE, null label, training."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,17 @@ from vca_gen.objectives import DiffusionConfig, FlowConfig, ObjectiveConfig, bui
 # ----------------------------------------------------------------------------------------------
 def test_build_from_dataclass_dictconfig_and_dict():
     cfg = ObjectiveConfig(kind="flow", flow=FlowConfig(path="gvp", prediction="noise", sampler="heun", sample_steps=7))
-    structured = OmegaConf.merge(OmegaConf.structured(ObjectiveConfig), {"kind": "flow", "flow": {"path": "gvp",
-                                 "prediction": "noise", "sampler": "heun", "sample_steps": 7}})
+    structured = OmegaConf.merge(
+        OmegaConf.structured(ObjectiveConfig),
+        {"kind": "flow", "flow": {"path": "gvp", "prediction": "noise", "sampler": "heun", "sample_steps": 7}},
+    )
     for c in (cfg, structured, dataclasses.asdict(cfg)):
         obj = build_objective(c)
         assert (obj.kind, obj.path.name, obj.transport.prediction) == ("flow", "gvp", "noise")
         assert (obj.default_sampler, obj.default_steps) == ("heun", 7)
-    d = build_objective(OmegaConf.structured(ObjectiveConfig(diffusion=DiffusionConfig(sample_steps="ddim25", sampler="ddim"))))
+    d = build_objective(
+        OmegaConf.structured(ObjectiveConfig(diffusion=DiffusionConfig(sample_steps="ddim25", sampler="ddim")))
+    )
     assert (d.kind, d.default_sampler, d.default_steps) == ("diffusion", "ddim", "ddim25")
     assert build_objective({"kind": "flow"}).default_sampler == "sde"
     assert build_objective({"kind": "flow"}).default_steps == 250
@@ -68,11 +73,13 @@ class ToyModel(torch.nn.Module):
 
 def _manual_guided(model, scale, g):
     """Guidance written out in the test: uncond + s·(cond − uncond) on the first g channels."""
+
     def fn(x, t, y):
         cond, unc = model(x, t, y), model(x, t, torch.full_like(y, NULL))
         out = cond.clone()
         out[:, :g] = unc[:, :g] + scale * (cond[:, :g] - unc[:, :g])
         return out
+
     return fn
 
 
@@ -94,7 +101,14 @@ def test_cfg_scale_one_is_the_plain_conditional_sampler(cfg, sampler, steps, lea
     a = obj.sample(model, x, y, sampler=sampler, steps=steps, cfg_scale=1.0, generator=torch.Generator().manual_seed(0))
     assert all(b == 3 and torch.equal(lab, y) for b, lab in model.calls)  # no doubled batch, no null label
     assert a.nfe == len(model.calls)
-    b = obj.sample(lambda x_, t, y_: model(x_, t, y_), x, y, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
+    b = obj.sample(
+        lambda x_, t, y_: model(x_, t, y_),
+        x,
+        y,
+        sampler=sampler,
+        steps=steps,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(a.x, b.x)
 
 
@@ -152,18 +166,30 @@ def test_check_model_uses_channel_attributes():
 # ----------------------------------------------------------------------------------------------
 VARIANTS = [({"kind": "diffusion"}, True), ({"kind": "diffusion"}, False)] + [
     ({"kind": "flow", "flow": {"path": p, "prediction": q}}, q == "velocity")
-    for p in ("linear", "gvp", "vp") for q in ("velocity", "score", "noise")
+    for p in ("linear", "gvp", "vp")
+    for q in ("velocity", "score", "noise")
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg,learn_sigma", VARIANTS, ids=lambda v: str(v) if isinstance(v, bool) else
-                         "-".join([v["kind"]] + list(v.get("flow", {}).values())))
+@pytest.mark.parametrize(
+    "cfg,learn_sigma",
+    VARIANTS,
+    ids=lambda v: str(v) if isinstance(v, bool) else "-".join([v["kind"]] + list(v.get("flow", {}).values())),
+)
 def test_tiny_dit_loss_decreases(cfg, learn_sigma):
     models = pytest.importorskip("vca_gen.models")
     torch.manual_seed(0)
-    model = models.create_model("DiT-S/2", depth=2, hidden_size=64, num_heads=2, input_size=8, in_channels=2,
-                                num_classes=4, learn_sigma=learn_sigma)
+    model = models.create_model(
+        "DiT-S/2",
+        depth=2,
+        hidden_size=64,
+        num_heads=2,
+        input_size=8,
+        in_channels=2,
+        num_classes=4,
+        learn_sigma=learn_sigma,
+    )
     obj = build_objective(cfg)
     obj.check_model(model)
     patterns = torch.rand(4, 2, 8, 8, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
@@ -199,8 +225,14 @@ def test_low_precision_model_output_keeps_sampler_state_in_fp32(cfg, sampler, st
     obj = build_objective(cfg)
     model = ToyModel(4, learn_sigma)
     x, y = torch.randn(3, 4, 2, 2), torch.tensor([0, 2, 4])
-    bf16 = obj.sample(lambda a, t, c: model(a, t, c).bfloat16(), x, y, sampler=sampler, steps=steps,
-                      generator=torch.Generator().manual_seed(0))
+    bf16 = obj.sample(
+        lambda a, t, c: model(a, t, c).bfloat16(),
+        x,
+        y,
+        sampler=sampler,
+        steps=steps,
+        generator=torch.Generator().manual_seed(0),
+    )
     ref = obj.sample(model, x, y, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
     assert bf16.x.dtype == torch.float32
     torch.testing.assert_close(bf16.x, ref.x, rtol=0.05, atol=0.05)
@@ -208,7 +240,9 @@ def test_low_precision_model_output_keeps_sampler_state_in_fp32(cfg, sampler, st
     assert out["loss"].dtype == torch.float32
 
 
-@pytest.mark.parametrize("cfg", [{"kind": "diffusion"}, {"kind": "flow"}, {"kind": "flow", "flow": {"path": "vp", "prediction": "noise"}}])
+@pytest.mark.parametrize(
+    "cfg", [{"kind": "diffusion"}, {"kind": "flow"}, {"kind": "flow", "flow": {"path": "vp", "prediction": "noise"}}]
+)
 def test_training_loss_of_a_sample_depends_only_on_its_generator(cfg):
     from vca_gen.utils.rng import per_sample_generators
 

@@ -1,4 +1,5 @@
 """Official DiT / SiT checkpoints: safe reading, mismatch diagnosis, partial init, official experiment."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from vca_gen.errors import ConfigError, UserError
+from vca_gen.experiment.official import official_experiment, protocol_description
 from vca_gen.models import (
     OfficialCheckpointError,
     create_model,
@@ -21,7 +23,6 @@ from vca_gen.models import (
     load_official_checkpoint,
     read_checkpoint_file,
 )
-from vca_gen.experiment.official import official_experiment, protocol_description
 from vca_gen.objectives import build_objective
 
 try:  # the factory moved from schema.py to build.py
@@ -30,8 +31,16 @@ except ImportError:  # pragma: no cover
     from vca_gen.experiment.schema import build_model
 
 TINY = dict(input_size=8, depth=2, hidden_size=64, num_heads=4, num_classes=10)
-CAUSES = ("hidden size", "depth", "patch size", "input channels", "image size", "learn_sigma", "num_classes",
-          "attention")
+CAUSES = (
+    "hidden size",
+    "depth",
+    "patch size",
+    "input channels",
+    "image size",
+    "learn_sigma",
+    "num_classes",
+    "attention",
+)
 
 
 def tiny(attention="mhsa", name="DiT-S/2", **kw):
@@ -59,19 +68,32 @@ def xl_official_shapes(p=2, C=1152, depth=28, in_ch=4, num_classes=1000, input_s
     """Key -> shape of the released DiT-XL/2 (and SiT-XL/2) state dict, from the published layer list."""
     n, out = (input_size // p) ** 2, 2 * in_ch
     shapes = {
-        "pos_embed": (1, n, C), "x_embedder.proj.weight": (C, in_ch, p, p), "x_embedder.proj.bias": (C,),
-        "t_embedder.mlp.0.weight": (C, 256), "t_embedder.mlp.0.bias": (C,),
-        "t_embedder.mlp.2.weight": (C, C), "t_embedder.mlp.2.bias": (C,),
+        "pos_embed": (1, n, C),
+        "x_embedder.proj.weight": (C, in_ch, p, p),
+        "x_embedder.proj.bias": (C,),
+        "t_embedder.mlp.0.weight": (C, 256),
+        "t_embedder.mlp.0.bias": (C,),
+        "t_embedder.mlp.2.weight": (C, C),
+        "t_embedder.mlp.2.bias": (C,),
         "y_embedder.embedding_table.weight": (num_classes + 1, C),
-        "final_layer.linear.weight": (p * p * out, C), "final_layer.linear.bias": (p * p * out,),
-        "final_layer.adaLN_modulation.1.weight": (2 * C, C), "final_layer.adaLN_modulation.1.bias": (2 * C,),
+        "final_layer.linear.weight": (p * p * out, C),
+        "final_layer.linear.bias": (p * p * out,),
+        "final_layer.adaLN_modulation.1.weight": (2 * C, C),
+        "final_layer.adaLN_modulation.1.bias": (2 * C,),
     }
     for i in range(depth):
-        for name, shape in (("attn.qkv.weight", (3 * C, C)), ("attn.qkv.bias", (3 * C,)),
-                            ("attn.proj.weight", (C, C)), ("attn.proj.bias", (C,)),
-                            ("mlp.fc1.weight", (4 * C, C)), ("mlp.fc1.bias", (4 * C,)),
-                            ("mlp.fc2.weight", (C, 4 * C)), ("mlp.fc2.bias", (C,)),
-                            ("adaLN_modulation.1.weight", (6 * C, C)), ("adaLN_modulation.1.bias", (6 * C,))):
+        for name, shape in (
+            ("attn.qkv.weight", (3 * C, C)),
+            ("attn.qkv.bias", (3 * C,)),
+            ("attn.proj.weight", (C, C)),
+            ("attn.proj.bias", (C,)),
+            ("mlp.fc1.weight", (4 * C, C)),
+            ("mlp.fc1.bias", (4 * C,)),
+            ("mlp.fc2.weight", (C, 4 * C)),
+            ("mlp.fc2.bias", (C,)),
+            ("adaLN_modulation.1.weight", (6 * C, C)),
+            ("adaLN_modulation.1.bias", (6 * C,)),
+        ):
             shapes[f"blocks.{i}.{name}"] = shape
     return shapes
 
@@ -98,8 +120,16 @@ def test_training_checkpoint_takes_ema_by_default_and_model_on_request(tmp_path)
     opt.step()
     raw = random_state(model)
     ema = {k: v + 10.0 for k, v in raw.items()}
-    args = argparse.Namespace(model="DiT-S/2", image_size=256, num_classes=10, global_seed=0, vae="ema", ckpt=None,
-                              path_type="Linear", cfg_scale=4.0)
+    args = argparse.Namespace(
+        model="DiT-S/2",
+        image_size=256,
+        num_classes=10,
+        global_seed=0,
+        vae="ema",
+        ckpt=None,
+        path_type="Linear",
+        cfg_scale=4.0,
+    )
     path = tmp_path / "0400000.pt"
     torch.save({"model": raw, "ema": ema, "opt": opt.state_dict(), "args": args}, path)
 
@@ -194,14 +224,16 @@ def test_arbitrary_objects_are_refused_without_running_them(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "args": _Touch(marker)}, path)
-    with pytest.raises(OfficialCheckpointError,
-                       match=r"evil\.pt contains a pickled Python object \(\S+\).*arbitrary code"):
+    with pytest.raises(
+        OfficialCheckpointError, match=r"evil\.pt contains a pickled Python object \(\S+\).*arbitrary code"
+    ):
         read_checkpoint_file(path)
     assert not marker.exists()
     path2 = tmp_path / "config_obj.pt"
     torch.save({"ema": {"w": torch.zeros(1)}, "args": _Config()}, path2)  # e.g. a config object beside the weights
-    with pytest.raises(OfficialCheckpointError,
-                       match=r"config_obj\.pt contains a pickled Python object \(\S*_Config\)"):
+    with pytest.raises(
+        OfficialCheckpointError, match=r"config_obj\.pt contains a pickled Python object \(\S*_Config\)"
+    ):
         read_checkpoint_file(path2)
 
 
@@ -233,48 +265,114 @@ def test_not_a_state_dict_and_non_tensor_values(tmp_path):
 XL = dict(name="DiT-XL/2")
 
 
-@pytest.mark.parametrize("file_kw, model_name, model_kw, expect, fragments", [
-    # hidden size: an XL file for an S model
-    ({}, "DiT-S/2", {}, {"hidden size", "depth"},
-     [r"'x_embedder\.proj\.weight' is \(1152, 4, 2, 2\) in the file but \(384, 4, 2, 2\) in the model",
-      r"XL model.*not S", r"'blocks\.27\.\*'.*28 blocks, the model 12"]),
-    # patch size: kernel shape
-    ({"name": "DiT-XL/4"}, "DiT-XL/2", {}, {"patch size"},
-     [r"x_embedder\.proj\.weight' is \(1152, 4, 4, 4\).*\(1152, 4, 2, 2\)", r"kernel is 4x4.*/4 model, not /2"]),
-    # image size: 512 px file (64x64 latents) for a 256 px model
-    ({"input_size": 64}, "DiT-XL/2", {}, {"image size"},
-     [r"'pos_embed' has 1024 tokens.*512 px.*256 in the model.*256 px"]),
-    # learn_sigma: 8 output channels in the file, 4 in the model
-    ({}, "DiT-XL/2", {"learn_sigma": False}, {"learn_sigma"},
-     [r"'final_layer\.linear\.weight' has 32 rows in the file = 2\*2\*8.*learn_sigma=True"
-      r".*16 rows.*learn_sigma=False"]),
-    ({"learn_sigma": False}, "SiT-XL/2", {}, {"learn_sigma"},
-     [r"final_layer\.linear\.weight' has 16 rows.*learn_sigma=False.*set learn_sigma=False"]),
-    # num_classes: table rows = num_classes + 1
-    ({}, "DiT-XL/2", {"num_classes": 10}, {"num_classes"},
-     [r"'y_embedder\.embedding_table\.weight' has 1001 rows.*num_classes=1000.*11 in the model.*set num_classes=1000"]),
-    # depth alone: an XL file for a 12-block XL-wide model
-    ({}, "DiT-XL/2", {"depth": 12}, {"depth"}, [r"'blocks\.27\.\*' is in the file.*28 blocks, the model 12"]),
-    ({"depth": 4, "hidden_size": 64, "num_heads": 4}, "DiT-XL/2", {"depth": 6, "hidden_size": 64, "num_heads": 4},
-     {"depth"}, [r"'blocks\.5\.\*' is in the model but not in the file.*4 blocks, the model 6"]),
-    # attention kind: MHSA weights into a VCA model and back
-    ({}, "DiT-XL/2", {"attention": "vca", "num_contrast_tokens": 4}, {"attention"},
-     [r"blocks\.\*\.attn\.", r"plain MHSA checkpoint.*init_from"]),
-    ({"attention": "vca", "num_contrast_tokens": 4}, "DiT-XL/2", {}, {"attention"},
-     [r"file has attention parameters the model lacks \(blocks\.\*\.attn\..*another attention kind than 'mhsa'"]),
-    # input channels: a pixel-space file
-    ({"in_channels": 3, "input_size": 64}, "DiT-XL/2", {"input_size": 64}, {"input channels"},
-     [r"takes 3 input channels, the model 4"]),
-    # everything at once
-    ({}, "DiT-B/4", {"input_size": 64, "learn_sigma": False, "num_classes": 10},
-     {"hidden size", "depth", "patch size", "image size", "learn_sigma", "num_classes"},
-     [r"not B \(hidden size 768\)"]),
-])
+@pytest.mark.parametrize(
+    "file_kw, model_name, model_kw, expect, fragments",
+    [
+        # hidden size: an XL file for an S model
+        (
+            {},
+            "DiT-S/2",
+            {},
+            {"hidden size", "depth"},
+            [
+                r"'x_embedder\.proj\.weight' is \(1152, 4, 2, 2\) in the file but \(384, 4, 2, 2\) in the model",
+                r"XL model.*not S",
+                r"'blocks\.27\.\*'.*28 blocks, the model 12",
+            ],
+        ),
+        # patch size: kernel shape
+        (
+            {"name": "DiT-XL/4"},
+            "DiT-XL/2",
+            {},
+            {"patch size"},
+            [r"x_embedder\.proj\.weight' is \(1152, 4, 4, 4\).*\(1152, 4, 2, 2\)", r"kernel is 4x4.*/4 model, not /2"],
+        ),
+        # image size: 512 px file (64x64 latents) for a 256 px model
+        (
+            {"input_size": 64},
+            "DiT-XL/2",
+            {},
+            {"image size"},
+            [r"'pos_embed' has 1024 tokens.*512 px.*256 in the model.*256 px"],
+        ),
+        # learn_sigma: 8 output channels in the file, 4 in the model
+        (
+            {},
+            "DiT-XL/2",
+            {"learn_sigma": False},
+            {"learn_sigma"},
+            [
+                r"'final_layer\.linear\.weight' has 32 rows in the file = 2\*2\*8.*learn_sigma=True"
+                r".*16 rows.*learn_sigma=False"
+            ],
+        ),
+        (
+            {"learn_sigma": False},
+            "SiT-XL/2",
+            {},
+            {"learn_sigma"},
+            [r"final_layer\.linear\.weight' has 16 rows.*learn_sigma=False.*set learn_sigma=False"],
+        ),
+        # num_classes: table rows = num_classes + 1
+        (
+            {},
+            "DiT-XL/2",
+            {"num_classes": 10},
+            {"num_classes"},
+            [
+                r"'y_embedder\.embedding_table\.weight' has 1001 rows.*num_classes=1000.*11 in the model"
+                r".*set num_classes=1000"
+            ],
+        ),
+        # depth alone: an XL file for a 12-block XL-wide model
+        ({}, "DiT-XL/2", {"depth": 12}, {"depth"}, [r"'blocks\.27\.\*' is in the file.*28 blocks, the model 12"]),
+        (
+            {"depth": 4, "hidden_size": 64, "num_heads": 4},
+            "DiT-XL/2",
+            {"depth": 6, "hidden_size": 64, "num_heads": 4},
+            {"depth"},
+            [r"'blocks\.5\.\*' is in the model but not in the file.*4 blocks, the model 6"],
+        ),
+        # attention kind: MHSA weights into a VCA model and back
+        (
+            {},
+            "DiT-XL/2",
+            {"attention": "vca", "num_contrast_tokens": 4},
+            {"attention"},
+            [r"blocks\.\*\.attn\.", r"plain MHSA checkpoint.*init_from"],
+        ),
+        (
+            {"attention": "vca", "num_contrast_tokens": 4},
+            "DiT-XL/2",
+            {},
+            {"attention"},
+            [r"file has attention parameters the model lacks \(blocks\.\*\.attn\..*another attention kind than 'mhsa'"],
+        ),
+        # input channels: a pixel-space file
+        (
+            {"in_channels": 3, "input_size": 64},
+            "DiT-XL/2",
+            {"input_size": 64},
+            {"input channels"},
+            [r"takes 3 input channels, the model 4"],
+        ),
+        # everything at once
+        (
+            {},
+            "DiT-B/4",
+            {"input_size": 64, "learn_sigma": False, "num_classes": 10},
+            {"hidden size", "depth", "patch size", "image size", "learn_sigma", "num_classes"},
+            [r"not B \(hidden size 768\)"],
+        ),
+    ],
+)
 def test_diagnose_names_key_and_cause(file_kw, model_name, model_kw, expect, fragments):
     file_kw = dict(file_kw)
     state = meta_state(file_kw.pop("name", "DiT-XL/2"), **file_kw)
-    msg = diagnose_mismatch(state, model_name, **{"input_size": 32, "in_channels": 4, "num_classes": 1000,
-                                                  "learn_sigma": True, **model_kw})
+    msg = diagnose_mismatch(
+        state, model_name, **{"input_size": 32, "in_channels": 4, "num_classes": 1000, "learn_sigma": True, **model_kw}
+    )
     assert msg.startswith(f"checkpoint does not fit model {model_name}")
     assert causes_in(msg) == expect, msg
     for frag in fragments:
@@ -293,8 +391,14 @@ def test_diagnose_fits_and_guesses_the_file():
 
 
 def test_diagnose_foreign_layouts():
-    msg = diagnose_mismatch({"transformer_blocks.0.attn1.to_q.weight": torch.zeros(2, 2),
-                             "pos_embed.proj.weight": torch.zeros(2, 4, 2, 2)}, "DiT-XL/2", 32, 4, 1000, True)
+    msg = diagnose_mismatch(
+        {"transformer_blocks.0.attn1.to_q.weight": torch.zeros(2, 2), "pos_embed.proj.weight": torch.zeros(2, 4, 2, 2)},
+        "DiT-XL/2",
+        32,
+        4,
+        1000,
+        True,
+    )
     assert "diffusers" in msg
     msg = diagnose_mismatch({"conv.weight": torch.zeros(1)}, "DiT-XL/2", 32, 4, 1000, True)
     assert "not a DiT/SiT state dict" in msg and "x_embedder.proj.weight" in msg
@@ -304,8 +408,11 @@ def test_load_official_checkpoint_raises_with_the_diagnosis(tmp_path):
     sd = random_state(tiny(num_classes=7))
     path = tmp_path / "f.pt"
     torch.save({"ema": sd, "model": sd, "opt": {}, "args": argparse.Namespace(num_classes=7)}, path)
-    with pytest.raises(OfficialCheckpointError, match=r"y_embedder\.embedding_table\.weight.*\(8, 64\).*\(11, 64\)"
-                                                      r".*num_classes=7 plus the null class"):
+    with pytest.raises(
+        OfficialCheckpointError,
+        match=r"y_embedder\.embedding_table\.weight.*\(8, 64\).*\(11, 64\)"
+        r".*num_classes=7 plus the null class",
+    ):
         load_official_checkpoint(tiny(), path)
     assert explain_mismatch(sd, tiny(num_classes=7)) == ""
 
@@ -326,9 +433,21 @@ def test_infer_helpers():
     with pytest.raises(OfficialCheckpointError, match="y_embedder"):
         infer_num_classes({"pos_embed": torch.zeros(1)})
     arch = infer_architecture(meta_state("DiT-XL/2"))
-    assert arch == {"hidden_size": 1152, "depth": 28, "patch_size": 2, "in_channels": 4, "out_channels": 8,
-                    "learn_sigma": True, "num_classes": 1000, "num_tokens": 256, "input_size": 32, "mlp_hidden": 4608,
-                    "size": "XL", "attention_keys": [], "name": "DiT-XL/2"}
+    assert arch == {
+        "hidden_size": 1152,
+        "depth": 28,
+        "patch_size": 2,
+        "in_channels": 4,
+        "out_channels": 8,
+        "learn_sigma": True,
+        "num_classes": 1000,
+        "num_tokens": 256,
+        "input_size": 32,
+        "mlp_hidden": 4608,
+        "size": "XL",
+        "attention_keys": [],
+        "name": "DiT-XL/2",
+    }
     assert infer_architecture(meta_state("DiT-S/8", attention="vca", num_contrast_tokens=4))["attention_keys"]
 
 
@@ -364,8 +483,7 @@ def test_load_matching_reports_shape_mismatch_and_unexpected(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = load_matching(model, path)
     mism = {k: (a, b) for k, a, b in report.shape_mismatch}
-    assert mism == {"pos_embed": ((1, 64, 64), (1, 16, 64)),
-                    "y_embedder.embedding_table.weight": ((6, 64), (11, 64))}
+    assert mism == {"pos_embed": ((1, 64, 64), (1, 16, 64)), "y_embedder.embedding_table.weight": ((6, 64), (11, 64))}
     assert report.unexpected_in_file == ["extra.weight"] and report.missing_in_file == []
     after = model.state_dict()
     assert torch.equal(after["pos_embed"], before["pos_embed"])
@@ -382,38 +500,78 @@ def test_official_dit_experiment_has_the_dit_protocol():
     exp = official_experiment("DiT-XL/2")
     assert exp.name == "official-DiT-XL-2-256"
     m, d, o = exp.model, exp.data, exp.objective
-    assert (m.name, m.attention, m.learn_sigma, m.num_classes, m.input_size, m.in_channels) == \
-        ("DiT-XL/2", "mhsa", True, 1000, 32, 4)
-    assert (d.kind, d.image_size, d.vae, d.scale_factor, d.latent_norm) == \
-        ("latents", 256, "stabilityai/sd-vae-ft-mse", 0.18215, "scale")
+    assert (m.name, m.attention, m.learn_sigma, m.num_classes, m.input_size, m.in_channels) == (
+        "DiT-XL/2",
+        "mhsa",
+        True,
+        1000,
+        32,
+        4,
+    )
+    assert (d.kind, d.image_size, d.vae, d.scale_factor, d.latent_norm) == (
+        "latents",
+        256,
+        "stabilityai/sd-vae-ft-mse",
+        0.18215,
+        "scale",
+    )
     assert d.path and "official" in d.path
     assert o.kind == "diffusion"
-    assert (o.diffusion.num_timesteps, o.diffusion.beta_schedule, o.diffusion.beta_start, o.diffusion.beta_end,
-            o.diffusion.sampler, str(o.diffusion.sample_steps)) == (1000, "linear", 1e-4, 0.02, "ddpm", "250")
+    assert (
+        o.diffusion.num_timesteps,
+        o.diffusion.beta_schedule,
+        o.diffusion.beta_start,
+        o.diffusion.beta_end,
+        o.diffusion.sampler,
+        str(o.diffusion.sample_steps),
+    ) == (1000, "linear", 1e-4, 0.02, "ddpm", "250")
     obj = build_objective(o)
     assert (obj.kind, obj.default_sampler, str(obj.default_steps)) == ("diffusion", "ddpm", "250")
-    assert protocol_description(exp) == {"family": "DiT", "objective": "diffusion", "sampler": "ddpm", "steps": 250,
-                                         "last_step": None, "last_step_size": None,
-                                         "decoder": "stabilityai/sd-vae-ft-mse"}
+    assert protocol_description(exp) == {
+        "family": "DiT",
+        "objective": "diffusion",
+        "sampler": "ddpm",
+        "steps": 250,
+        "last_step": None,
+        "last_step_size": None,
+        "decoder": "stabilityai/sd-vae-ft-mse",
+    }
 
 
 def test_official_sit_experiment_has_the_sit_protocol():
     exp = official_experiment("SiT-XL/2", vae="stabilityai/sd-vae-ft-ema")
     f = exp.objective.flow
     assert exp.objective.kind == "flow" and exp.name == "official-SiT-XL-2-256"
-    assert (f.path, f.prediction, f.sampler, f.sample_steps, f.diffusion_form, f.last_step, f.last_step_size) == \
-        ("linear", "velocity", "sde", 250, "sigma", "mean", 0.04)
+    assert (f.path, f.prediction, f.sampler, f.sample_steps, f.diffusion_form, f.last_step, f.last_step_size) == (
+        "linear",
+        "velocity",
+        "sde",
+        250,
+        "sigma",
+        "mean",
+        0.04,
+    )
     obj = build_objective(exp.objective)
     assert (obj.kind, obj.default_sampler, obj.default_steps) == ("flow", "sde", 250)
-    assert protocol_description(exp) == {"family": "SiT", "objective": "flow", "sampler": "sde", "steps": 250,
-                                         "last_step": "mean", "last_step_size": 0.04,
-                                         "decoder": "stabilityai/sd-vae-ft-ema"}
+    assert protocol_description(exp) == {
+        "family": "SiT",
+        "objective": "flow",
+        "sampler": "sde",
+        "steps": 250,
+        "last_step": "mean",
+        "last_step_size": 0.04,
+        "decoder": "stabilityai/sd-vae-ft-ema",
+    }
 
 
 def test_official_experiment_sizes_and_errors():
     exp = official_experiment("DiT-XL/2", image_size=512, num_classes=10, learn_sigma=False)
-    assert (exp.model.input_size, exp.model.num_classes, exp.model.learn_sigma, exp.name) == \
-        (64, 10, False, "official-DiT-XL-2-512")
+    assert (exp.model.input_size, exp.model.num_classes, exp.model.learn_sigma, exp.name) == (
+        64,
+        10,
+        False,
+        "official-DiT-XL-2-512",
+    )
     with pytest.raises(ConfigError, match="unknown model name"):
         official_experiment("DiT-XXL/2")
     with pytest.raises(ConfigError, match="image_size"):

@@ -9,6 +9,7 @@ smallest registry name ``--model`` accepts: 16 tokens at 256 px, so 250 steps of
 few seconds on one CPU thread. The decoder is a tiny random ``AutoencoderKL`` with a 2x factor
 (not sd-vae's 8x): images are latent side (256 / 8 = 32) x 2 = 64 px.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ CLASSES = 2
 OFFICIAL_TOP = {"x_embedder", "t_embedder", "y_embedder", "pos_embed", "blocks", "final_layer"}
 
 
-def official_state(name: str = DIT, seed: int = 0, input_size: int = 32, num_classes: int = CLASSES,
-                   scale: float = 0.02, **kw) -> dict:
+def official_state(
+    name: str = DIT, seed: int = 0, input_size: int = 32, num_classes: int = CLASSES, scale: float = 0.02, **kw
+) -> dict:
     """A random state dict of ``name`` in the official layout (weights moved off the adaLN-zero init)."""
     torch.manual_seed(seed)
     model = create_model(name, input_size=input_size, num_classes=num_classes, **kw)
@@ -53,8 +55,13 @@ def training_dict(ema: dict, name: str, seed: int = 7) -> dict:
 def files(tmp_path_factory):
     base = tmp_path_factory.mktemp("official")
     dit, sit = official_state(DIT, seed=0), official_state(SIT, seed=1)
-    out = {"vae": make_tiny_vae(base / "vae"), "dit": base / "DiT-Ti-8.pt", "dit_train": base / "dit_train.pt",
-           "dit_ema_only": base / "dit_ema_only.pt", "sit_train": base / "sit_train.pt"}
+    out = {
+        "vae": make_tiny_vae(base / "vae"),
+        "dit": base / "DiT-Ti-8.pt",
+        "dit_train": base / "dit_train.pt",
+        "dit_ema_only": base / "dit_ema_only.pt",
+        "sit_train": base / "sit_train.pt",
+    }
     torch.save(dit, out["dit"])
     train = training_dict(official_state(DIT, seed=2), DIT)
     torch.save(train, out["dit_train"])
@@ -65,8 +72,24 @@ def files(tmp_path_factory):
 
 def sample(capsys, files, ckpt, model: str, out: Path, *extra: str):
     """Run sample.py in-process; (summary JSON, sampling.json, arr_0)."""
-    argv = ["--ckpt", str(ckpt), "--model", model, "--num-classes", str(CLASSES), "--vae", str(files["vae"]),
-            "--num-samples", "2", "--out", str(out), "--no-progress", "--grid-classes", "0", *extra]
+    argv = [
+        "--ckpt",
+        str(ckpt),
+        "--model",
+        model,
+        "--num-classes",
+        str(CLASSES),
+        "--vae",
+        str(files["vae"]),
+        "--num-samples",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--grid-classes",
+        "0",
+        *extra,
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     settings = json.loads((out / "sampling.json").read_text())
@@ -80,8 +103,8 @@ def test_files_have_the_official_layout(files):
         state, info = read_checkpoint_file(files[key])
         assert info.entry == entry
         assert {k.split(".")[0] for k in state} == OFFICIAL_TOP
-        assert tuple(state["x_embedder.proj.weight"].shape) == (192, 4, 8, 8)     # Ti hidden 192, patch 8, 4 ch
-        assert tuple(state["pos_embed"].shape) == (1, 16, 192)                  # (256 / 8 / 8) ** 2 tokens
+        assert tuple(state["x_embedder.proj.weight"].shape) == (192, 4, 8, 8)  # Ti hidden 192, patch 8, 4 ch
+        assert tuple(state["pos_embed"].shape) == (1, 16, 192)  # (256 / 8 / 8) ** 2 tokens
         assert tuple(state["final_layer.linear.weight"].shape) == (8 * 8 * 8, 192)  # learn_sigma: 2 x 4 channels
         assert tuple(state["y_embedder.embedding_table.weight"].shape) == (CLASSES + 1, 192)  # + null class
         assert "blocks.11.adaLN_modulation.1.weight" in state and "blocks.12.attn.qkv.weight" not in state
@@ -90,10 +113,23 @@ def test_files_have_the_official_layout(files):
 
 def test_dit_file_samples_ddpm_250_by_default(capsys, files, tmp_path):
     summary, settings, images = sample(capsys, files, files["dit"], DIT, tmp_path / "s")
-    proto = {"family": "DiT", "objective": "diffusion", "sampler": "ddpm", "steps": "250", "cfg_scale": 1.0,
-             "decoder": str(files["vae"]), "weights": "state_dict", "source": "official"}
+    proto = {
+        "family": "DiT",
+        "objective": "diffusion",
+        "sampler": "ddpm",
+        "steps": "250",
+        "cfg_scale": 1.0,
+        "decoder": str(files["vae"]),
+        "weights": "state_dict",
+        "source": "official",
+    }
     assert summary["protocol"] == proto and settings["protocol"] == proto
-    assert (summary["sampler"], summary["steps"], settings["sampler"], settings["steps"]) == ("ddpm", "250", "ddpm", "250")
+    assert (summary["sampler"], summary["steps"], settings["sampler"], settings["steps"]) == (
+        "ddpm",
+        "250",
+        "ddpm",
+        "250",
+    )
     assert summary["nfe_per_image"] == 250  # 250 respaced DDPM steps were run, not just recorded
     assert settings["vae"] == str(files["vae"]) and settings["model"] == DIT and settings["objective"] == "diffusion"
     # image side = latent side (256 / 8, the official experiment) x the real VAE's factor (2)
@@ -103,9 +139,19 @@ def test_dit_file_samples_ddpm_250_by_default(capsys, files, tmp_path):
 
 def test_sit_file_samples_sde_250_sigma_mean_004_by_default(capsys, files, tmp_path):
     summary, settings, images = sample(capsys, files, files["sit_train"], SIT, tmp_path / "s")
-    proto = {"family": "SiT", "objective": "flow", "sampler": "sde", "steps": "250", "cfg_scale": 1.0,
-             "decoder": str(files["vae"]), "weights": "ema", "source": "official",
-             "diffusion_form": "sigma", "last_step": "mean", "last_step_size": 0.04}
+    proto = {
+        "family": "SiT",
+        "objective": "flow",
+        "sampler": "sde",
+        "steps": "250",
+        "cfg_scale": 1.0,
+        "decoder": str(files["vae"]),
+        "weights": "ema",
+        "source": "official",
+        "diffusion_form": "sigma",
+        "last_step": "mean",
+        "last_step_size": 0.04,
+    }
     assert summary["protocol"] == proto and settings["protocol"] == proto
     assert (settings["sampler"], settings["steps"], settings["objective"]) == ("sde", "250", "flow")
     assert settings["sampler_options"] == {} and settings["model"] == SIT
@@ -154,8 +200,21 @@ def test_file_that_does_not_fit_model_exits_2_with_one_line(capsys, files, tmp_p
     torch.save(official_state(name, **kw), path)
     model = extra[1] if extra else DIT
     out = tmp_path / "out"
-    argv = ["--ckpt", str(path), "--model", model, "--num-classes", str(CLASSES), "--vae", str(files["vae"]),
-            "--num-samples", "2", "--out", str(out), "--no-progress"]
+    argv = [
+        "--ckpt",
+        str(path),
+        "--model",
+        model,
+        "--num-classes",
+        str(CLASSES),
+        "--vae",
+        str(files["vae"]),
+        "--num-samples",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()

@@ -6,6 +6,7 @@ uninterrupted run bit for bit. A second training into a locked run directory exi
 holder, and the first one finishes intact. The slow-step test hook ``VCA_GEN_TEST_STEP_SLEEP``
 makes the signal land mid-run.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from test_training_common import (REPO, assert_identical, ckpt_tensors, launch_direct, reset_accelerate, tiny_dict,
-                                  wait_all, write_yaml)
+from test_training_common import (
+    REPO,
+    assert_identical,
+    ckpt_tensors,
+    launch_direct,
+    reset_accelerate,
+    tiny_dict,
+    wait_all,
+    write_yaml,
+)
 from vca_gen.experiment import checkpoint as ckpt
 
 EXIT_PREEMPTED = 75
@@ -97,8 +106,10 @@ def test_ctrl_c_single_process_checkpoints_without_traceback_and_resumes(tmp_pat
     assert "got SIGINT: finishing this step" in results[0][2]
     out = finish(cfg, 1)[0][1]
     assert f"resumed from {tmp_path / 'run/checkpoints' / ckpt.step_dir_name(step)} at step {step}" in out
-    assert_identical(ckpt_tensors(tmp_path / "ref" / f"checkpoints/{ckpt.step_dir_name(MAX_STEPS)}"),
-                     ckpt_tensors(tmp_path / "run" / f"checkpoints/{ckpt.step_dir_name(MAX_STEPS)}"))
+    assert_identical(
+        ckpt_tensors(tmp_path / "ref" / f"checkpoints/{ckpt.step_dir_name(MAX_STEPS)}"),
+        ckpt_tensors(tmp_path / "run" / f"checkpoints/{ckpt.step_dir_name(MAX_STEPS)}"),
+    )
 
 
 def test_second_training_into_a_locked_run_dir_exits_2_and_the_first_finishes(tmp_path, capsys):
@@ -115,7 +126,7 @@ def test_second_training_into_a_locked_run_dir_exits_2_and_the_first_finishes(tm
         assert mod.main(["--config", str(cfg)]) == 2
         err = capsys.readouterr().err
         assert f"run directory {tmp_path / 'run'} is locked by pid {first.pid}" in err and "(train)" in err
-        (rc, out, ferr), = wait_all([first])
+        ((rc, out, ferr),) = wait_all([first])
     finally:
         if first.poll() is None:
             first.kill()

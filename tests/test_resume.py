@@ -1,4 +1,5 @@
 """Resume is exact, and a SIGKILL during a checkpoint write leaves the previous one usable."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,16 @@ import time
 
 import pytest
 
-from test_training_common import REPO, assert_identical, ckpt_tensors, image_data, make_images, run, tiny_dict, write_yaml
+from test_training_common import (
+    REPO,
+    assert_identical,
+    ckpt_tensors,
+    image_data,
+    make_images,
+    run,
+    tiny_dict,
+    write_yaml,
+)
 
 
 def test_resume_is_bit_exact_including_data_order(tmp_path):
@@ -50,8 +60,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     with pytest.warns(ckpt.CheckpointWarning, match=str(damaged)):
         resumed = run(tiny_dict(tmp_path / "b", **common))
     assert resumed["step"] == 6
-    assert_identical(ckpt_tensors(tmp_path / "a/checkpoints/step_00000006"),
-                     ckpt_tensors(tmp_path / "b/checkpoints/step_00000006"))
+    assert_identical(
+        ckpt_tensors(tmp_path / "a/checkpoints/step_00000006"), ckpt_tensors(tmp_path / "b/checkpoints/step_00000006")
+    )
     ckpt.verify_checkpoint(tmp_path / "b/checkpoints/step_00000004")  # re-written intact on the way
 
 
@@ -60,8 +71,14 @@ def test_sigkill_during_checkpoint_write(tmp_path):
     """Kill -9 while step 4 is half written: step 2 stays loadable and resume=auto continues from it."""
     cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path / "run", max_steps=4, ckpt_every=2))
     env = {**os.environ, "VCA_GEN_TEST_SLOW_SAVE": "4", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "train.py", "--config", str(cfg)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config", str(cfg)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     ckroot = tmp_path / "run/checkpoints"
     deadline = time.time() + 180
     try:
@@ -79,8 +96,14 @@ def test_sigkill_during_checkpoint_write(tmp_path):
     assert (ckroot / "step_00000004.tmp").exists() and not (ckroot / "step_00000004").exists()
     model, *_ = ckpt.load_for_sampling(tmp_path / "run")  # previous checkpoint loads
     assert model is not None
-    out = subprocess.run([sys.executable, "train.py", "--config", str(cfg)], cwd=REPO, capture_output=True,
-                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "train.py", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert f"resumed from {ckroot / 'step_00000002'} at step 2" in out.stdout
     assert [s for s, _ in ckpt.list_checkpoints(ckroot)] == [2, 4]

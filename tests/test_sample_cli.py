@@ -1,5 +1,6 @@
 """``sample.py`` end to end with a tiny random DiT export: process-count independence (1 vs 2 gloo
 processes), resume after a real SIGKILL, batch-size invariance, balanced labels, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -29,11 +30,23 @@ def make_export(path: Path, kind: str = "diffusion", depth: int = 2, seed: int =
     from vca_gen.experiment import build as B
     from vca_gen.experiment import schema as C
 
-    cfg = C.config_from_dict({
-        "name": "tiny", "objective": {"kind": kind},
-        "data": {"kind": "images", "path": "<no training data>", "image_size": 32, "vae": None},
-        "model": {"name": "DiT-S/4", "depth": depth, "hidden_size": 32, "num_heads": 2, "num_classes": CLASSES,
-                  "learn_sigma": kind == "diffusion", "attention": "vca", "attention_options": {"num_contrast_tokens": 4}}})
+    cfg = C.config_from_dict(
+        {
+            "name": "tiny",
+            "objective": {"kind": kind},
+            "data": {"kind": "images", "path": "<no training data>", "image_size": 32, "vae": None},
+            "model": {
+                "name": "DiT-S/4",
+                "depth": depth,
+                "hidden_size": 32,
+                "num_heads": 2,
+                "num_classes": CLASSES,
+                "learn_sigma": kind == "diffusion",
+                "attention": "vca",
+                "attention_options": {"num_contrast_tokens": 4},
+            },
+        }
+    )
     model = B.build_model(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -85,8 +98,20 @@ def test_output_format_and_balanced_labels(reference):
 @pytest.mark.slow
 def test_two_processes_byte_identical(export, reference, tmp_path):
     out = tmp_path / "s2"
-    cmd = [str(REPO / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *sample_cmd(export, out, "--batch-size", "8")[1:]]
+    cmd = [
+        str(REPO / ".venv" / "bin" / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *sample_cmd(export, out, "--batch-size", "8")[1:],
+    ]
     r = subprocess.run(cmd, env=env1(), cwd=REPO, timeout=400, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -99,8 +124,13 @@ def test_two_processes_byte_identical(export, reference, tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_same_bytes(export, reference, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(sample_cmd(export, out, "--batch-size", "8"), env=env1(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        sample_cmd(export, out, "--batch-size", "8"),
+        env=env1(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while not (out / "shard_00000.npz").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -109,8 +139,9 @@ def test_sigkill_then_resume_gives_same_bytes(export, reference, tmp_path):
     shards = sorted(out.glob("shard_*.npz"))
     assert proc.returncode == -signal.SIGKILL
     assert 1 <= len(shards) < 5 and not (out / "samples.npz").exists()
-    r = subprocess.run(sample_cmd(export, out, "--batch-size", "8"), env=env1(), cwd=REPO, timeout=300,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        sample_cmd(export, out, "--batch-size", "8"), env=env1(), cwd=REPO, timeout=300, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["resumed_shards"] == len(shards)
     assert np.array_equal(arr(out)[0], arr(reference)[0])
@@ -156,13 +187,16 @@ def test_sample_count_must_balance_classes(capsys, export, tmp_path, n, msg):
     assert msg in err and not (tmp_path / "o" / "samples.npz").exists()
 
 
-@pytest.mark.parametrize("extra,msg", [
-    (["--sampler", "euler"], "unknown diffusion sampler 'euler'; accepted: ddpm, ddim, dpm-solver++"),
-    (["--sampler-option", "eta=0.5"], "unknown options ['eta'] for sampler 'ddpm'"),
-    (["--sampler-option", "eta"], "expected KEY=VALUE"),
-    (["--vae", "stabilityai/sd-vae-ft-mse"], "pixel space"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "extra,msg",
+    [
+        (["--sampler", "euler"], "unknown diffusion sampler 'euler'; accepted: ddpm, ddim, dpm-solver++"),
+        (["--sampler-option", "eta=0.5"], "unknown options ['eta'] for sampler 'ddpm'"),
+        (["--sampler-option", "eta"], "expected KEY=VALUE"),
+        (["--vae", "stabilityai/sd-vae-ft-mse"], "pixel space"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+    ],
+)
 def test_bad_sampler_settings_write_nothing(capsys, export, tmp_path, extra, msg):
     err = run_err(capsys, "--ckpt", str(export), "--out", str(tmp_path / "o"), "--num-samples", "5", *extra)
     assert msg in err
@@ -176,8 +210,23 @@ def test_settings_mismatch_on_resume(capsys, export, tmp_path):
     err = run_err(capsys, "--ckpt", str(export), "--out", str(out), "--num-samples", "10", "--steps", "3")
     assert "different settings" in err and "steps: '2' (existing) vs '3' (this run)" in err and "--overwrite" in err
     assert (out / "samples.npz").read_bytes() == before
-    assert main(["--ckpt", str(export), "--out", str(out), "--num-samples", "10", "--steps", "3", "--overwrite",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--ckpt",
+                str(export),
+                "--out",
+                str(out),
+                "--num-samples",
+                "10",
+                "--steps",
+                "3",
+                "--overwrite",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (out / "samples.npz").read_bytes() != before
 
 
@@ -186,8 +235,14 @@ def test_settings_mismatch_on_resume(capsys, export, tmp_path):
 def test_sigterm_exits_75_then_rerun_gives_same_bytes(export, reference, tmp_path):
     out = tmp_path / "stopped"
     env = {**env1(), "VCA_GEN_TEST_SHARD_SLEEP": "0:0.7"}  # slow enough for the signal to land mid-way
-    proc = subprocess.Popen(sample_cmd(export, out, "--batch-size", "8"), env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        sample_cmd(export, out, "--batch-size", "8"),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while not (out / "shard_00000.npz").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -198,8 +253,9 @@ def test_sigterm_exits_75_then_rerun_gives_same_bytes(export, reference, tmp_pat
     assert "Traceback" not in err
     shards = sorted(out.glob("shard_*.npz"))
     assert 1 <= len(shards) < 5 and not (out / "samples.npz").exists() and not (out / ".lock").exists()
-    r = subprocess.run(sample_cmd(export, out, "--batch-size", "8"), env=env1(), cwd=REPO, timeout=300,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        sample_cmd(export, out, "--batch-size", "8"), env=env1(), cwd=REPO, timeout=300, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["resumed_shards"] == len(shards)
     assert np.array_equal(arr(out)[0], arr(reference)[0])
@@ -225,8 +281,17 @@ def test_stale_lock_of_a_dead_process_is_taken_over(capsys, export, tmp_path):
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "purpose": "sample",
-                                           "started_unix": time.time(), "command": "sample.py (killed)"}))
+    (out / ".lock").write_text(
+        json.dumps(
+            {
+                "pid": dead.pid,
+                "host": socket.gethostname(),
+                "purpose": "sample",
+                "started_unix": time.time(),
+                "command": "sample.py (killed)",
+            }
+        )
+    )
     with pytest.warns(UserWarning, match=f"taking over the lock .* process {dead.pid} on this host is not running"):
         assert main(["--ckpt", str(export), "--out", str(out), *TINY]) == 0
     assert (out / "samples.npz").is_file() and not (out / ".lock").exists()

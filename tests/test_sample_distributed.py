@@ -1,6 +1,7 @@
 """``sample.py`` over several gloo processes (the same collectives and timeouts as NCCL): no long
 collective (a rank slower than the process-group timeout is waited for through the files), one
 broadcast decision checked by every rank, preemption of every rank with exit 75 and an exact resume."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,19 @@ from test_sample_cli import REPO, make_export
 
 pytestmark = pytest.mark.slow
 # 7 shards of 5; every run compared byte for byte uses these settings
-RUN7 = ["--num-samples", "35", "--shard-size", "5", "--batch-size", "5", "--steps", "10", "--seed", "3",
-        "--no-progress"]
+RUN7 = [
+    "--num-samples",
+    "35",
+    "--shard-size",
+    "5",
+    "--batch-size",
+    "5",
+    "--steps",
+    "10",
+    "--seed",
+    "3",
+    "--no-progress",
+]
 
 
 def _free_port() -> int:
@@ -42,9 +54,23 @@ def _sample(export, out, *extra) -> list[str]:
 
 
 def _launch(n: int, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), *args]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(n),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        *args,
+    ]
 
 
 def _arr(out: Path):
@@ -61,8 +87,7 @@ def export(tmp_path_factory) -> Path:
 def reference(export, tmp_path_factory) -> Path:
     """One uninterrupted single-process run, with PNGs."""
     out = tmp_path_factory.mktemp("ref") / "s"
-    subprocess.run([sys.executable, *_sample(export, out, "--save-png")], check=True, env=_env(), cwd=REPO,
-                   timeout=300)
+    subprocess.run([sys.executable, *_sample(export, out, "--save-png")], check=True, env=_env(), cwd=REPO, timeout=300)
     return out
 
 
@@ -70,8 +95,14 @@ def test_three_processes_with_a_rank_slower_than_the_timeout(export, reference, 
     out = tmp_path / "s3"
     t0 = time.monotonic()
     # rank 2 computes shards 2 and 5 and sleeps 8 s before each: 16 s past the others, timeout 4 s
-    r = subprocess.run(_launch(3, _sample(export, out, "--save-png", "--timeout-s", "4")), cwd=REPO, timeout=400,
-                       env=_env(VCA_GEN_TEST_SHARD_SLEEP="2:8"), capture_output=True, text=True)
+    r = subprocess.run(
+        _launch(3, _sample(export, out, "--save-png", "--timeout-s", "4")),
+        cwd=REPO,
+        timeout=400,
+        env=_env(VCA_GEN_TEST_SHARD_SLEEP="2:8"),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert time.monotonic() - t0 > 16
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -93,8 +124,14 @@ def test_a_rank_seeing_other_finished_shards_stops_everyone_before_sampling(expo
     for name in ["sampling.json"] + [f"shard_{k:05d}.npz" for k in (0, 1, 2)]:
         (out / name).write_bytes((reference / name).read_bytes())
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    r = subprocess.run(_launch(2, _sample(export, out)), cwd=REPO, timeout=400,
-                       env=_env(VCA_GEN_TEST_HIDE_SHARDS="1:1"), capture_output=True, text=True)
+    r = subprocess.run(
+        _launch(2, _sample(export, out)),
+        cwd=REPO,
+        timeout=400,
+        env=_env(VCA_GEN_TEST_HIDE_SHARDS="1:1"),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0
     msg = f"rank 1 does not see the output directory {out} as the main process does: finished shards differ"
     assert r.stderr.count(msg) == 2, r.stderr[-3000:]  # both processes stop with the same one-line error
@@ -108,12 +145,25 @@ def test_sigterm_to_every_rank_exits_75_and_the_rerun_is_identical(export, refer
     """srun-style: each process started by hand (no launcher in between) and each signalled."""
     out = tmp_path / "s"
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, *_sample(export, out)], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env=_env(VCA_GEN_TEST_SHARD_SLEEP=f"{rank}:1.5", RANK=str(rank), LOCAL_RANK=str(rank),
-                                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                                       MASTER_PORT=port))
-             for rank in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *_sample(export, out)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(
+                VCA_GEN_TEST_SHARD_SLEEP=f"{rank}:1.5",
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE="2",
+                LOCAL_WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+            ),
+        )
+        for rank in range(2)
+    ]
     deadline = time.time() + 240
     while not (out / "shard_00000.npz").exists() and time.time() < deadline and all(p.poll() is None for p in procs):
         time.sleep(0.05)
@@ -125,8 +175,9 @@ def test_sigterm_to_every_rank_exits_75_and_the_rerun_is_identical(export, refer
         assert f"stopped by SIGTERM (process {rank} of 2)" in err and "Traceback" not in err
     shards = sorted(out.glob("shard_*.npz"))
     assert 1 <= len(shards) < 7 and not (out / "samples.npz").exists() and not (out / ".lock").exists()
-    r = subprocess.run([sys.executable, *_sample(export, out)], env=_env(), cwd=REPO, timeout=300,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, *_sample(export, out)], env=_env(), cwd=REPO, timeout=300, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["resumed_shards"] == len(shards)
     assert np.array_equal(_arr(out)[0], _arr(reference)[0])

@@ -1,5 +1,6 @@
 """The sampling engine with a stand-in generator: labels, shards, process-count independence,
 resume after a failure, manifest checks, file format and atomicity."""
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from vca_gen.sample import RunSpec, SamplingError, ShardPlan, check_num_samples, labels_for, run_sampling, to_uint8
-from vca_gen.sample import files
+from vca_gen.sample import (
+    RunSpec,
+    SamplingError,
+    ShardPlan,
+    check_num_samples,
+    files,
+    labels_for,
+    run_sampling,
+    to_uint8,
+)
 from vca_gen.utils import rng
 
 C = 5  # classes of the stand-in
@@ -67,7 +76,13 @@ def stand_in(indices, labels, gens, fail_after=None, calls=None):
 
 
 def spec(out: Path, n=30, **kw) -> RunSpec:
-    kw = {"batch_size": 4, "shard_size": 8, "settings": {"sampler": "fake", "ckpt_sha256": "abc"}, "progress": False, **kw}
+    kw = {
+        "batch_size": 4,
+        "shard_size": 8,
+        "settings": {"sampler": "fake", "ckpt_sha256": "abc"},
+        "progress": False,
+        **kw,
+    }
     return RunSpec(out_dir=out, num_samples=n, num_classes=C, image_shape=(6, 6, 3), seed=11, **kw)
 
 
@@ -110,8 +125,12 @@ def test_balanced_labels_and_count_errors():
 @pytest.mark.parametrize("n,size,world", [(30, 8, 1), (30, 8, 3), (7, 10, 2), (64, 16, 5)])
 def test_shards_cover_every_index_once(n, size, world):
     plan = ShardPlan(n, size)
-    got = [i for r in range(world) for k in ShardPlan.assign(list(range(plan.num_shards)), r, world)
-           for i in plan.indices(k)]
+    got = [
+        i
+        for r in range(world)
+        for k in ShardPlan.assign(list(range(plan.num_shards)), r, world)
+        for i in plan.indices(k)
+    ]
     assert sorted(got) == list(range(n))
 
 
@@ -296,8 +315,16 @@ def test_out_dir_lock(tmp_path):
     assert not list(tmp_path.glob("*.npz"))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": __import__("socket").gethostname(),
-                                                "purpose": "sample", "started_unix": time.time()}))
+    (tmp_path / ".lock").write_text(
+        json.dumps(
+            {
+                "pid": dead.pid,
+                "host": __import__("socket").gethostname(),
+                "purpose": "sample",
+                "started_unix": time.time(),
+            }
+        )
+    )
     with pytest.warns(StaleLockWarning, match="taking over"):
         run_world(spec(tmp_path), 1)
     assert (tmp_path / "samples.npz").is_file() and not (tmp_path / ".lock").exists()

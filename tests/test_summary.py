@@ -1,4 +1,5 @@
 """Model summary: published DiT MACs / params, and agreement with closed-form MAC formulas."""
+
 from __future__ import annotations
 
 import json

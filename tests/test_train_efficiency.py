@@ -6,6 +6,7 @@
 * fp16 loss scaling (an injected GradScaler on CPU): a non-finite loss and a gradient overflow are
   skipped without the double-``unscale_`` crash, counters follow applied updates, resume is exact.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,7 @@ import json
 import pytest
 import torch
 
-from test_training_common import (assert_identical, ckpt_tensors, image_data, make_images, reset_accelerate,
-                                  tiny_dict)
+from test_training_common import assert_identical, ckpt_tensors, image_data, make_images, reset_accelerate, tiny_dict
 from vca_gen.experiment import schema as C
 from vca_gen.utils import rng
 
@@ -96,6 +96,7 @@ def test_at_most_one_host_sync_per_training_step(tmp_path, images, monkeypatch, 
             if id(self) not in host_steps:
                 calls.append(name)
             return real(self, *a, **kw)
+
         return wrapper
 
     for name in SYNC_METHODS:
@@ -159,8 +160,9 @@ def _inject(tr, nan_loss_at: int, inf_grad_at: int) -> None:
 
 
 def test_fp16_loss_scaling_skips_bad_steps_and_resumes_exactly(tmp_path, images):
-    common = dict(data=image_data(images), max_steps=5, ckpt_every=0, micro_batch_size=2, warmup_steps=3,
-                  ema_warmup=True)
+    common = dict(
+        data=image_data(images), max_steps=5, ckpt_every=0, micro_batch_size=2, warmup_steps=3, ema_warmup=True
+    )
     scaler = lambda: torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)  # noqa: E731
 
     tr = trainer(tiny_dict(tmp_path / "a", **common), grad_scaler=scaler())
@@ -182,6 +184,7 @@ def test_fp16_loss_scaling_skips_bad_steps_and_resumes_exactly(tmp_path, images)
     _inject(tr, nan_loss_at=1, inf_grad_at=3)
     assert tr.step == 3 and tr.counters["batches"] == 5
     tr.run()
-    assert_identical(ckpt_tensors(tmp_path / "a/checkpoints/step_00000005"),
-                     ckpt_tensors(tmp_path / "b/checkpoints/step_00000005"))
+    assert_identical(
+        ckpt_tensors(tmp_path / "a/checkpoints/step_00000005"), ckpt_tensors(tmp_path / "b/checkpoints/step_00000005")
+    )
     assert json.loads((tmp_path / "b/checkpoints/step_00000005/state.json").read_text()) == state

@@ -1,15 +1,22 @@
 """Training loop behaviour: accumulation, non-finite handling, outputs, on-the-fly VAE, bad input."""
+
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from test_training_common import (REPO, ckpt_tensors, image_data, make_images, reset_accelerate, run, tiny_dict,
-                                  write_yaml)
+from test_training_common import (
+    REPO,
+    ckpt_tensors,
+    image_data,
+    make_images,
+    reset_accelerate,
+    run,
+    tiny_dict,
+    write_yaml,
+)
 from vca_gen.experiment import schema as C
 
 
@@ -35,15 +42,19 @@ def test_micro_batches_match_the_full_batch(tmp_path, images):
     db = tiny_dict(tmp_path / "b", data=image_data(images), max_steps=2, ckpt_every=2, micro_batch_size=1)
     da["objective"] = db["objective"] = flow  # SiT objective here; DiT's in the resume/distributed tests
     a, b = run(da), run(db)
-    ta, tb = ckpt_tensors(tmp_path / "a/checkpoints/step_00000002"), ckpt_tensors(tmp_path / "b/checkpoints/step_00000002")
+    ta, tb = (
+        ckpt_tensors(tmp_path / "a/checkpoints/step_00000002"),
+        ckpt_tensors(tmp_path / "b/checkpoints/step_00000002"),
+    )
     for k in ta["model"]:
         torch.testing.assert_close(ta["model"][k], tb["model"][k], rtol=1e-5, atol=1e-6)
     assert a["last"]["loss"] == pytest.approx(b["last"]["loss"], rel=1e-5)
 
 
 def test_outputs_config_grid_and_tensorboard(tmp_path, images):
-    d = tiny_dict(tmp_path / "run", data=image_data(images), max_steps=2, ckpt_every=2,
-                  grid={"every": 2, "num": 4, "nrow": 2})
+    d = tiny_dict(
+        tmp_path / "run", data=image_data(images), max_steps=2, ckpt_every=2, grid={"every": 2, "num": 4, "nrow": 2}
+    )
     d["logging"] = {"tracker": "tensorboard"}
     summary = run(d)
     out = tmp_path / "run"
@@ -71,8 +82,9 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, images, monkeypatch):
     from vca_gen.train.trainer import NonFiniteLossError, Trainer
 
     reset_accelerate()
-    cfg = C.config_from_dict(tiny_dict(tmp_path / "run", data=image_data(images), max_steps=10, ckpt_every=0,
-                                       max_nonfinite=3))
+    cfg = C.config_from_dict(
+        tiny_dict(tmp_path / "run", data=image_data(images), max_steps=10, ckpt_every=0, max_nonfinite=3)
+    )
     tr = Trainer(cfg)
     real = tr.objective.training_losses
     bad_batches = {1, 3, 4, 5}
@@ -136,15 +148,20 @@ def test_missing_or_empty_data_folder(tmp_path, capsys, case):
 
 def test_latent_store_not_matching_the_model_config(tmp_path, capsys, images):
     from test_data_common import make_tiny_vae
-
     from vca_gen.data.extract import extract
 
     vae = make_tiny_vae(tmp_path / "vae")
     store = tmp_path / "store"
     reset_accelerate()
     extract(str(images), str(store), vae=str(vae), image_size=16, batch_size=4, shard_size=8, num_workers=0)
-    data = {"kind": "latents", "path": str(store), "image_size": 32, "vae": str(vae), "vae_downsample": 2,
-            "num_workers": 0}
+    data = {
+        "kind": "latents",
+        "path": str(store),
+        "image_size": 32,
+        "vae": str(vae),
+        "vae_downsample": 2,
+        "num_workers": 0,
+    }
     cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path / "run", data=data))
     assert train_cli("--config", str(cfg)) == 2
     err = capsys.readouterr().err
@@ -194,8 +211,15 @@ def test_in_loop_fid_is_logged(tmp_path, images, inception_weights, monkeypatch)
     from vca_gen.train.trainer import Trainer
 
     reset_accelerate()
-    cfg = C.config_from_dict(tiny_dict(tmp_path / "run", data=image_data(images), max_steps=1, ckpt_every=0,
-                                       fid={"every": 1, "num_samples": 10, "ref": str(ref)}))
+    cfg = C.config_from_dict(
+        tiny_dict(
+            tmp_path / "run",
+            data=image_data(images),
+            max_steps=1,
+            ckpt_every=0,
+            fid={"every": 1, "num_samples": 10, "ref": str(ref)},
+        )
+    )
     tr = Trainer(cfg)
     monkeypatch.setattr("vca_gen.metrics.InceptionFeatureExtractor", lambda mode, device: fx)
     logged = {}

@@ -6,10 +6,11 @@ Every CLI wraps its work in :func:`cli_boundary`: a ``UserError`` prints
 ``<tool>: error: <message>`` on one line and exits 2, with no traceback. Any other exception is a
 bug and propagates with its traceback (it is never disguised as a user error).
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 EXIT_USAGE = 2
 

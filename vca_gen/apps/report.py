@@ -5,10 +5,11 @@
 * :func:`plot_series` draws a line plot to PNG (matplotlib, Agg backend);
 * :func:`write_report` writes the markdown report that links the plots and the sample grid.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from vca_gen.utils.io import atomic_open, atomic_write_text
 
@@ -36,8 +37,15 @@ def _atomic_png(fig, path: Path) -> Path:
     return path
 
 
-def plot_series(path: str | Path, series: dict[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str,
-                title: str, logy: bool = False, hlines: dict[str, float] | None = None) -> Path:
+def plot_series(
+    path: str | Path,
+    series: dict[str, Sequence[tuple[float, float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logy: bool = False,
+    hlines: dict[str, float] | None = None,
+) -> Path:
     """Line plot of named (x, y) series (markers when a series is short) saved as PNG."""
     import matplotlib
 
@@ -70,8 +78,9 @@ def _fmt(v, spec=".2f") -> str:
 def write_report(path: str | Path, r: dict) -> Path:
     """Write the markdown report from the demo's result dict ``r`` (see :mod:`vca_gen.apps.demo`)."""
     path = Path(path)
-    rows = "\n".join(f"| {e['step']} | {_fmt(e['fid'])} | {e['n']} | {_fmt(e['sampling_seconds'], '.0f')} |"
-                     for e in r["evals"])
+    rows = "\n".join(
+        f"| {e['step']} | {_fmt(e['fid'])} | {e['n']} | {_fmt(e['sampling_seconds'], '.0f')} |" for e in r["evals"]
+    )
     trained, untrained = r["evals"][-1], r["evals"][0]
     lines = [
         f"# vca-gen demo report{' (quick smoke run)' if r.get('quick') else ''}",

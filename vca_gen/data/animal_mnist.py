@@ -18,6 +18,7 @@ class each, disjoint; fixed permutation, independent of ``seed``) — e.g. for a
 The pickles are read with :class:`SafeNumpyUnpickler`, which admits only numpy's array
 reconstruction globals; anything else is an error.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -37,9 +38,12 @@ DATA_FILE, LABEL_FILE = "animal_data_version_3.gz", "animal_label_version_3.gz"
 SPLITS = ("all", "a", "b")
 _SPLIT_SEED = 20240601  # fixed: the halves never change
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
 }
 
 
@@ -74,8 +78,10 @@ def load_arrays(root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.n
     root = Path(root) if root is not None else default_root()
     for f in (DATA_FILE, LABEL_FILE):
         if not (root / f).is_file():
-            raise FileNotFoundError(f"Animal-MNIST file {root / f} is missing: run `make assets` or "
-                                    f"`python scripts/fetch_assets.py animal_mnist` (or set VCA_GEN_ASSETS)")
+            raise FileNotFoundError(
+                f"Animal-MNIST file {root / f} is missing: run `make assets` or "
+                f"`python scripts/fetch_assets.py animal_mnist` (or set VCA_GEN_ASSETS)"
+            )
     images, labels = load_numpy_pickle(root / DATA_FILE), load_numpy_pickle(root / LABEL_FILE)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise ValueError(f"{root / DATA_FILE}: expected uint8 (N, 28, 28), got {images.dtype} {images.shape}")
@@ -98,7 +104,7 @@ def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     for c in range(len(CLASSES)):
         idx = rng.permutation(np.flatnonzero(labels == c))
         half = len(idx) // 2
-        picked.append(idx[:half] if split == "a" else idx[half:2 * half])
+        picked.append(idx[:half] if split == "a" else idx[half : 2 * half])
     return np.sort(np.concatenate(picked))
 
 
@@ -107,8 +113,14 @@ class AnimalMNIST(Dataset):
 
     classes = list(CLASSES)
 
-    def __init__(self, root: str | os.PathLike | None = None, split: str = "all", image_size: int = 32,
-                 random_flip: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        split: str = "all",
+        image_size: int = 32,
+        random_flip: bool = False,
+        seed: int = 0,
+    ):
         if int(image_size) < 28:
             raise ValueError(f"image_size={image_size}: Animal-MNIST images are 28x28, need image_size >= 28")
         images, labels = load_arrays(root)

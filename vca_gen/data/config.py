@@ -14,10 +14,10 @@
 ``input_size`` for a data config (latents: ``latent_channels`` and ``image_size // vae_downsample``;
 pixels: the image channels and ``image_size``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 DATA_KINDS = ("latents", "images", "animal_mnist")
 LATENT_NORMS = ("scale", "per_channel")
@@ -31,25 +31,26 @@ DEFAULT_SCALE_FACTOR = 0.18215
 class DataConfig:
     """Where the training data comes from and how it is turned into model inputs."""
 
-    kind: str = "latents"                 # "latents" | "images" | "animal_mnist"
-    path: Optional[str] = None            # store dir / image root / Animal-MNIST folder (None: assets default)
-    image_size: int = 256                 # pixel resolution (latents: the resolution they were extracted at)
-    random_flip: bool = True              # horizontal flip (latents: pick the stored flip copy)
-    seed: int = 0                         # data order + per-item randomness seed
-    num_workers: int = 4                  # DataLoader worker processes per training process
-    vae: Optional[str] = DEFAULT_VAE      # hub id or local folder; None = pixel space (images/animal_mnist)
-    vae_subfolder: Optional[str] = None   # e.g. "vae" inside a full pipeline folder
-    latent_channels: int = 4              # VAE latent channels (sd-vae: 4)
-    vae_downsample: int = 8               # VAE spatial down-sampling factor (sd-vae: 8)
-    latent_norm: str = "scale"            # "scale": z * scale_factor | "per_channel": (z - mean_c) / std_c
+    kind: str = "latents"  # "latents" | "images" | "animal_mnist"
+    path: str | None = None  # store dir / image root / Animal-MNIST folder (None: assets default)
+    image_size: int = 256  # pixel resolution (latents: the resolution they were extracted at)
+    random_flip: bool = True  # horizontal flip (latents: pick the stored flip copy)
+    seed: int = 0  # data order + per-item randomness seed
+    num_workers: int = 4  # DataLoader worker processes per training process
+    vae: str | None = DEFAULT_VAE  # hub id or local folder; None = pixel space (images/animal_mnist)
+    vae_subfolder: str | None = None  # e.g. "vae" inside a full pipeline folder
+    latent_channels: int = 4  # VAE latent channels (sd-vae: 4)
+    vae_downsample: int = 8  # VAE spatial down-sampling factor (sd-vae: 8)
+    latent_norm: str = "scale"  # "scale": z * scale_factor | "per_channel": (z - mean_c) / std_c
     scale_factor: float = DEFAULT_SCALE_FACTOR
-    split: str = "all"                    # animal_mnist: "all" | "a" | "b" (deterministic halves)
-    strict: bool = False                  # images: raise on an unreadable file instead of substituting
-    verify: str = "size"                  # latents: "size" (file sizes) | "lazy" | "eager" (sha256), see latents.py
+    split: str = "all"  # animal_mnist: "all" | "a" | "b" (deterministic halves)
+    strict: bool = False  # images: raise on an unreadable file instead of substituting
+    verify: str = "size"  # latents: "size" (file sizes) | "lazy" | "eager" (sha256), see latents.py
 
 
 def validate_data_config(cfg: DataConfig) -> None:
     """Raise ``ValueError`` naming the offending field and the accepted values."""
+
     def _choice(name: str, value, allowed) -> None:
         if value not in allowed:
             raise ValueError(f"data.{name}={value!r} is not valid; accepted: {list(allowed)}")
@@ -68,7 +69,9 @@ def validate_data_config(cfg: DataConfig) -> None:
     if not cfg.scale_factor > 0:
         raise ValueError(f"data.scale_factor must be > 0, got {cfg.scale_factor}")
     if cfg.kind == "latents" and cfg.image_size % cfg.vae_downsample:
-        raise ValueError(f"data.image_size={cfg.image_size} is not divisible by data.vae_downsample={cfg.vae_downsample}")
+        raise ValueError(
+            f"data.image_size={cfg.image_size} is not divisible by data.vae_downsample={cfg.vae_downsample}"
+        )
     if cfg.kind == "animal_mnist" and cfg.image_size < 28:
         raise ValueError(f"data.image_size={cfg.image_size}: Animal-MNIST images are 28x28, need image_size >= 28")
 
@@ -92,6 +95,8 @@ def model_input_size(cfg: DataConfig) -> int:
     """The model's ``input_size`` (spatial side of its input) for this data config."""
     if uses_latents(cfg):
         if cfg.image_size % cfg.vae_downsample:
-            raise ValueError(f"data.image_size={cfg.image_size} is not divisible by data.vae_downsample={cfg.vae_downsample}")
+            raise ValueError(
+                f"data.image_size={cfg.image_size} is not divisible by data.vae_downsample={cfg.vae_downsample}"
+            )
         return int(cfg.image_size) // int(cfg.vae_downsample)
     return int(cfg.image_size)

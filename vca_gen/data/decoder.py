@@ -9,12 +9,13 @@ and export, so a model can be sampled after its run directory and latent store a
 :class:`Decoder` applies it: latents (B, c, h, w) → images (B, C, H, W) in [-1, 1]; in pixel space
 it only clamps. The VAE is loaded on first use (sampling without decoding never downloads it).
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import torch
 
@@ -31,12 +32,12 @@ class DecoderError(UserError):
 
 @dataclass
 class DecoderSpec:
-    vae: Optional[str]                   # hub id or folder; None = pixel space (no decoding)
-    subfolder: Optional[str]             # e.g. "vae" inside a pipeline folder
-    normalizer: Optional[dict]           # LatentNormalizer.to_dict(); None in pixel space
-    image_channels: int = 3              # channels of the decoded images (Animal-MNIST pixels: 1)
-    downsample: int = 1                  # image side / latent side (sd-vae: 8; pixels: 1)
-    class_names: Optional[List[str]] = None
+    vae: str | None  # hub id or folder; None = pixel space (no decoding)
+    subfolder: str | None  # e.g. "vae" inside a pipeline folder
+    normalizer: dict | None  # LatentNormalizer.to_dict(); None in pixel space
+    image_channels: int = 3  # channels of the decoded images (Animal-MNIST pixels: 1)
+    downsample: int = 1  # image side / latent side (sd-vae: 8; pixels: 1)
+    class_names: list[str] | None = None
 
     @property
     def latent(self) -> bool:
@@ -46,12 +47,13 @@ class DecoderSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<decoder>") -> "DecoderSpec":
+    def from_dict(cls, data: dict, source: str = "<decoder>") -> DecoderSpec:
         try:
             return cls(**data)
         except TypeError as e:
-            raise DecoderError(f"{source}: not a decoder description ({e}); expected keys "
-                               f"{', '.join(cls.__dataclass_fields__)}") from None
+            raise DecoderError(
+                f"{source}: not a decoder description ({e}); expected keys {', '.join(cls.__dataclass_fields__)}"
+            ) from None
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / SPEC_FILE
@@ -59,7 +61,7 @@ class DecoderSpec:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> Optional["DecoderSpec"]:
+    def load(cls, directory: str | Path) -> DecoderSpec | None:
         """The spec saved in ``directory``, or ``None`` when it has none (checkpoints of older versions)."""
         path = Path(directory) / SPEC_FILE
         if not path.is_file():
@@ -74,7 +76,7 @@ class DecoderSpec:
 class Decoder:
     """Latents → images in [-1, 1] as the spec says (``vae`` overrides the spec's VAE id)."""
 
-    def __init__(self, spec: DecoderSpec, device: Any = "cpu", vae: Optional[str] = None, batch_size: int = 16):
+    def __init__(self, spec: DecoderSpec, device: Any = "cpu", vae: str | None = None, batch_size: int = 16):
         if vae is not None and not spec.latent:
             raise DecoderError(f"--vae {vae}: the model works in pixel space, there is nothing to decode")
         self.spec = spec
@@ -82,10 +84,10 @@ class Decoder:
         self.subfolder = spec.subfolder if vae is None else None
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
-        self._vae: Optional[torch.nn.Module] = None
+        self._vae: torch.nn.Module | None = None
 
     @property
-    def vae(self) -> Optional[torch.nn.Module]:
+    def vae(self) -> torch.nn.Module | None:
         """The VAE module (loaded on first access), ``None`` in pixel space."""
         if self._vae is None and self.spec.latent:
             self._vae = load_vae(self.vae_id, subfolder=self.subfolder, device=self.device)
@@ -104,8 +106,10 @@ class Decoder:
 
     def check_channels(self, latent_channels: int) -> None:
         if self.spec.latent and int(self.vae.config.latent_channels) != int(latent_channels):
-            raise DecoderError(f"the VAE {self.vae_id} has {self.vae.config.latent_channels} latent channels, the "
-                               f"model {latent_channels}")
+            raise DecoderError(
+                f"the VAE {self.vae_id} has {self.vae.config.latent_channels} latent channels, the "
+                f"model {latent_channels}"
+            )
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

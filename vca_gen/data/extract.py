@@ -28,6 +28,7 @@ shard is stored. ``--dtype float16`` with a VAE whose config sets ``force_upcast
 Exit status: 0 done; 2 bad input (images, VAE, options, non-finite latents, store locked by another
 extraction, ranks not seeing the same store); 1 options differing from the store's pinned ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -46,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vca_gen.data.config import DEFAULT_SCALE_FACTOR, DEFAULT_VAE
 from vca_gen.data.images import ImageFolderDataset, UnreadableImageError, to_tensor_pm1
-from vca_gen.data.latents import (FORMAT, MANIFEST, VERSION, sha256_file, shard_name, write_json_atomic)
+from vca_gen.data.latents import FORMAT, MANIFEST, VERSION, sha256_file, shard_name, write_json_atomic
 from vca_gen.data.vae import encode_moments, load_vae, parse_dtype, vae_downsample_factor
 from vca_gen.errors import UserError
 from vca_gen.utils.io import sha256_file as _sha256
@@ -101,12 +102,22 @@ def shard_complete(out: Path, k: int) -> bool:
 
 
 @torch.no_grad()
-def extract_shard(vae, folder: ImageFolderDataset, out: Path, k: int, shard_size: int, batch_size: int,
-                  num_workers: int, store_dtype: torch.dtype, skip_unreadable: bool) -> dict:
+def extract_shard(
+    vae,
+    folder: ImageFolderDataset,
+    out: Path,
+    k: int,
+    shard_size: int,
+    batch_size: int,
+    num_workers: int,
+    store_dtype: torch.dtype,
+    skip_unreadable: bool,
+) -> dict:
     """Encode source images of shard ``k`` (and flips), write shard + record; return the record."""
     start, end = k * shard_size, min((k + 1) * shard_size, len(folder))
-    loader = DataLoader(_ShardItems(folder, start, end, skip_unreadable), batch_size=batch_size,
-                        num_workers=num_workers, shuffle=False)
+    loader = DataLoader(
+        _ShardItems(folder, start, end, skip_unreadable), batch_size=batch_size, num_workers=num_workers, shuffle=False
+    )
     means, stds, labels, indices, skipped = [], [], [], [], []
     for x, y, idx, ok in loader:
         for i in idx[~ok].tolist():
@@ -125,24 +136,34 @@ def extract_shard(vae, folder: ImageFolderDataset, out: Path, k: int, shard_size
     if not means:
         raise RuntimeError(f"shard {k} (source images {start}..{end - 1}) has no readable image")
     mean, std = torch.cat(means), torch.cat(stds)
-    tensors = {"mean": mean.to(store_dtype).contiguous(), "std": std.to(store_dtype).contiguous(),
-               "labels": torch.cat(labels).contiguous(), "indices": torch.cat(indices).contiguous()}
+    tensors = {
+        "mean": mean.to(store_dtype).contiguous(),
+        "std": std.to(store_dtype).contiguous(),
+        "labels": torch.cat(labels).contiguous(),
+        "indices": torch.cat(indices).contiguous(),
+    }
     f = out / shard_name(k)
     save_file(tensors, f"{f}.tmp", metadata={"format": "pt"})  # one key: safetensors orders metadata randomly
     os.replace(f"{f}.tmp", f)
     # channel sums of posterior samples z = mean + std * eps over both copies (float64, exact order).
     m64, s64 = tensors["mean"].double(), tensors["std"].double()
-    rec = {"file": f.name, "start": start, "end": end, "count": len(tensors["labels"]), "bytes": f.stat().st_size,
-           "sha256": sha256_file(f), "skipped": skipped,
-           "sum_mean": m64.sum(dim=(0, 1, 3, 4)).tolist(),
-           "sum_sq": (m64 ** 2 + s64 ** 2).sum(dim=(0, 1, 3, 4)).tolist(),
-           "n_per_channel": int(m64[:, :, 0].numel())}
+    rec = {
+        "file": f.name,
+        "start": start,
+        "end": end,
+        "count": len(tensors["labels"]),
+        "bytes": f.stat().st_size,
+        "sha256": sha256_file(f),
+        "skipped": skipped,
+        "sum_mean": m64.sum(dim=(0, 1, 3, 4)).tolist(),
+        "sum_sq": (m64**2 + s64**2).sum(dim=(0, 1, 3, 4)).tolist(),
+        "n_per_channel": int(m64[:, :, 0].numel()),
+    }
     write_json_atomic(out / f"shard_{k:05d}.json", rec)
     return rec
 
 
-def check_finite(mean: torch.Tensor, std: torch.Tensor, idx: torch.Tensor, folder: ImageFolderDataset,
-                 k: int) -> None:
+def check_finite(mean: torch.Tensor, std: torch.Tensor, idx: torch.Tensor, folder: ImageFolderDataset, k: int) -> None:
     """Refuse non-finite posterior moments of a batch (rows: originals then flips), naming the images."""
     ok = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(std).flatten(1).all(1)
     if bool(ok.all()):
@@ -151,30 +172,45 @@ def check_finite(mean: torch.Tensor, std: torch.Tensor, idx: torch.Tensor, folde
     bad: dict = {}
     for r in (~ok).nonzero().flatten().tolist():
         bad.setdefault(int(idx[r % b]), []).append("flipped" if r >= b else "original")
-    names = ", ".join(f"index {i} ({os.path.relpath(folder.samples[i][0], folder.root)}, {'+'.join(c)})"
-                      for i, c in sorted(bad.items()))
+    names = ", ".join(
+        f"index {i} ({os.path.relpath(folder.samples[i][0], folder.root)}, {'+'.join(c)})"
+        for i, c in sorted(bad.items())
+    )
     raise ExtractionError(
         f"the VAE gave non-finite latents (inf/nan) for {len(bad)} image(s) of shard {k}: {names}; nothing of "
-        f"shard {k} was stored. Check those images; with --dtype float16/bfloat16 try --dtype float32")
+        f"shard {k} was stored. Check those images; with --dtype float16/bfloat16 try --dtype float32"
+    )
 
 
-def build_manifest(out: Path, params: dict, folder: ImageFolderDataset, vae_info: dict, num_shards: int,
-                   per_channel: bool) -> dict:
+def build_manifest(
+    out: Path, params: dict, folder: ImageFolderDataset, vae_info: dict, num_shards: int, per_channel: bool
+) -> dict:
     recs = [json.loads((out / f"shard_{k:05d}.json").read_text()) for k in range(num_shards)]
     n = sum(r["n_per_channel"] for r in recs)
     mean = [sum(r["sum_mean"][c] for r in recs) / n for c in range(vae_info["latent_channels"])]
     var = [sum(r["sum_sq"][c] for r in recs) / n - mean[c] ** 2 for c in range(len(mean))]
     std = [max(v, 0.0) ** 0.5 for v in var]
-    norm = ({"kind": "per_channel", "mean": mean, "std": std} if per_channel
-            else {"kind": "scale", "scale_factor": params["scale_factor"]})
+    norm = (
+        {"kind": "per_channel", "mean": mean, "std": std}
+        if per_channel
+        else {"kind": "scale", "scale_factor": params["scale_factor"]}
+    )
     f = params["image_size"] // vae_info["downsample"]
     return {
-        "format": FORMAT, "version": VERSION,
-        "count": sum(r["count"] for r in recs), "num_source_images": len(folder),
-        "image_size": params["image_size"], "image_channels": 3,
-        "latent_shape": [vae_info["latent_channels"], f, f], "copies": ["original", "hflip"],
-        "vae": vae_info, "normalization": norm, "latent_stats": {"mean": mean, "std": std},
-        "store_dtype": params["store_dtype"], "classes": folder.classes, "num_classes": len(folder.classes),
+        "format": FORMAT,
+        "version": VERSION,
+        "count": sum(r["count"] for r in recs),
+        "num_source_images": len(folder),
+        "image_size": params["image_size"],
+        "image_channels": 3,
+        "latent_shape": [vae_info["latent_channels"], f, f],
+        "copies": ["original", "hflip"],
+        "vae": vae_info,
+        "normalization": norm,
+        "latent_stats": {"mean": mean, "std": std},
+        "store_dtype": params["store_dtype"],
+        "classes": folder.classes,
+        "num_classes": len(folder.classes),
         "shard_size": params["shard_size"],
         "shards": [{k: r[k] for k in ("file", "start", "end", "count", "bytes", "sha256")} for r in recs],
         "skipped": [s for r in recs for s in r["skipped"]],
@@ -192,8 +228,10 @@ def pin_params(out: Path, params: dict, write: bool = True) -> None:
         diff = {k: (old.get(k), params[k]) for k in params if old.get(k) != params[k]}
         if diff:
             lines = "\n  ".join(f"{k}: store has {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise SystemExit(f"error: {out} was extracted with different options:\n  {lines}\n"
-                             f"Use the original options to resume, or a new --out directory.")
+            raise SystemExit(
+                f"error: {out} was extracted with different options:\n  {lines}\n"
+                f"Use the original options to resume, or a new --out directory."
+            )
     elif write:
         write_json_atomic(p, params)
 
@@ -209,8 +247,10 @@ def _distributed_state(timeout_s: float = 1800.0):
     kwargs = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(timeout_s))).to_kwargs()
     state = PartialState(cpu=cpu, **kwargs)
     if state.num_processes != world:
-        raise RuntimeError(f"launched with WORLD_SIZE={world} but the process group has {state.num_processes} "
-                           f"process(es); refusing to run (processes would write the same files)")
+        raise RuntimeError(
+            f"launched with WORLD_SIZE={world} but the process group has {state.num_processes} "
+            f"process(es); refusing to run (processes would write the same files)"
+        )
     return state
 
 
@@ -262,8 +302,9 @@ def _wait_for_records(out: Path, num_shards: int) -> None:
                     info = json.loads(m.read_text())
                 except (OSError, ValueError):
                     continue
-                raise ExtractionError(f"rank {info.get('rank')} failed ({info.get('message')}); re-run the same "
-                                      f"command to resume {out}")
+                raise ExtractionError(
+                    f"rank {info.get('rank')} failed ({info.get('message')}); re-run the same command to resume {out}"
+                )
             time.sleep(POLL_S)
 
 
@@ -314,9 +355,11 @@ def _decide(state, outp: Path, params: dict, num_shards: int):
     try:
         bad = [(r, q) for r, q in (_gather(state, (state.process_index, problem)) if multi else []) if q]
         if bad:
-            raise ExtractionError("; ".join(f"rank {r} does not see the store {outp} as the main process does: {q}"
-                                            for r, q in bad) + ". Every rank must see the same --out (shared "
-                                                               "storage); nothing was extracted")
+            raise ExtractionError(
+                "; ".join(f"rank {r} does not see the store {outp} as the main process does: {q}" for r, q in bad)
+                + ". Every rank must see the same --out (shared "
+                "storage); nothing was extracted"
+            )
     except BaseException:
         if lock is not None:
             lock.release()
@@ -324,10 +367,22 @@ def _decide(state, outp: Path, params: dict, num_shards: int):
     return decision["todo"], lock
 
 
-def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Optional[str] = None,
-            image_size: int = 256, batch_size: int = 32, shard_size: int = 4096, scale_factor: float = DEFAULT_SCALE_FACTOR,
-            per_channel_stats: bool = False, num_workers: int = 4, dtype: str = "float32",
-            store_dtype: str = "float32", skip_unreadable: bool = False, timeout_s: float = 1800.0) -> Optional[dict]:
+def extract(
+    images: str,
+    out: str,
+    vae: str = DEFAULT_VAE,
+    vae_subfolder: str | None = None,
+    image_size: int = 256,
+    batch_size: int = 32,
+    shard_size: int = 4096,
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
+    per_channel_stats: bool = False,
+    num_workers: int = 4,
+    dtype: str = "float32",
+    store_dtype: str = "float32",
+    skip_unreadable: bool = False,
+    timeout_s: float = 1800.0,
+) -> dict | None:
     """Run (or resume) an extraction on this process's share of the shards; the main process returns
     the manifest, other ranks ``None``. Works single-process or under ``accelerate launch``."""
     if not timeout_s > 0:
@@ -344,36 +399,63 @@ def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Option
     outp = Path(out)
     import diffusers  # noqa: F401 - imported by every rank now: the main-first wait is only the load itself
 
-    model = _main_first(state, lambda: load_vae(vae, subfolder=vae_subfolder, dtype=parse_dtype(dtype),
-                                                device=state.device))
+    model = _main_first(
+        state, lambda: load_vae(vae, subfolder=vae_subfolder, dtype=parse_dtype(dtype), device=state.device)
+    )
     down = vae_downsample_factor(model)
     if image_size % down:
         raise ValueError(f"--image-size {image_size} is not divisible by the VAE down-sampling factor {down}")
-    vae_info = {"id": vae, "subfolder": vae_subfolder, "dtype": dtype,
-                "compute_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-                "latent_channels": int(model.config.latent_channels), "downsample": down}
-    params = {"images": str(Path(images).resolve()), "num_source_images": len(folder), "image_size": image_size,
-              "vae": vae, "vae_subfolder": vae_subfolder, "dtype": dtype, "store_dtype": store_dtype,
-              "shard_size": shard_size, "scale_factor": scale_factor, "per_channel_stats": per_channel_stats,
-              "skip_unreadable": skip_unreadable}
+    vae_info = {
+        "id": vae,
+        "subfolder": vae_subfolder,
+        "dtype": dtype,
+        "compute_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "latent_channels": int(model.config.latent_channels),
+        "downsample": down,
+    }
+    params = {
+        "images": str(Path(images).resolve()),
+        "num_source_images": len(folder),
+        "image_size": image_size,
+        "vae": vae,
+        "vae_subfolder": vae_subfolder,
+        "dtype": dtype,
+        "store_dtype": store_dtype,
+        "shard_size": shard_size,
+        "scale_factor": scale_factor,
+        "per_channel_stats": per_channel_stats,
+        "skip_unreadable": skip_unreadable,
+    }
     num_shards = -(-len(folder) // shard_size)
     todo, lock = _decide(state, outp, params, num_shards)
     try:
-        mine = todo[state.process_index::state.num_processes]
+        mine = todo[state.process_index :: state.num_processes]
         hook_rank, _, hook_s = os.environ.get(SHARD_SLEEP_ENV, "").partition(":")
         sleep = float(hook_s) if hook_s and hook_rank.strip() == str(state.process_index) else 0.0
         from tqdm.auto import tqdm
+
         try:
             for k in tqdm(mine, desc=f"extract rank {state.process_index}", disable=not state.is_local_main_process):
                 if sleep:
                     time.sleep(sleep)
-                extract_shard(model, folder, outp, k, shard_size, batch_size, num_workers, parse_dtype(store_dtype),
-                              skip_unreadable)
+                extract_shard(
+                    model,
+                    folder,
+                    outp,
+                    k,
+                    shard_size,
+                    batch_size,
+                    num_workers,
+                    parse_dtype(store_dtype),
+                    skip_unreadable,
+                )
         except Exception as e:
             if not state.is_main_process:
                 with contextlib.suppress(OSError):
-                    write_json_atomic(_marker(outp, state.process_index),
-                                      {"rank": state.process_index, "message": f"{type(e).__name__}: {e}"})
+                    write_json_atomic(
+                        _marker(outp, state.process_index),
+                        {"rank": state.process_index, "message": f"{type(e).__name__}: {e}"},
+                    )
             raise
         if not state.is_main_process:
             return None
@@ -388,9 +470,11 @@ def extract(images: str, out: str, vae: str = DEFAULT_VAE, vae_subfolder: Option
             lock.release()
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m vca_gen.data.extract",
-                                 description="Encode an image-folder tree (and its flips) into a sharded latent store.")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m vca_gen.data.extract",
+        description="Encode an image-folder tree (and its flips) into a sharded latent store.",
+    )
     ap.add_argument("--images", required=True, help="class-folder root: DIR/<class>/<image>")
     ap.add_argument("--out", required=True, help="store directory (created; re-run to resume)")
     ap.add_argument("--vae", default=DEFAULT_VAE, help=f"hub id or local AutoencoderKL folder (default {DEFAULT_VAE})")
@@ -399,39 +483,70 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32, help="images per VAE call (x2 with flips)")
     ap.add_argument("--shard-size", type=int, default=4096, help="source images per shard")
     norm = ap.add_mutually_exclusive_group()
-    norm.add_argument("--scale-factor", type=float, default=DEFAULT_SCALE_FACTOR,
-                      help="default normalisation recorded in the manifest: z * scale (default 0.18215)")
-    norm.add_argument("--per-channel-stats", action="store_true",
-                      help="record per-channel (z - mean_c) / std_c as the store's default normalisation")
+    norm.add_argument(
+        "--scale-factor",
+        type=float,
+        default=DEFAULT_SCALE_FACTOR,
+        help="default normalisation recorded in the manifest: z * scale (default 0.18215)",
+    )
+    norm.add_argument(
+        "--per-channel-stats",
+        action="store_true",
+        help="record per-channel (z - mean_c) / std_c as the store's default normalisation",
+    )
     ap.add_argument("--num-workers", type=int, default=4, help="image-decoding workers per process")
-    ap.add_argument("--dtype", default="float32", choices=sorted(set(STORE_DTYPES) | {"fp32", "fp16", "bf16"}),
-                    help="VAE compute dtype")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(set(STORE_DTYPES) | {"fp32", "fp16", "bf16"}),
+        help="VAE compute dtype",
+    )
     ap.add_argument("--store-dtype", default="float32", choices=STORE_DTYPES, help="dtype of stored mean/std")
-    ap.add_argument("--skip-unreadable", action="store_true",
-                    help="leave unreadable images out (listed in the manifest) instead of stopping")
-    ap.add_argument("--timeout-s", type=float, default=1800.0,
-                    help="process-group timeout (s) of the short start-up collectives; the main process's wait "
-                         "for the other ranks' shards is not bounded by it (default 1800)")
+    ap.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave unreadable images out (listed in the manifest) instead of stopping",
+    )
+    ap.add_argument(
+        "--timeout-s",
+        type=float,
+        default=1800.0,
+        help="process-group timeout (s) of the short start-up collectives; the main process's wait "
+        "for the other ranks' shards is not bounded by it (default 1800)",
+    )
     args = ap.parse_args(argv)
     if args.num_workers < 0:
         ap.error(f"--num-workers must be >= 0, got {args.num_workers}")
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        manifest = extract(args.images, args.out, vae=args.vae, vae_subfolder=args.vae_subfolder,
-                           image_size=args.image_size, batch_size=args.batch_size, shard_size=args.shard_size,
-                           scale_factor=args.scale_factor, per_channel_stats=args.per_channel_stats,
-                           num_workers=args.num_workers, dtype=args.dtype, store_dtype=args.store_dtype,
-                           skip_unreadable=args.skip_unreadable, timeout_s=args.timeout_s)
+        manifest = extract(
+            args.images,
+            args.out,
+            vae=args.vae,
+            vae_subfolder=args.vae_subfolder,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            scale_factor=args.scale_factor,
+            per_channel_stats=args.per_channel_stats,
+            num_workers=args.num_workers,
+            dtype=args.dtype,
+            store_dtype=args.store_dtype,
+            skip_unreadable=args.skip_unreadable,
+            timeout_s=args.timeout_s,
+        )
     except (FileNotFoundError, NotADirectoryError, ValueError, OSError, UnreadableImageError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if manifest is not None:
-        print(f"latent store {args.out}: {manifest['count']} images x 2 copies, latents {manifest['latent_shape']}, "
-              f"{len(manifest['shards'])} shards, {len(manifest['skipped'])} skipped")
+        print(
+            f"latent store {args.out}: {manifest['count']} images x 2 copies, latents {manifest['latent_shape']}, "
+            f"{len(manifest['shards'])} shards, {len(manifest['skipped'])} skipped"
+        )
     return 0
 
 

@@ -8,9 +8,10 @@ normaliser and the resumable loader for training.
   :func:`~vca_gen.data.vae.encode_latents` when ``cfg.vae`` is set).
 * ``animal_mnist`` -> :class:`~vca_gen.data.animal_mnist.AnimalMNIST`.
 """
+
 from __future__ import annotations
 
-from typing import Optional, cast
+from typing import cast
 
 import torch
 
@@ -22,7 +23,7 @@ from vca_gen.data.sampler import ResumableLoader
 from vca_gen.data.vae import LatentNormalizer
 
 
-def latent_normalizer(cfg: DataConfig, store: Optional[LatentStore] = None) -> Optional[LatentNormalizer]:
+def latent_normalizer(cfg: DataConfig, store: LatentStore | None = None) -> LatentNormalizer | None:
     """The latent normalisation of this data config (None in pixel space).
 
     Per-channel statistics come from the latent store (``cfg.kind == "latents"``)."""
@@ -31,8 +32,10 @@ def latent_normalizer(cfg: DataConfig, store: Optional[LatentStore] = None) -> O
     if cfg.latent_norm == "scale":
         return LatentNormalizer("scale", float(cfg.scale_factor))
     if cfg.kind != "latents":
-        raise ValueError("data.latent_norm='per_channel' needs the statistics of a latent store (data.kind='latents'); "
-                         "for on-the-fly encoding use data.latent_norm='scale'")
+        raise ValueError(
+            "data.latent_norm='per_channel' needs the statistics of a latent store (data.kind='latents'); "
+            "for on-the-fly encoding use data.latent_norm='scale'"
+        )
     store = store or LatentStore(cast(str, cfg.path), verify="size")  # (validated: latents have a path)
     return store.channel_stats_normalizer()
 
@@ -42,19 +45,33 @@ def build_dataset(cfg: DataConfig):
     validate_data_config(cfg)
     if cfg.kind == "latents":
         ds = LatentDataset(cast(str, cfg.path), random_flip=cfg.random_flip, seed=cfg.seed, verify=cfg.verify)
-        ds.check_compatible(image_size=cfg.image_size, channels=cfg.latent_channels,
-                            input_size=model_input_size(cfg), vae=cfg.vae)
+        ds.check_compatible(
+            image_size=cfg.image_size, channels=cfg.latent_channels, input_size=model_input_size(cfg), vae=cfg.vae
+        )
         ds.normalizer = cast(LatentNormalizer, latent_normalizer(cfg, ds.store))  # (not None for latents)
         return ds
     if cfg.kind == "images":
-        return ImageFolderDataset(cast(str, cfg.path), cfg.image_size, random_flip=cfg.random_flip, seed=cfg.seed,
-                                  strict=cfg.strict)
-    return AnimalMNIST(cfg.path, split=cfg.split, image_size=cfg.image_size, random_flip=cfg.random_flip,
-                       seed=cfg.seed)
+        return ImageFolderDataset(
+            cast(str, cfg.path), cfg.image_size, random_flip=cfg.random_flip, seed=cfg.seed, strict=cfg.strict
+        )
+    return AnimalMNIST(cfg.path, split=cfg.split, image_size=cfg.image_size, random_flip=cfg.random_flip, seed=cfg.seed)
 
 
-def build_loader(cfg: DataConfig, dataset, global_batch_size: int, num_processes: int = 1, process_index: int = 0,
-                 device: torch.device | str | None = None) -> ResumableLoader:
+def build_loader(
+    cfg: DataConfig,
+    dataset,
+    global_batch_size: int,
+    num_processes: int = 1,
+    process_index: int = 0,
+    device: torch.device | str | None = None,
+) -> ResumableLoader:
     """This process's :class:`~vca_gen.data.sampler.ResumableLoader` (order seeded by ``cfg.seed``)."""
-    return ResumableLoader(dataset, global_batch_size, num_replicas=num_processes, rank=process_index,
-                           seed=cfg.seed, num_workers=cfg.num_workers, device=device)
+    return ResumableLoader(
+        dataset,
+        global_batch_size,
+        num_replicas=num_processes,
+        rank=process_index,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        device=device,
+    )

@@ -14,6 +14,7 @@ it is counted in :attr:`ImageFolderDataset.num_unreadable` (shared across DataLo
 ``strict=True`` raises :class:`UnreadableImageError` naming the file instead. Latent extraction uses
 strict loading by default (``--skip-unreadable`` leaves such files out of the store and lists them).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,12 +26,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vca_gen.errors import UserError
 from vca_gen.data.sampler import item_generator, split_key
+from vca_gen.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MAX_SUBSTITUTIONS = 32  # consecutive unreadable files tolerated before giving up
-COUNTER_SLOTS = 1024     # per-process unreadable counters (DataLoader workers per dataset instance)
+COUNTER_SLOTS = 1024  # per-process unreadable counters (DataLoader workers per dataset instance)
 
 
 class UnreadableImageError(UserError, RuntimeError):
@@ -47,12 +48,14 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
     img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), resample=Image.Resampling.BICUBIC)
     arr = np.asarray(img)
     top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
-    return arr[top:top + image_size, left:left + image_size]
+    return arr[top : top + image_size, left : left + image_size]
 
 
 def to_tensor_pm1(arr: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, C) -> float32 (C, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1.0)  # copy: PIL arrays are read-only
+    return (
+        torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    )  # copy: PIL arrays are read-only
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -70,14 +73,17 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
     root = Path(root)
     accepted = ", ".join(IMAGE_EXTENSIONS)
     if not root.exists():
-        raise FileNotFoundError(f"image folder {root} does not exist (expected {root}/<class_name>/<image> "
-                                f"with extensions {accepted})")
+        raise FileNotFoundError(
+            f"image folder {root} does not exist (expected {root}/<class_name>/<image> with extensions {accepted})"
+        )
     if not root.is_dir():
         raise NotADirectoryError(f"image folder {root} is not a directory")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
-        raise ValueError(f"image folder {root} has no class sub-folders (expected {root}/<class_name>/<image> "
-                         f"with extensions {accepted})")
+        raise ValueError(
+            f"image folder {root} has no class sub-folders (expected {root}/<class_name>/<image> "
+            f"with extensions {accepted})"
+        )
     samples: list[tuple[str, int]] = []
     for ci, name in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
@@ -86,8 +92,10 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
                     samples.append((os.path.join(dirpath, f), ci))
     if not samples:
-        raise ValueError(f"image folder {root} has class sub-folders {classes[:5]}{'...' if len(classes) > 5 else ''} "
-                         f"but no image files with extensions {accepted}")
+        raise ValueError(
+            f"image folder {root} has class sub-folders {classes[:5]}{'...' if len(classes) > 5 else ''} "
+            f"but no image files with extensions {accepted}"
+        )
     return classes, samples
 
 
@@ -98,8 +106,9 @@ class ImageFolderDataset(Dataset):
     :meth:`set_epoch`'s epoch). The flip is drawn from ``item_generator(seed, epoch, index)``.
     """
 
-    def __init__(self, root: str | os.PathLike, image_size: int, random_flip: bool = True, seed: int = 0,
-                 strict: bool = False):
+    def __init__(
+        self, root: str | os.PathLike, image_size: int, random_flip: bool = True, seed: int = 0, strict: bool = False
+    ):
         if int(image_size) <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.root, self.image_size = Path(root), int(image_size)
@@ -144,8 +153,10 @@ class ImageFolderDataset(Dataset):
                 if self.strict:
                     raise
                 self._note_unreadable(e, path)
-        raise UnreadableImageError(f"{MAX_SUBSTITUTIONS + 1} consecutive unreadable images from "
-                                   f"{self.samples[index][0]} on; is {self.root} intact?")
+        raise UnreadableImageError(
+            f"{MAX_SUBSTITUTIONS + 1} consecutive unreadable images from "
+            f"{self.samples[index][0]} on; is {self.root} intact?"
+        )
 
     def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = split_key(key)

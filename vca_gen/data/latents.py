@@ -27,34 +27,43 @@ fine for small stores, wasteful for ImageNet (84 GB in float32). Training config
 ``"size"`` (``DataConfig.verify``): extraction already hashed every shard when writing it and re-hashes
 on resume; run ``LatentStore(path, verify="eager")`` once after copying a store to another machine.
 """
+
 from __future__ import annotations
 
 import bisect
 import json
 import os
 from pathlib import Path
-from typing import Optional, cast
+from typing import cast
 
 import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
-from vca_gen.errors import UserError
 from vca_gen.data.config import VERIFY_MODES
 from vca_gen.data.sampler import item_generator, split_key
 from vca_gen.data.vae import LatentNormalizer, as_normalizer
+from vca_gen.errors import UserError
 from vca_gen.utils.io import atomic_write_json, sha256_file
 
 FORMAT, VERSION = "vca-gen-latents", 1
 MANIFEST = "manifest.json"
-REQUIRED_KEYS = ("format", "version", "count", "image_size", "latent_shape", "vae", "normalization",
-                 "latent_stats", "classes", "shards")
+REQUIRED_KEYS = (
+    "format",
+    "version",
+    "count",
+    "image_size",
+    "latent_shape",
+    "vae",
+    "normalization",
+    "latent_stats",
+    "classes",
+    "shards",
+)
 
 
 class StoreError(UserError, ValueError):
     """A latent store is missing, incomplete, corrupt or incompatible."""
-
-
 
 
 def shard_name(k: int) -> str:
@@ -66,7 +75,7 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     atomic_write_json(path, obj, indent=1)
 
 
-def same_vae(a: Optional[str], b: Optional[str]) -> bool:
+def same_vae(a: str | None, b: str | None) -> bool:
     """Same VAE id, or local paths resolving to the same folder."""
     if a == b:
         return True
@@ -85,11 +94,15 @@ class LatentStore:
         self.path, self.verify = Path(path), verify
         mpath = self.path / MANIFEST
         if not self.path.is_dir():
-            raise StoreError(f"latent store {self.path} does not exist; create it with "
-                             f"`python -m vca_gen.data.extract --images DIR --out {self.path}`")
+            raise StoreError(
+                f"latent store {self.path} does not exist; create it with "
+                f"`python -m vca_gen.data.extract --images DIR --out {self.path}`"
+            )
         if not mpath.is_file():
-            raise StoreError(f"{self.path} has no {MANIFEST}: the extraction did not finish; re-run the same "
-                             f"`python -m vca_gen.data.extract` command to resume it")
+            raise StoreError(
+                f"{self.path} has no {MANIFEST}: the extraction did not finish; re-run the same "
+                f"`python -m vca_gen.data.extract` command to resume it"
+            )
         try:
             self.manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as e:
@@ -105,14 +118,18 @@ class LatentStore:
         for c in counts:
             self._offsets.append(self._offsets[-1] + c)
         if self._offsets[-1] != int(self.manifest["count"]):
-            raise StoreError(f"{mpath}: shard counts sum to {self._offsets[-1]}, manifest count is {self.manifest['count']}")
+            raise StoreError(
+                f"{mpath}: shard counts sum to {self._offsets[-1]}, manifest count is {self.manifest['count']}"
+            )
         for s in self.shards:
             f = self.path / s["file"]
             if not f.is_file():
                 raise StoreError(f"latent store shard {f} is missing")
             if f.stat().st_size != int(s["bytes"]):
-                raise StoreError(f"latent store shard {f} has {f.stat().st_size} bytes, manifest says {s['bytes']} "
-                                 f"(truncated or replaced)")
+                raise StoreError(
+                    f"latent store shard {f} has {f.stat().st_size} bytes, manifest says {s['bytes']} "
+                    f"(truncated or replaced)"
+                )
         if verify == "eager":
             for k in range(len(self.shards)):
                 self._check_sha(k)
@@ -138,8 +155,13 @@ class LatentStore:
         st = self.manifest["latent_stats"]
         return LatentNormalizer("per_channel", mean=st["mean"], std=st["std"])
 
-    def check_compatible(self, image_size: Optional[int] = None, channels: Optional[int] = None,
-                         vae: Optional[str] = None, input_size: Optional[int] = None) -> None:
+    def check_compatible(
+        self,
+        image_size: int | None = None,
+        channels: int | None = None,
+        vae: str | None = None,
+        input_size: int | None = None,
+    ) -> None:
         """Raise :class:`StoreError` when the store does not match the model / data config."""
         m, c, h = self.manifest, self.latent_shape[0], self.latent_shape[1]
         problems = []
@@ -152,8 +174,11 @@ class LatentStore:
         if vae is not None and not same_vae(vae, m["vae"]["id"]):
             problems.append(f"VAE: store was encoded with {m['vae']['id']!r}, config uses {vae!r}")
         if problems:
-            raise StoreError(f"latent store {self.path} does not match the config:\n  " + "\n  ".join(problems)
-                             + "\nRe-extract with matching options or fix the config.")
+            raise StoreError(
+                f"latent store {self.path} does not match the config:\n  "
+                + "\n  ".join(problems)
+                + "\nRe-extract with matching options or fix the config."
+            )
 
     # -- reading -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -163,8 +188,10 @@ class LatentStore:
         f = self.path / self.shards[k]["file"]
         got = sha256_file(f)
         if got != self.shards[k]["sha256"]:
-            raise StoreError(f"latent store shard {f} is corrupt: sha256 {got} != manifest {self.shards[k]['sha256']}; "
-                             f"delete it and its .json and re-run the extraction to rebuild it")
+            raise StoreError(
+                f"latent store shard {f} is corrupt: sha256 {got} != manifest {self.shards[k]['sha256']}; "
+                f"delete it and its .json and re-run the extraction to rebuild it"
+            )
 
     def _handle(self, k: int):
         if self._pid != os.getpid():  # forked into a DataLoader worker: do not share handles
@@ -188,8 +215,8 @@ class LatentStore:
         k, row = self.locate(int(i))
         h = self._handle(k)
         mean = h.get_slice("mean")[row].float()  # (2, c, h, w)
-        std = h.get_slice("std")[row].float()    # (2, c, h, w)
-        label = int(h.get_slice("labels")[row:row + 1][0])
+        std = h.get_slice("std")[row].float()  # (2, c, h, w)
+        label = int(h.get_slice("labels")[row : row + 1][0])
         return mean, std, label
 
     def __getstate__(self):
@@ -204,8 +231,14 @@ class LatentDataset(Dataset):
     ``normalizer`` overrides the store's default normalisation (e.g. a training config's scale).
     """
 
-    def __init__(self, path: str | os.PathLike, random_flip: bool = True, seed: int = 0, verify: str = "lazy",
-                 normalizer: LatentNormalizer | float | dict | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        random_flip: bool = True,
+        seed: int = 0,
+        verify: str = "lazy",
+        normalizer: LatentNormalizer | float | dict | None = None,
+    ):
         self.store = LatentStore(path, verify=verify)
         self.normalizer = self.store.normalizer if normalizer is None else as_normalizer(normalizer)
         self.random_flip, self.seed, self.epoch = random_flip, int(seed), 0
@@ -246,8 +279,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     m = s.manifest
-    print(f"{args.store}: OK — {m['count']} images x 2 copies, {m['image_size']} px, latents {m['latent_shape']}, "
-          f"VAE {m['vae']['id']}, {len(s.shards)} shards verified, {len(m['skipped'])} skipped")
+    print(
+        f"{args.store}: OK — {m['count']} images x 2 copies, {m['image_size']} px, latents {m['latent_shape']}, "
+        f"VAE {m['vae']['id']}, {len(s.shards)} shards verified, {len(m['skipped'])} skipped"
+    )
     return 0
 
 

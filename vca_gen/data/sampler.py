@@ -21,9 +21,11 @@ Contract (the trainer relies on it):
 Do not pass the loader through ``accelerator.prepare``: it is already sharded per rank. Multi-node:
 ``rank`` is the *global* process index (``accelerator.process_index``), ``num_replicas`` the world size.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -89,15 +91,24 @@ class DeterministicBatchSampler(Sampler):
     to the end of that epoch.
     """
 
-    def __init__(self, num_items: int, global_batch_size: int, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        num_items: int,
+        global_batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         if global_batch_size <= 0:
             raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
         if num_replicas <= 0 or not 0 <= rank < num_replicas:
             raise ValueError(f"invalid rank {rank} for num_replicas={num_replicas}")
         if global_batch_size % num_replicas:
-            raise ValueError(f"global batch size {global_batch_size} is not divisible by the number of "
-                             f"processes {num_replicas}; choose a multiple of {num_replicas}")
+            raise ValueError(
+                f"global batch size {global_batch_size} is not divisible by the number of "
+                f"processes {num_replicas}; choose a multiple of {num_replicas}"
+            )
         if num_items < global_batch_size:
             raise ValueError(f"dataset has {num_items} items, fewer than one global batch of {global_batch_size}")
         self.num_items, self.global_batch_size = int(num_items), int(global_batch_size)
@@ -114,14 +125,14 @@ class DeterministicBatchSampler(Sampler):
     def global_batch(self, epoch: int, batch: int) -> torch.Tensor:
         """Indices of global batch ``batch`` of ``epoch`` (all ranks together), shape (G,)."""
         perm = epoch_permutation(self.num_items, self.seed, epoch, self.shuffle)
-        return perm[batch * self.global_batch_size:(batch + 1) * self.global_batch_size]
+        return perm[batch * self.global_batch_size : (batch + 1) * self.global_batch_size]
 
     def __iter__(self) -> Iterator[list[ItemKey]]:
         epoch = self.epoch
         perm = epoch_permutation(self.num_items, self.seed, epoch, self.shuffle)
         G, L = self.global_batch_size, self.local_batch_size
         for b in range(self.start_batch, self.batches_per_epoch):
-            local = perm[b * G + self.rank * L: b * G + (self.rank + 1) * L]  # (G/P,)
+            local = perm[b * G + self.rank * L : b * G + (self.rank + 1) * L]  # (G/P,)
             yield [ItemKey(epoch, int(i)) for i in local]
 
     def __len__(self) -> int:
@@ -141,9 +152,18 @@ class ResumableLoader:
     ``(B,)``). ``state_dict()`` gives the position of the next batch to be yielded.
     """
 
-    def __init__(self, dataset: Dataset, global_batch_size: int, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0, num_workers: int = 0, device: torch.device | str | None = None,
-                 shuffle: bool = True, prefetch_factor: int | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        global_batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        num_workers: int = 0,
+        device: torch.device | str | None = None,
+        shuffle: bool = True,
+        prefetch_factor: int | None = None,
+    ):
         self.dataset = dataset
         n = len(dataset)  # type: ignore[arg-type]  # map-style datasets define __len__
         self.sampler = DeterministicBatchSampler(n, global_batch_size, num_replicas, rank, seed, shuffle)
@@ -151,8 +171,7 @@ class ResumableLoader:
         kwargs: dict[str, Any] = {}
         if num_workers > 0:
             kwargs = dict(persistent_workers=True, prefetch_factor=prefetch_factor or 2)
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers,
-                                 pin_memory=pin, **kwargs)
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin, **kwargs)
         self.epoch, self.batch = 0, 0
 
     @property
@@ -165,8 +184,10 @@ class ResumableLoader:
     def load_state_dict(self, state: dict) -> None:
         epoch, batch = int(state["epoch"]), int(state["batch"])
         if not 0 <= batch <= self.batches_per_epoch:
-            raise ValueError(f"data position batch={batch} outside [0, {self.batches_per_epoch}] "
-                             f"(dataset or global batch size changed since the checkpoint?)")
+            raise ValueError(
+                f"data position batch={batch} outside [0, {self.batches_per_epoch}] "
+                f"(dataset or global batch size changed since the checkpoint?)"
+            )
         self.epoch, self.batch = epoch, batch
 
     def __iter__(self):

@@ -12,21 +12,27 @@ and latent normalisation.
 * :func:`encode_latents` – on-the-fly training input: ``normalize(mean + std * eps)``.
 * :func:`decode` – model-space latents -> images in [-1, 1], in batches.
 """
+
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
-from vca_gen.errors import UserError
 from vca_gen.data.config import DEFAULT_SCALE_FACTOR, DEFAULT_VAE, LATENT_NORMS
+from vca_gen.errors import UserError
 from vca_gen.utils.rng import GeneratorSpec, randn
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -58,8 +64,12 @@ def upcast_if_forced(vae) -> torch.dtype:
     return dtype
 
 
-def load_vae(id_or_path: str = DEFAULT_VAE, subfolder: Optional[str] = None, dtype: str | torch.dtype = torch.float32,
-             device: torch.device | str = "cpu"):
+def load_vae(
+    id_or_path: str = DEFAULT_VAE,
+    subfolder: str | None = None,
+    dtype: str | torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+):
     """An ``AutoencoderKL`` in eval mode, frozen, from a hub id or a local folder.
 
     ``dtype`` fp16 with a config that sets ``force_upcast`` loads fp32 weights instead (loading in
@@ -70,9 +80,11 @@ def load_vae(id_or_path: str = DEFAULT_VAE, subfolder: Optional[str] = None, dty
     local = Path(id_or_path).expanduser()
     is_path_like = str(id_or_path).startswith((".", "/", "~")) or str(id_or_path).count("/") > 1
     if (local.exists() or is_path_like) and not local.is_dir():
-        raise VAELoadError(f"VAE folder {local} is not an existing folder (expected a diffusers AutoencoderKL folder "
-                                f"with config.json and diffusion_pytorch_model.safetensors, or a hub id "
-                                f"like {DEFAULT_VAE!r})")
+        raise VAELoadError(
+            f"VAE folder {local} is not an existing folder (expected a diffusers AutoencoderKL folder "
+            f"with config.json and diffusion_pytorch_model.safetensors, or a hub id "
+            f"like {DEFAULT_VAE!r})"
+        )
     source = str(local) if local.is_dir() else id_or_path
     try:
         want = parse_dtype(dtype)
@@ -85,10 +97,12 @@ def load_vae(id_or_path: str = DEFAULT_VAE, subfolder: Optional[str] = None, dty
         vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=want)
     except (OSError, ValueError) as e:
         where = f"{id_or_path}" + (f" (subfolder {subfolder!r})" if subfolder else "")
-        raise VAELoadError(f"cannot load the VAE {where}: {e}\nWithout network access, pre-download it into the "
-                      f"Hugging Face cache (`huggingface-cli download {id_or_path}` on a machine with access, "
-                      f"then copy ~/.cache/huggingface) or pass a local folder saved with "
-                      f"`AutoencoderKL.save_pretrained`.") from e
+        raise VAELoadError(
+            f"cannot load the VAE {where}: {e}\nWithout network access, pre-download it into the "
+            f"Hugging Face cache (`huggingface-cli download {id_or_path}` on a machine with access, "
+            f"then copy ~/.cache/huggingface) or pass a local folder saved with "
+            f"`AutoencoderKL.save_pretrained`."
+        ) from e
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -103,7 +117,7 @@ def _vae_device_dtype(vae) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
-def encode_moments(vae, images: torch.Tensor, batch_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_moments(vae, images: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of ``images`` (B, C, H, W) in [-1, 1] -> float32 (B, c, H/f, W/f) each."""
     if images.ndim != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
@@ -132,8 +146,8 @@ class LatentNormalizer:
 
     kind: str = "scale"
     scale_factor: float = DEFAULT_SCALE_FACTOR
-    mean: Optional[Sequence[float]] = field(default=None)
-    std: Optional[Sequence[float]] = field(default=None)
+    mean: Sequence[float] | None = field(default=None)
+    std: Sequence[float] | None = field(default=None)
 
     def __post_init__(self):
         if self.kind not in LATENT_NORMS:
@@ -157,8 +171,10 @@ class LatentNormalizer:
         if len(mean) != c:
             raise ValueError(f"per-channel statistics are for {len(mean)} channels, latents have {c}")
         shape = (c, 1, 1)
-        return (torch.tensor(mean, dtype=z.dtype, device=z.device).view(shape),
-                torch.tensor(std, dtype=z.dtype, device=z.device).view(shape))
+        return (
+            torch.tensor(mean, dtype=z.dtype, device=z.device).view(shape),
+            torch.tensor(std, dtype=z.dtype, device=z.device).view(shape),
+        )
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latents (..., C, h, w) -> model space."""
@@ -181,7 +197,7 @@ class LatentNormalizer:
         return {"kind": "per_channel", "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LatentNormalizer":
+    def from_dict(cls, d: dict) -> LatentNormalizer:
         return cls(**d)
 
 
@@ -195,8 +211,12 @@ def as_normalizer(norm: LatentNormalizer | float | dict) -> LatentNormalizer:
 
 
 @torch.no_grad()
-def encode_latents(vae, images: torch.Tensor, normalizer: LatentNormalizer | float = DEFAULT_SCALE_FACTOR,
-                   generator: GeneratorSpec = None) -> torch.Tensor:
+def encode_latents(
+    vae,
+    images: torch.Tensor,
+    normalizer: LatentNormalizer | float = DEFAULT_SCALE_FACTOR,
+    generator: GeneratorSpec = None,
+) -> torch.Tensor:
     """Training input from images: ``normalize(mean + std * eps)``, float32 (B, c, h, w) on the VAE device.
 
     ``generator`` is a generator spec (:mod:`vca_gen.utils.rng`); per-sample generators make each
@@ -208,8 +228,9 @@ def encode_latents(vae, images: torch.Tensor, normalizer: LatentNormalizer | flo
 
 
 @torch.no_grad()
-def decode(vae, latents: torch.Tensor, normalizer: LatentNormalizer | float = DEFAULT_SCALE_FACTOR,
-           batch_size: int = 16) -> torch.Tensor:
+def decode(
+    vae, latents: torch.Tensor, normalizer: LatentNormalizer | float = DEFAULT_SCALE_FACTOR, batch_size: int = 16
+) -> torch.Tensor:
     """Model-space latents (B, c, h, w) -> images float32 (B, C, H, W) in [-1, 1] (on the latents' device)."""
     if latents.ndim != 4:
         raise ValueError(f"expected latents of shape (B, C, h, w), got {tuple(latents.shape)}")

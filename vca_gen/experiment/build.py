@@ -9,10 +9,11 @@ Training, preview grids, in-loop FID, ``sample.py``, exports and the demo all bu
   names); persisted beside the weights in every checkpoint and export
 - :func:`build`             all three, the decoder's VAE loaded only when asked
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -28,10 +29,10 @@ from vca_gen.objectives import Objective, build_objective
 ARCH_KEYS = ("depth", "hidden_size", "num_heads", "mlp_ratio")
 
 
-def model_kwargs(model_cfg: Any) -> Dict[str, Any]:
+def model_kwargs(model_cfg: Any) -> dict[str, Any]:
     """Keyword arguments of ``create_model`` for a validated ``model`` section."""
     m = model_cfg
-    kw: Dict[str, Any] = dict(
+    kw: dict[str, Any] = dict(
         attention=m.attention,
         input_size=int(m.input_size),
         in_channels=int(m.in_channels),
@@ -65,7 +66,7 @@ def build_objective_for(exp: DictConfig) -> Objective:
     return build_objective(exp.objective)
 
 
-def class_names(exp: DictConfig) -> Optional[list]:
+def class_names(exp: DictConfig) -> list | None:
     """Names of the classes when the data source knows them (Animal-MNIST), else ``None``."""
     if exp.data.kind == "animal_mnist":
         from vca_gen.data.animal_mnist import CLASSES
@@ -74,23 +75,30 @@ def class_names(exp: DictConfig) -> Optional[list]:
     return None
 
 
-def decoder_spec(exp: DictConfig, normalizer: Optional[LatentNormalizer] = None,
-                 names: Optional[list] = None) -> DecoderSpec:
+def decoder_spec(exp: DictConfig, normalizer: LatentNormalizer | None = None, names: list | None = None) -> DecoderSpec:
     """What decoding this experiment's samples needs. ``normalizer``: the training data's latent
     normaliser (required for ``data.latent_norm=per_channel``, whose statistics come from the store)."""
     d = exp.data
     names = names if names is not None else class_names(exp)
     if not uses_latents(d):
-        return DecoderSpec(vae=None, subfolder=None, normalizer=None, image_channels=image_channels(d),
-                           downsample=1, class_names=names)
+        return DecoderSpec(
+            vae=None, subfolder=None, normalizer=None, image_channels=image_channels(d), downsample=1, class_names=names
+        )
     if normalizer is None:
         if d.latent_norm != "scale":
             raise ConfigError(
                 f"data.latent_norm={d.latent_norm!r}: the per-channel statistics come from the latent store at "
-                f"data.path={d.path!r}; build the decoder from the training data (or a checkpoint that recorded them)")
+                f"data.path={d.path!r}; build the decoder from the training data (or a checkpoint that recorded them)"
+            )
         normalizer = LatentNormalizer("scale", float(d.scale_factor))
-    return DecoderSpec(vae=d.vae, subfolder=d.vae_subfolder, normalizer=normalizer.to_dict(), image_channels=3,
-                       downsample=int(d.vae_downsample), class_names=names)
+    return DecoderSpec(
+        vae=d.vae,
+        subfolder=d.vae_subfolder,
+        normalizer=normalizer.to_dict(),
+        image_channels=3,
+        downsample=int(d.vae_downsample),
+        class_names=names,
+    )
 
 
 @dataclass
@@ -103,8 +111,7 @@ class Built:
     decoder: Decoder
 
 
-def build(exp: DictConfig, spec: Optional[DecoderSpec] = None, device: Any = "cpu",
-          vae: Optional[str] = None) -> Built:
+def build(exp: DictConfig, spec: DecoderSpec | None = None, device: Any = "cpu", vae: str | None = None) -> Built:
     """Model (on ``device``), objective and decoder of ``exp``; ``vae`` overrides the spec's VAE id."""
     model = build_model(exp).to(device)
     objective = build_objective_for(exp)

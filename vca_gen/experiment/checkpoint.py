@@ -25,11 +25,13 @@ exports) refuses with a :class:`CheckpointError` naming the file. Checkpoints wr
 ``checksums.json`` existed are accepted unverified.
 
 An *export* is a directory with ``model.safetensors`` (EMA weights by default),
-``config.json`` (the experiment) and ``decoder.json``: it stands alone. ``load_for_sampling`` accepts an export, a training
-checkpoint directory or a run directory (its latest complete checkpoint).
+``config.json`` (the experiment) and ``decoder.json``: it stands alone. ``load_for_sampling``
+accepts an export, a training checkpoint directory or a run directory (its latest complete
+checkpoint).
 
 Export command: ``train.py --export CKPT OUT [--live]``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,22 +40,24 @@ import os
 import random
 import re
 import shutil
-
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from vca_gen.errors import ConfigError, UserError
 from vca_gen.data.decoder import DecoderSpec
+from vca_gen.errors import ConfigError, UserError
 from vca_gen.experiment.build import build_model, decoder_spec
 from vca_gen.experiment.schema import config_from_dict, config_from_yaml_text, to_container
-from vca_gen.utils.io import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file
+from vca_gen.utils.io import atomic_write_text
+from vca_gen.utils.io import fsync_dir as _fsync_dir
+from vca_gen.utils.io import fsync_file as _fsync_file
 
 COMPLETE = "COMPLETE"
 CHECKSUMS = "checksums.json"
@@ -78,7 +82,7 @@ class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped in favour of an older intact one."""
 
 
-def _cpu_state(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
@@ -87,11 +91,11 @@ def step_dir_name(step: int) -> str:
 
 
 # ----------------------------------------------------------------------------- RNG state
-def capture_rng_state() -> Dict[str, Any]:
+def capture_rng_state() -> dict[str, Any]:
     """This process's RNG states as tensors and plain numbers (loadable with weights_only=True)."""
     np_state = np.random.get_state()
     py_state = random.getstate()
-    out: Dict[str, Any] = {
+    out: dict[str, Any] = {
         "torch_cpu": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64).copy()),
         "numpy_pos": int(np_state[2]),
@@ -110,11 +114,17 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch_cpu"])
     np.random.set_state(
-        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-         state["numpy_has_gauss"], state["numpy_gauss"])
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
     )
-    random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()),
-                     state["python_gauss"]))
+    random.setstate(
+        (state["python_version"], tuple(int(x) for x in state["python_state"].tolist()), state["python_gauss"])
+    )
     if "torch_cuda" in state and torch.cuda.is_available():
         cuda_states = state["torch_cuda"]
         if len(cuda_states) == torch.cuda.device_count():
@@ -122,7 +132,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- listing / pruning
-def list_checkpoints(ckpt_root: Path | str) -> List[Tuple[int, Path]]:
+def list_checkpoints(ckpt_root: Path | str) -> list[tuple[int, Path]]:
     """Complete checkpoints under ``ckpt_root`` as ``(step, path)``, oldest first."""
     root = Path(ckpt_root)
     if not root.is_dir():
@@ -135,7 +145,7 @@ def list_checkpoints(ckpt_root: Path | str) -> List[Tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(ckpt_root: Path | str) -> Optional[Path]:
+def latest_checkpoint(ckpt_root: Path | str) -> Path | None:
     ckpts = list_checkpoints(ckpt_root)
     return ckpts[-1][1] if ckpts else None
 
@@ -148,12 +158,12 @@ def _remove_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def prune_checkpoints(ckpt_root: Path | str, keep_last: int, milestone_every: int = 0) -> List[Path]:
+def prune_checkpoints(ckpt_root: Path | str, keep_last: int, milestone_every: int = 0) -> list[Path]:
     """Keep the ``keep_last`` newest complete checkpoints plus every milestone (step divisible by
     ``milestone_every`` when > 0); delete the rest and stale ``*.tmp`` directories. Returns the
     deleted paths. ``keep_last <= 0`` keeps everything."""
     root = Path(ckpt_root)
-    deleted: List[Path] = []
+    deleted: list[Path] = []
     if not root.is_dir():
         return deleted
     for p in root.glob("step_*.tmp"):
@@ -179,10 +189,10 @@ def save_checkpoint(
     model_state: Mapping[str, torch.Tensor],
     ema_state: Mapping[str, torch.Tensor],
     optimizer_state: Mapping[str, Any],
-    rng_states: List[Mapping[str, Any]],
+    rng_states: list[Mapping[str, Any]],
     state: Mapping[str, Any],
     config_yaml: str,
-    decoder: Optional[DecoderSpec] = None,
+    decoder: DecoderSpec | None = None,
 ) -> Path:
     """Write one checkpoint atomically and return its final directory (call on the main process).
 
@@ -240,18 +250,21 @@ def file_sha256(path: Path | str, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def write_checksums(directory: Path | str) -> Dict[str, Dict[str, Any]]:
+def write_checksums(directory: Path | str) -> dict[str, dict[str, Any]]:
     """Record sha256 and size of every file in ``directory`` (but the marker) in ``checksums.json``."""
     d = Path(directory)
-    files = {f.name: {"sha256": file_sha256(f), "size": f.stat().st_size}
-             for f in sorted(d.iterdir()) if f.is_file() and f.name not in (COMPLETE, CHECKSUMS)}
+    files = {
+        f.name: {"sha256": file_sha256(f), "size": f.stat().st_size}
+        for f in sorted(d.iterdir())
+        if f.is_file() and f.name not in (COMPLETE, CHECKSUMS)
+    }
     manifest = {"algorithm": "sha256", "files": files}
     (d / CHECKSUMS).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     _fsync_file(d / CHECKSUMS)
     return files
 
 
-def read_checksums(path: Path | str) -> Optional[Dict[str, Dict[str, Any]]]:
+def read_checksums(path: Path | str) -> dict[str, dict[str, Any]] | None:
     """``{file name: {"sha256", "size"}}`` of a checkpoint, or None if it has no checksums.json."""
     f = Path(path) / CHECKSUMS
     if not f.is_file():
@@ -265,14 +278,14 @@ def read_checksums(path: Path | str) -> Optional[Dict[str, Dict[str, Any]]]:
     return files
 
 
-def verify_checkpoint(path: Path | str, files: Optional[List[str]] = None) -> None:
+def verify_checkpoint(path: Path | str, files: list[str] | None = None) -> None:
     """Check ``files`` (default: all recorded) of a complete checkpoint against ``checksums.json``;
     a :class:`CheckpointDamagedError` names the first missing, truncated or altered file."""
     p = check_complete(path)
     recorded = read_checksums(p)
     if recorded is None:
         return  # written before checksums existed
-    for name in (files if files is not None else sorted(recorded)):
+    for name in files if files is not None else sorted(recorded):
         if name not in recorded:
             continue
         f, want = p / name, recorded[name]
@@ -287,8 +300,9 @@ def verify_checkpoint(path: Path | str, files: Optional[List[str]] = None) -> No
         raise CheckpointDamagedError(f"checkpoint {p} is damaged: {f} {problem} (see {CHECKSUMS})", f)
 
 
-def readable_problem(path: Path | str, recorded: Optional[Dict[str, Dict[str, Any]]],
-                     hidden: Tuple[str, ...] = ()) -> Optional[str]:
+def readable_problem(
+    path: Path | str, recorded: dict[str, dict[str, Any]] | None, hidden: tuple[str, ...] = ()
+) -> str | None:
     """Why this process cannot read exactly the checkpoint ``path`` whose ``recorded`` checksums
     another process verified (cheap: existence, marker, sizes, same checksums.json), or None.
     ``hidden`` names files to treat as absent (test hook for a node that does not see them)."""
@@ -326,7 +340,7 @@ def check_complete(path: Path | str) -> Path:
     return p
 
 
-def load_tensors(path: Path | str) -> Dict[str, torch.Tensor]:
+def load_tensors(path: Path | str) -> dict[str, torch.Tensor]:
     """A safetensors file as a CPU state dict."""
     p = Path(path)
     if not p.is_file():
@@ -337,7 +351,7 @@ def load_tensors(path: Path | str) -> Dict[str, torch.Tensor]:
         raise CheckpointDamagedError(f"cannot read weights file {p}: truncated or corrupt ({e})", p) from None
 
 
-def state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> List[str]:
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> list[str]:
     """Human-readable differences between two state dicts (keys and shapes)."""
     problems = []
     missing = [k for k in expected if k not in got]
@@ -368,7 +382,7 @@ def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], source
     module.load_state_dict(state, strict=True)
 
 
-def load_training_state(path: Path | str) -> Dict[str, Any]:
+def load_training_state(path: Path | str) -> dict[str, Any]:
     """Everything in a training checkpoint except the weights: optimizer, rng, state, config."""
     p = check_complete(path)
     try:
@@ -382,7 +396,7 @@ def load_training_state(path: Path | str) -> Dict[str, Any]:
     return {"optimizer": optimizer, "rng": rng, "state": state, "config_yaml": (p / "config.yaml").read_text()}
 
 
-def newest_intact_checkpoint(ckpt_root: Path | str) -> Optional[Path]:
+def newest_intact_checkpoint(ckpt_root: Path | str) -> Path | None:
     """The newest complete checkpoint whose files match their checksums; each damaged newer one
     is skipped with a :class:`CheckpointWarning` naming the file. None if there is none at all;
     a :class:`CheckpointError` if every one is damaged."""
@@ -397,12 +411,15 @@ def newest_intact_checkpoint(ckpt_root: Path | str) -> Optional[Path]:
             continue
         return p
     if damaged:
-        raise CheckpointError(f"every checkpoint in {ckpt_root} is damaged: " + "; ".join(damaged)
-                              + ". Restore one from a copy, or start a new train.output_dir")
+        raise CheckpointError(
+            f"every checkpoint in {ckpt_root} is damaged: "
+            + "; ".join(damaged)
+            + ". Restore one from a copy, or start a new train.output_dir"
+        )
     return None
 
 
-def resolve_resume(resume: str, ckpt_root: Path | str, verify: bool = False) -> Optional[Path]:
+def resolve_resume(resume: str, ckpt_root: Path | str, verify: bool = False) -> Path | None:
     """``resume`` = "auto" (latest complete checkpoint or None), "none", or a checkpoint path
     (a run directory: its latest). With ``verify``, checksums are checked: "auto" and a run
     directory fall back to the newest intact checkpoint (with a warning), an explicit damaged
@@ -490,13 +507,14 @@ def export(ckpt: Path | str, out: Path | str, use_ema: bool = True) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(_cpu_state(model.state_dict()), str(tmp / "model.safetensors"),
-              metadata={"format": "pt", "weights": "ema" if use_ema else "live"})
+    save_file(
+        _cpu_state(model.state_dict()),
+        str(tmp / "model.safetensors"),
+        metadata={"format": "pt", "weights": "ema" if use_ema else "live"},
+    )
     atomic_write_text(tmp / "config.json", json.dumps(to_container(cfg), indent=2))
     spec.save(tmp)
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)
     return out
-
-

@@ -17,9 +17,10 @@ sampling and evaluation run the protocol of the paper and nothing else has to be
 :func:`protocol_description` summarises any validated experiment's sampling protocol for a run
 summary.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -31,7 +32,7 @@ OFFICIAL_SCALE_FACTOR = 0.18215
 NO_DATA_PATH = "<official checkpoint: no training data>"
 
 # The DiT paper's protocol (improved-DDPM's create_gaussian_diffusion as DiT's sample.py calls it).
-DIT_PROTOCOL: Dict[str, Any] = {
+DIT_PROTOCOL: dict[str, Any] = {
     "num_timesteps": 1000,
     "beta_schedule": "linear",
     "beta_start": 1e-4,
@@ -40,7 +41,7 @@ DIT_PROTOCOL: Dict[str, Any] = {
     "sample_steps": "250",
 }
 # The SiT paper's protocol (sample.py SDE mode with its defaults).
-SIT_PROTOCOL: Dict[str, Any] = {
+SIT_PROTOCOL: dict[str, Any] = {
     "path": "linear",
     "prediction": "velocity",
     "loss_weight": "none",
@@ -78,7 +79,7 @@ def official_experiment(
     """
     family = _family(model_name)
     if family == "DiT":
-        objective: Dict[str, Any] = {"kind": "diffusion", "diffusion": dict(DIT_PROTOCOL)}
+        objective: dict[str, Any] = {"kind": "diffusion", "diffusion": dict(DIT_PROTOCOL)}
     else:
         objective = {"kind": "flow", "flow": dict(SIT_PROTOCOL)}
     data = {
@@ -111,7 +112,7 @@ def _steps(value: Any) -> Any:
     return int(text) if text.isdigit() else text
 
 
-def protocol_description(exp: DictConfig) -> Dict[str, Any]:
+def protocol_description(exp: DictConfig) -> dict[str, Any]:
     """The sampling protocol of a validated experiment, for a run summary.
 
     ``{"family", "objective", "sampler", "steps", "last_step", "last_step_size", "decoder"}``;
@@ -144,5 +145,10 @@ def protocol_description(exp: DictConfig) -> Dict[str, Any]:
 
 
 __all__ = [
-    "official_experiment", "protocol_description", "OFFICIAL_VAE", "NO_DATA_PATH", "DIT_PROTOCOL", "SIT_PROTOCOL",
+    "official_experiment",
+    "protocol_description",
+    "OFFICIAL_VAE",
+    "NO_DATA_PATH",
+    "DIT_PROTOCOL",
+    "SIT_PROTOCOL",
 ]

@@ -11,24 +11,26 @@ which are merged first, in order, so experiment files only state their differenc
 values → the key, the value and what is accepted) and fills the derived fields
 ``model.input_size`` / ``model.in_channels`` from the data config.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import functools
-import typing
 import json
 import re
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vca_gen.errors import ConfigError
 from vca_gen.data.config import DataConfig
+from vca_gen.errors import ConfigError
 from vca_gen.experiment.validate import MIXED_PRECISION, TRACKERS, check_experiment  # noqa: F401
 from vca_gen.objectives import ObjectiveConfig
 
@@ -36,26 +38,24 @@ BASE_KEY = "_base_"
 _TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}  # OmegaConf type names
 
 
-
-
 @dataclass
 class ModelConfig:
     """Backbone (see ``vca_gen.models.create_model``); ``input_size``/``in_channels`` come from data."""
 
-    name: str = "DiT-S/2"                       # DiT-{Ti,S,B,L,XL}/{2,4,8} or SiT-…
-    attention: str = "mhsa"                     # mhsa | vca | diff
-    attention_options: Dict[str, Any] = field(default_factory=dict)  # kind-specific (validated)
-    learn_sigma: bool = True                    # out_channels = 2 * in_channels
-    class_dropout_prob: float = 0.1             # label dropout for classifier-free guidance
+    name: str = "DiT-S/2"  # DiT-{Ti,S,B,L,XL}/{2,4,8} or SiT-…
+    attention: str = "mhsa"  # mhsa | vca | diff
+    attention_options: dict[str, Any] = field(default_factory=dict)  # kind-specific (validated)
+    learn_sigma: bool = True  # out_channels = 2 * in_channels
+    class_dropout_prob: float = 0.1  # label dropout for classifier-free guidance
     grad_checkpointing: bool = False
     num_classes: int = 1000
-    depth: Optional[int] = None                 # architecture overrides for custom small models
-    hidden_size: Optional[int] = None
-    num_heads: Optional[int] = None
-    mlp_ratio: Optional[float] = None
-    input_size: Optional[int] = None            # derived from data (error if set and different)
-    in_channels: Optional[int] = None           # derived from data (error if set and different)
-    init_from: Optional[str] = None             # start from these weights (official DiT/SiT .pt, checkpoint, export)
+    depth: int | None = None  # architecture overrides for custom small models
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    input_size: int | None = None  # derived from data (error if set and different)
+    in_channels: int | None = None  # derived from data (error if set and different)
+    init_from: str | None = None  # start from these weights (official DiT/SiT .pt, checkpoint, export)
 
 
 @dataclass
@@ -67,15 +67,15 @@ class GridConfig:
     ``sampler``/``steps``/``options`` ``None``/empty: the objective's sampling protocol.
     """
 
-    every: int = 10_000                         # optimizer steps between grids; 0 = off
-    num: int = 16                               # images in the grid
-    classes: List[int] = field(default_factory=list)  # empty: 0, 1, 2, … cycling
-    nrow: int = 0                               # images per row; 0 = about sqrt(num)
-    seed: int = 0                               # image i uses seed + i
-    sampler: Optional[str] = None               # None: the objective's sampler
-    steps: Optional[str] = None                 # None: that sampler's default steps
-    cfg_scale: float = 1.0                      # classifier-free guidance (1 = none)
-    options: Dict[str, Any] = field(default_factory=dict)  # extra sampler options (eta, last_step, ...)
+    every: int = 10_000  # optimizer steps between grids; 0 = off
+    num: int = 16  # images in the grid
+    classes: list[int] = field(default_factory=list)  # empty: 0, 1, 2, … cycling
+    nrow: int = 0  # images per row; 0 = about sqrt(num)
+    seed: int = 0  # image i uses seed + i
+    sampler: str | None = None  # None: the objective's sampler
+    steps: str | None = None  # None: that sampler's default steps
+    cfg_scale: float = 1.0  # classifier-free guidance (1 = none)
+    options: dict[str, Any] = field(default_factory=dict)  # extra sampler options (eta, last_step, ...)
 
 
 @dataclass
@@ -87,51 +87,51 @@ class FidConfig:
     Defaults are the objective's sampling protocol with no guidance (the FID protocol).
     """
 
-    every: int = 0                              # optimizer steps between evaluations; 0 = off
-    num_samples: int = 5000                     # N (a multiple of model.num_classes)
-    ref: Optional[str] = None                   # reference statistics .npz (evaluate_fid.py --make-ref) or ADM batch
-    seed: int = 0                               # sample i uses seed + i (sample.py --seed)
-    sampler: Optional[str] = None               # None: the objective's FID-protocol sampler
-    steps: Optional[str] = None                 # None: that sampler's default steps
-    cfg_scale: float = 1.0                      # 1 = no guidance (the papers' protocol)
-    options: Dict[str, Any] = field(default_factory=dict)  # extra sampler options
-    batch_size: int = 50                        # per-process sampling and Inception batch (evaluate_fid.py's 50)
+    every: int = 0  # optimizer steps between evaluations; 0 = off
+    num_samples: int = 5000  # N (a multiple of model.num_classes)
+    ref: str | None = None  # reference statistics .npz (evaluate_fid.py --make-ref) or ADM batch
+    seed: int = 0  # sample i uses seed + i (sample.py --seed)
+    sampler: str | None = None  # None: the objective's FID-protocol sampler
+    steps: str | None = None  # None: that sampler's default steps
+    cfg_scale: float = 1.0  # 1 = no guidance (the papers' protocol)
+    options: dict[str, Any] = field(default_factory=dict)  # extra sampler options
+    batch_size: int = 50  # per-process sampling and Inception batch (evaluate_fid.py's 50)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, precision, checkpointing, sampling and evaluation during training."""
 
-    global_batch_size: int = 256                # over all processes; must divide by the process count
-    micro_batch_size: Optional[int] = None      # per-process forward batch (None: whole share) → accumulation
+    global_batch_size: int = 256  # over all processes; must divide by the process count
+    micro_batch_size: int | None = None  # per-process forward batch (None: whole share) → accumulation
     lr: float = 1e-4
     weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    warmup_steps: int = 0                       # linear warm-up from 0 to lr
-    grad_clip: float = 0.0                      # max grad norm; 0 disables clipping
+    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    grad_clip: float = 0.0  # max grad norm; 0 disables clipping
     max_steps: int = 400_000
     ema_decay: float = 0.9999
-    ema_warmup: bool = False                    # decay min(ema_decay, (1+n)/(10+n)) after n steps (short runs)
-    mixed_precision: str = "auto"               # auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16
+    ema_warmup: bool = False  # decay min(ema_decay, (1+n)/(10+n)) after n steps (short runs)
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16
     tf32: bool = True
-    compile: bool = False                       # torch.compile the training forward
-    seed: int = 0                               # weights init, noise/time/label-dropout streams
+    compile: bool = False  # torch.compile the training forward
+    seed: int = 0  # weights init, noise/time/label-dropout streams
     log_every: int = 100
     ckpt_every: int = 10_000
-    keep_last: int = 2                          # newest checkpoints kept (plus milestones); 0 keeps all
-    milestone_every: int = 100_000              # checkpoints at multiples are never pruned; 0 = none
+    keep_last: int = 2  # newest checkpoints kept (plus milestones); 0 keeps all
+    milestone_every: int = 100_000  # checkpoints at multiples are never pruned; 0 = none
     grid: GridConfig = field(default_factory=GridConfig)  # EMA preview grids
-    fid: FidConfig = field(default_factory=FidConfig)     # in-loop FID
-    max_nonfinite: int = 10                     # stop after this many consecutive non-finite steps
+    fid: FidConfig = field(default_factory=FidConfig)  # in-loop FID
+    max_nonfinite: int = 10  # stop after this many consecutive non-finite steps
     output_dir: str = "runs/${name}"
-    resume: str = "auto"                        # auto | none | PATH (checkpoint or run dir)
-    timeout_s: float = 1800.0                   # process-group collective timeout (s): a rank stuck longer fails
+    resume: str = "auto"  # auto | none | PATH (checkpoint or run dir)
+    timeout_s: float = 1800.0  # process-group collective timeout (s): a rank stuck longer fails
 
 
 @dataclass
 class LoggingConfig:
-    tracker: str = "tensorboard"                # any accelerate tracker, or "none"
+    tracker: str = "tensorboard"  # any accelerate tracker, or "none"
     project: str = "vca-gen"
 
 
@@ -167,13 +167,13 @@ def _check_keys(user: Any, schema: type, prefix: str, source: str) -> None:
             _check_keys(value, sub, full, source)
 
 
-@functools.lru_cache(maxsize=None)
-def _type_hints(schema: type) -> Dict[str, Any]:
+@functools.cache
+def _type_hints(schema: type) -> dict[str, Any]:
     return typing.get_type_hints(schema)
 
 
 # ----------------------------------------------------------------------------- composition
-def _read_yaml(path: Path) -> Dict[str, Any]:
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -215,25 +215,41 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
 # Settings that define what a run computes: resume refuses any change to them (naming each key).
 # Everything else (max_steps, logging, checkpoint cadence, grids, FID, workers, paths) may change.
 RUN_DEFINING_SECTIONS = ("model", "objective", "data")
-RUN_FREE_KEYS = {"model.grad_checkpointing", "model.init_from", "data.num_workers", "data.path", "data.verify",
-                 "data.strict"}
-RUN_DEFINING_TRAIN = ("seed", "global_batch_size", "lr", "betas", "eps", "weight_decay", "warmup_steps", "grad_clip",
-                      "ema_decay", "ema_warmup")
+RUN_FREE_KEYS = {
+    "model.grad_checkpointing",
+    "model.init_from",
+    "data.num_workers",
+    "data.path",
+    "data.verify",
+    "data.strict",
+}
+RUN_DEFINING_TRAIN = (
+    "seed",
+    "global_batch_size",
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "ema_decay",
+    "ema_warmup",
+)
 
 
-def _dict_diff(a: Any, b: Any, prefix: str) -> Dict[str, Any]:
+def _dict_diff(a: Any, b: Any, prefix: str) -> dict[str, Any]:
     """``{dotted key: (a value, b value)}`` for every leaf that differs between two nested dicts."""
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return {} if a == b else {prefix: (a, b)}
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for k in sorted(set(a) | set(b), key=str):
         out.update(_dict_diff(a.get(k), b.get(k), f"{prefix}.{k}"))
     return out
 
 
-def run_defining_diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> Dict[str, Any]:
+def run_defining_diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
     """Run-defining settings that differ between two experiment containers (saved vs now)."""
-    diffs: Dict[str, Any] = {}
+    diffs: dict[str, Any] = {}
     for section in RUN_DEFINING_SECTIONS:
         diffs.update(_dict_diff(dict(saved.get(section) or {}), dict(now.get(section) or {}), section))
     st, nt = dict(saved.get("train") or {}), dict(now.get("train") or {})
@@ -289,7 +305,7 @@ def config_from_yaml_text(text: str, source: str = "<yaml>") -> DictConfig:
     return config_from_container(data, source)
 
 
-def to_container(cfg: DictConfig) -> Dict[str, Any]:
+def to_container(cfg: DictConfig) -> dict[str, Any]:
     """Plain resolved dict (JSON/YAML serialisable)."""
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -303,7 +319,19 @@ def to_json(cfg: DictConfig) -> str:
 
 
 __all__ = [
-    "ConfigError", "ModelConfig", "TrainConfig", "LoggingConfig", "ExperimentConfig",
-    "load_config", "config_from_dict", "config_from_yaml_text", "config_from_container",
-    "compose_yaml", "parse_overrides", "run_defining_diff", "to_container", "to_yaml", "to_json",
+    "ConfigError",
+    "ModelConfig",
+    "TrainConfig",
+    "LoggingConfig",
+    "ExperimentConfig",
+    "load_config",
+    "config_from_dict",
+    "config_from_yaml_text",
+    "config_from_container",
+    "compose_yaml",
+    "parse_overrides",
+    "run_defining_diff",
+    "to_container",
+    "to_yaml",
+    "to_json",
 ]

@@ -11,13 +11,14 @@ fails here, under ``--print-config`` too, and never after hours of training.
 options of the attention kind in use (filled with that kind's defaults), so switching the kind by
 one override (``model.attention=mhsa``) is never blocked by another kind's options.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -51,12 +52,16 @@ def resolve_attention_options(m: DictConfig) -> None:
     Keys of another kind are dropped (they do not get in the way of switching kinds); a key no
     kind accepts is an error listing every kind's options."""
     opts = m.attention_options
-    given: Dict[str, Any] = OmegaConf.to_container(opts, resolve=True) if isinstance(opts, DictConfig) else dict(opts or {})
+    given: dict[str, Any] = (
+        OmegaConf.to_container(opts, resolve=True) if isinstance(opts, DictConfig) else dict(opts or {})
+    )
     owner = {key: kind for kind in ATTENTION_KINDS for key in attention_options(kind)}
     unknown = sorted(k for k in given if k not in owner)
     if unknown:
         per_kind = "; ".join(f"{k}: {', '.join(attention_options(k)) or 'none'}" for k in ATTENTION_KINDS)
-        raise ConfigError(f"model.attention_options: unknown option(s) {unknown}; accepted per attention kind: {per_kind}")
+        raise ConfigError(
+            f"model.attention_options: unknown option(s) {unknown}; accepted per attention kind: {per_kind}"
+        )
     mine = attention_options(m.attention)
     mine.update({k: v for k, v in given.items() if owner[k] == m.attention})
     m.attention_options = mine
@@ -68,7 +73,9 @@ def _check_model(exp: DictConfig) -> None:
     choice("model.attention", m.attention, ATTENTION_KINDS)
     resolve_attention_options(m)
     if not 0.0 <= m.class_dropout_prob < 1.0:
-        raise ConfigError(f"model.class_dropout_prob={m.class_dropout_prob!r} is not valid; accepted: a number in [0, 1)")
+        raise ConfigError(
+            f"model.class_dropout_prob={m.class_dropout_prob!r} is not valid; accepted: a number in [0, 1)"
+        )
     positive("model.num_classes", m.num_classes)
     data_obj = OmegaConf.to_object(exp.data)
     for key, derived in (("input_size", model_input_size(data_obj)), ("in_channels", model_in_channels(data_obj))):
@@ -76,28 +83,36 @@ def _check_model(exp: DictConfig) -> None:
         if given is not None and given != derived:
             raise ConfigError(
                 f"model.{key}={given} does not match the data ({derived} for data.kind={exp.data.kind}, "
-                f"image_size={exp.data.image_size}, vae={exp.data.vae}); remove model.{key} (it is derived)")
+                f"image_size={exp.data.image_size}, vae={exp.data.vae}); remove model.{key} (it is derived)"
+            )
         m[key] = derived
     _, _, patch = parse_model_name(m.name)
     if m.input_size % patch:
-        raise ConfigError(f"model.name={m.name}: the model input size {m.input_size} (from data.image_size="
-                          f"{exp.data.image_size}) is not divisible by the patch size {patch}; accepted: a patch "
-                          f"size dividing {m.input_size}")
+        raise ConfigError(
+            f"model.name={m.name}: the model input size {m.input_size} (from data.image_size="
+            f"{exp.data.image_size}) is not divisible by the patch size {patch}; accepted: a patch "
+            f"size dividing {m.input_size}"
+        )
     fixed = DATA_CLASSES.get(exp.data.kind)
     if fixed is not None and m.num_classes < fixed:
-        raise ConfigError(f"model.num_classes={m.num_classes}: data.kind={exp.data.kind} has {fixed} classes; "
-                          f"accepted: >= {fixed}")
+        raise ConfigError(
+            f"model.num_classes={m.num_classes}: data.kind={exp.data.kind} has {fixed} classes; accepted: >= {fixed}"
+        )
     if m.init_from is not None and not Path(str(m.init_from)).exists():
-        raise ConfigError(f"model.init_from={m.init_from!r} does not exist; accepted: an official DiT/SiT .pt file, "
-                          f"a training checkpoint, a run directory or an export")
+        raise ConfigError(
+            f"model.init_from={m.init_from!r} does not exist; accepted: an official DiT/SiT .pt file, "
+            f"a training checkpoint, a run directory or an export"
+        )
 
 
 def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> None:
     """Grid / FID sampling settings, checked by the sampler itself (no model is evaluated)."""
     positive(f"{section}.every", s.every, allow_zero=True)
     if float(s.cfg_scale) != 1.0 and float(exp.model.class_dropout_prob) <= 0:
-        raise ConfigError(f"{section}.cfg_scale={s.cfg_scale}: guidance needs a model trained with label dropout "
-                          f"(model.class_dropout_prob > 0); accepted here: 1.0")
+        raise ConfigError(
+            f"{section}.cfg_scale={s.cfg_scale}: guidance needs a model trained with label dropout "
+            f"(model.class_dropout_prob > 0); accepted here: 1.0"
+        )
     if s.sampler is not None:
         choice(f"{section}.sampler", s.sampler, objective.samplers)
     steps, options = parse_steps(s.steps), OmegaConf.to_container(s.options, resolve=True)
@@ -106,8 +121,9 @@ def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> 
         try:
             objective.check_sample_args(s.sampler, steps, float(s.cfg_scale), None, opts, c, null)
         except ValueError as e:
-            err = ConfigError(f"{section}.{key}={value!r} is not valid for sampler "
-                              f"{s.sampler or objective.default_sampler!r}: {e}")
+            err = ConfigError(
+                f"{section}.{key}={value!r} is not valid for sampler {s.sampler or objective.default_sampler!r}: {e}"
+            )
             if key == "steps" or str(e).startswith("unknown options"):
                 raise err from None
         else:
@@ -122,7 +138,7 @@ def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> 
 OPTION_FIELDS = {"eta": "ddim_eta", "order": "dpm_solver_order"}
 
 
-def _check_option_values(section: str, objective, options: Dict[str, Any]) -> None:
+def _check_option_values(section: str, objective, options: dict[str, Any]) -> None:
     """Each sampler option that overrides an objective-config field (``atol``, ``eta``, ``last_step``,
     ...) is checked by that config's own ``check`` (type, range, accepted names): the probe run of
     the sampler stops before some of them (ODE tolerances, the SDE's diffusion norm) are used."""
@@ -186,11 +202,15 @@ def _check_train(exp: DictConfig, objective) -> None:
     positive("train.fid.num_samples", f.num_samples)
     positive("train.fid.batch_size", f.batch_size)
     if f.num_samples % int(m.num_classes):
-        raise ConfigError(f"train.fid.num_samples={f.num_samples} is not valid; accepted: a multiple of "
-                          f"model.num_classes={m.num_classes} (class-balanced, as sample.py)")
+        raise ConfigError(
+            f"train.fid.num_samples={f.num_samples} is not valid; accepted: a multiple of "
+            f"model.num_classes={m.num_classes} (class-balanced, as sample.py)"
+        )
     if f.every and not f.ref:
-        raise ConfigError("train.fid.every > 0 needs train.fid.ref (reference statistics from evaluate_fid.py "
-                          "--make-ref, or an ADM reference batch)")
+        raise ConfigError(
+            "train.fid.every > 0 needs train.fid.ref (reference statistics from evaluate_fid.py "
+            "--make-ref, or an ADM reference batch)"
+        )
     if f.every and not Path(str(f.ref)).is_file():
         raise ConfigError(f"train.fid.ref={f.ref!r} is not a file; accepted: reference statistics .npz")
     _check_sampling("train.fid", f, objective, exp)

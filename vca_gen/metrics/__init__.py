@@ -8,19 +8,47 @@ Public API::
     fid = fid_from_uint8(uint8_images_or_batches, ref, extractor=fx)   # in-loop FID
     result = evaluate("samples.npz", "VIRTUAL_imagenet256_labeled.npz", kid=True, pr=True)
 """
+
 from vca_gen.metrics.errors import InceptionWeightsNotFound, InputFormatError, MetricsError, ModeMismatchError
 from vca_gen.metrics.evaluation import evaluate, fid_between, fid_from_uint8, prepare_reference
 from vca_gen.metrics.inception import MODES, InceptionFeatureExtractor, tf1_resize_bilinear
-from vca_gen.metrics.scores import (frechet_distance, frechet_distance_from_features, kernel_inception_distance,
-                                   precision_recall)
+from vca_gen.metrics.scores import (
+    frechet_distance,
+    frechet_distance_from_features,
+    kernel_inception_distance,
+    precision_recall,
+)
 from vca_gen.metrics.sources import open_source
-from vca_gen.metrics.statistics import (FeatureStatistics, RunningMoments, compute_statistics, load_reference,
-                                        save_statistics)
+from vca_gen.metrics.statistics import (
+    FeatureStatistics,
+    RunningMoments,
+    compute_statistics,
+    load_reference,
+    save_statistics,
+)
 from vca_gen.metrics.weights import resolve_inception_weights
 
 __all__ = [
-    "MODES", "InceptionFeatureExtractor", "FeatureStatistics", "RunningMoments", "compute_statistics",
-    "evaluate", "fid_between", "fid_from_uint8", "frechet_distance", "frechet_distance_from_features", "kernel_inception_distance", "load_reference",
-    "open_source", "precision_recall", "prepare_reference", "resolve_inception_weights", "save_statistics",
-    "tf1_resize_bilinear", "MetricsError", "InputFormatError", "ModeMismatchError", "InceptionWeightsNotFound",
+    "MODES",
+    "InceptionFeatureExtractor",
+    "FeatureStatistics",
+    "RunningMoments",
+    "compute_statistics",
+    "evaluate",
+    "fid_between",
+    "fid_from_uint8",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "kernel_inception_distance",
+    "load_reference",
+    "open_source",
+    "precision_recall",
+    "prepare_reference",
+    "resolve_inception_weights",
+    "save_statistics",
+    "tf1_resize_bilinear",
+    "MetricsError",
+    "InputFormatError",
+    "ModeMismatchError",
+    "InceptionWeightsNotFound",
 ]

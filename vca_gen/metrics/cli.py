@@ -10,6 +10,7 @@ an existing ``--make-ref`` file is refused unless ``--overwrite``; a folder that
 is an error. Every file is written with :mod:`vca_gen.utils.io` (atomic, mode per umask).
 Metrics computed from fewer images than their definition assumes carry a note (``notes``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,32 +23,61 @@ import torch
 
 from vca_gen.errors import cli_boundary
 from vca_gen.metrics.inception import MODES, InceptionFeatureExtractor, default_device
-from vca_gen.utils.io import (atomic_write_text, check_output_path, make_parent_dir, refuse_input_as_output,
-                              refuse_overwrite)
+from vca_gen.utils.io import (
+    atomic_write_text,
+    check_output_path,
+    make_parent_dir,
+    refuse_input_as_output,
+    refuse_overwrite,
+)
 
 TOOL = "evaluate_fid.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=TOOL, description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("samples", metavar="SAMPLES",
-                    help="images: .npz with arr_0 uint8 (N,H,W,3), an image folder, or dataset:animal_mnist[:all|a|b[:SIZE]]")
-    ap.add_argument("--ref", help="reference: our statistics .npz, an ADM reference batch (mu, sigma[, mu_s, "
-                    "sigma_s, arr_0]), or another image set (.npz arr_0 / folder / dataset:animal_mnist)")
-    ap.add_argument("--make-ref", metavar="OUT", help="instead of scoring, write the statistics of SAMPLES to OUT (.npz)")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="with --make-ref: replace an existing OUT (an OUT that is an input is always refused)")
-    ap.add_argument("--mode", choices=MODES, default=None,
-                    help="feature mode; default: the reference's (ADM batches: legacy_tensorflow), else clean")
+    ap = argparse.ArgumentParser(
+        prog=TOOL, description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    ap.add_argument(
+        "samples",
+        metavar="SAMPLES",
+        help="images: .npz with arr_0 uint8 (N,H,W,3), an image folder, or dataset:animal_mnist[:all|a|b[:SIZE]]",
+    )
+    ap.add_argument(
+        "--ref",
+        help="reference: our statistics .npz, an ADM reference batch (mu, sigma[, mu_s, "
+        "sigma_s, arr_0]), or another image set (.npz arr_0 / folder / dataset:animal_mnist)",
+    )
+    ap.add_argument(
+        "--make-ref", metavar="OUT", help="instead of scoring, write the statistics of SAMPLES to OUT (.npz)"
+    )
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --make-ref: replace an existing OUT (an OUT that is an input is always refused)",
+    )
+    ap.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="feature mode; default: the reference's (ADM batches: legacy_tensorflow), else clean",
+    )
     ap.add_argument("--batch-size", type=int, default=50)
-    ap.add_argument("--num-workers", type=int, default=None,
-                    help="DataLoader workers decoding image folders (default: min(2, CPUs))")
+    ap.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="DataLoader workers decoding image folders (default: min(2, CPUs))",
+    )
     ap.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all usable cores)")
-    ap.add_argument("--inception", metavar="PATH", default=None,
-                    help="Inception TorchScript file (else $VCA_GEN_INCEPTION, clean-fid's temp-folder file, "
-                    "<assets>/inception/default_1.pt)")
+    ap.add_argument(
+        "--inception",
+        metavar="PATH",
+        default=None,
+        help="Inception TorchScript file (else $VCA_GEN_INCEPTION, clean-fid's temp-folder file, "
+        "<assets>/inception/default_1.pt)",
+    )
     ap.add_argument("--kid", action="store_true", help="also compute KID")
     ap.add_argument("--kid-subsets", type=int, default=100)
     ap.add_argument("--kid-subset-size", type=int, default=1000)
@@ -55,12 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pr-k", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0, help="seed of KID subsets and of stored feature subsets")
     ap.add_argument("--max-images", type=int, default=None, help="use only the first N images of SAMPLES")
-    ap.add_argument("--ref-features", type=int, default=10000,
-                    help="with --make-ref: store a random subset of this many pool3 features (KID/PR); 0 = none")
-    ap.add_argument("--dataset-split", choices=("all", "a", "b"), default="all",
-                    help="split of dataset:animal_mnist when the spec does not name one")
-    ap.add_argument("--dataset-size", type=int, default=32,
-                    help="dataset:animal_mnist images zero-padded to this size (the demo trains at 32)")
+    ap.add_argument(
+        "--ref-features",
+        type=int,
+        default=10000,
+        help="with --make-ref: store a random subset of this many pool3 features (KID/PR); 0 = none",
+    )
+    ap.add_argument(
+        "--dataset-split",
+        choices=("all", "a", "b"),
+        default="all",
+        help="split of dataset:animal_mnist when the spec does not name one",
+    )
+    ap.add_argument(
+        "--dataset-size",
+        type=int,
+        default=32,
+        help="dataset:animal_mnist images zero-padded to this size (the demo trains at 32)",
+    )
     ap.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE (atomically)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
@@ -92,8 +134,13 @@ def _outputs(a) -> dict:
 
 def _refuse_outputs_that_are_inputs(a) -> None:
     """Always refused, with or without --overwrite (checked first: the clearest message)."""
-    refuse_input_as_output(_outputs(a), {"SAMPLES": None if _is_dataset(a.samples) else a.samples,
-                                         "--ref": None if a.ref is None or _is_dataset(a.ref) else a.ref})
+    refuse_input_as_output(
+        _outputs(a),
+        {
+            "SAMPLES": None if _is_dataset(a.samples) else a.samples,
+            "--ref": None if a.ref is None or _is_dataset(a.ref) else a.ref,
+        },
+    )
 
 
 def _check_outputs(a) -> None:
@@ -128,21 +175,34 @@ def run(a) -> dict:
         _check_outputs(a)
         mode = a.mode or "clean"
         fx = InceptionFeatureExtractor(mode=mode, device=device, weights=a.inception)
-        stats = compute_statistics(samples, fx, mode, a.batch_size, workers, keep_features=a.ref_features > 0,
-                                   progress=progress)
+        stats = compute_statistics(
+            samples, fx, mode, a.batch_size, workers, keep_features=a.ref_features > 0, progress=progress
+        )
         out = save_statistics(stats, a.make_ref, max_features=a.ref_features, seed=a.seed)
         notes = []
         assert stats.count is not None  # computed statistics are counted
         if stats.count < len(stats.mu):
-            notes.append(f"reference: statistics of {stats.count} images, fewer than the {len(stats.mu)} feature "
-                         f"dimensions: the covariance is rank-deficient, so FIDs against this reference are "
-                         f"biased upward and comparable only with FIDs against references of as many images")
-        result = {"made_ref": str(out), "n": stats.count, "mode": mode, "resolution": stats.resolution,
-                  "source": stats.source, "spatial": stats.mu_s is not None,
-                  "features_stored": min(a.ref_features, stats.count), "weights": str(fx.weights_path),
-                  "weights_sha256": fx.weights_sha256, "notes": notes}
-        print(f"wrote {out}: {stats.count} images from {stats.source}, mode {mode}, "
-              f"resolution {stats.resolution}, {result['features_stored']} features stored")
+            notes.append(
+                f"reference: statistics of {stats.count} images, fewer than the {len(stats.mu)} feature "
+                f"dimensions: the covariance is rank-deficient, so FIDs against this reference are "
+                f"biased upward and comparable only with FIDs against references of as many images"
+            )
+        result = {
+            "made_ref": str(out),
+            "n": stats.count,
+            "mode": mode,
+            "resolution": stats.resolution,
+            "source": stats.source,
+            "spatial": stats.mu_s is not None,
+            "features_stored": min(a.ref_features, stats.count),
+            "weights": str(fx.weights_path),
+            "weights_sha256": fx.weights_sha256,
+            "notes": notes,
+        }
+        print(
+            f"wrote {out}: {stats.count} images from {stats.source}, mode {mode}, "
+            f"resolution {stats.resolution}, {result['features_stored']} features stored"
+        )
         for note in notes:
             print(f"note      : {note}")
     else:
@@ -155,9 +215,21 @@ def run(a) -> dict:
         _check_outputs(a)
         mode = a.mode or ref_mode or "clean"
         fx = InceptionFeatureExtractor(mode=mode, device=device, weights=a.inception)
-        result = evaluate(samples, ref, mode=mode, extractor=fx, kid=a.kid, pr=a.pr, batch_size=a.batch_size,
-                          num_workers=workers, progress=progress, kid_subsets=a.kid_subsets,
-                          kid_subset_size=a.kid_subset_size, pr_k=a.pr_k, seed=a.seed)
+        result = evaluate(
+            samples,
+            ref,
+            mode=mode,
+            extractor=fx,
+            kid=a.kid,
+            pr=a.pr,
+            batch_size=a.batch_size,
+            num_workers=workers,
+            progress=progress,
+            kid_subsets=a.kid_subsets,
+            kid_subset_size=a.kid_subset_size,
+            pr_k=a.pr_k,
+            seed=a.seed,
+        )
         print(f"samples   : {result['samples']} ({result['n']} images, {result['resolution']})")
         print(f"reference : {result['reference']} ({result['reference_kind']})")
         print(f"mode      : {result['mode']}")
@@ -187,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         run(a)
+
     return cli_boundary(TOOL, work)
 
 

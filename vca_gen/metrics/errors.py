@@ -1,4 +1,5 @@
 """Errors raised by :mod:`vca_gen.metrics`; the CLI turns every one into a message and exit code 2."""
+
 from __future__ import annotations
 
 from vca_gen.errors import UserError

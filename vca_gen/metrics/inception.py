@@ -24,6 +24,7 @@ equal the TorchScript stack's to float32 round-off (max |diff| ~1e-5 for pool3 v
 checked against the stack on every load; on a mismatch it falls back to the stack with a warning);
 ``fast=False`` runs the TorchScript stack itself. About 1.7x the images/s on a 2-core CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -79,13 +80,15 @@ def tf1_resize_bilinear(x: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Te
         return x
     rh = _tf1_resize_matrix(h, size).to(x.device, x.dtype)  # (size, H)
     rw = _tf1_resize_matrix(w, size).to(x.device, x.dtype)  # (size, W)
-    return torch.einsum("oh,bchw,pw->bcop", rh, x, rw)       # (B, C, size, size)
+    return torch.einsum("oh,bchw,pw->bcop", rh, x, rw)  # (B, C, size, size)
 
 
 # ---- fast network: the TorchScript layer stack rebuilt with folded BN and fused conv+ReLU ---------
 _BN_EPS = 1e-3  # TF-Inception's batch_norm epsilon (in every Conv2dLayer's code)
-_POOL_ARGS = re.compile(r"\(input, \[(\d+), (\d+)\], \[(\d+), (\d+)\], \[(\d+), (\d+)\]"
-                        r"(?:, \[1, 1\])?(?:, (True|False), (True|False))?")
+_POOL_ARGS = re.compile(
+    r"\(input, \[(\d+), (\d+)\], \[(\d+), (\d+)\], \[(\d+), (\d+)\]"
+    r"(?:, \[1, 1\])?(?:, (True|False), (True|False))?"
+)
 
 
 class _FusedConv(torch.nn.Module):
@@ -101,15 +104,17 @@ class _FusedConv(torch.nn.Module):
         pad = m.padding
         pad = [int(v) for v in pad] if isinstance(pad, (list, tuple)) else [int(pad)] * 2
         self.weight = torch.nn.Parameter((w * inv[:, None, None, None]).float(), requires_grad=False)
-        self.bias = torch.nn.Parameter((m.beta.detach().double() - m.mean.detach().double() * inv).float(),
-                                       requires_grad=False)
+        self.bias = torch.nn.Parameter(
+            (m.beta.detach().double() - m.mean.detach().double() * inv).float(), requires_grad=False
+        )
         self.stride, self.padding = [int(m.stride)] * 2, pad
         self.onednn = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
-            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
-                                                           [1, 1], 1, "relu", [None], "")
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.weight, self.bias, self.padding, self.stride, [1, 1], 1, "relu", [None], ""
+            )
         return torch.relu_(torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding))
 
 
@@ -140,13 +145,24 @@ def _rebuild(m) -> torch.nn.Module:
 class _Block(torch.nn.Module):
     """The Inception blocks A-E, wired as in the TorchScript code (branches concatenated in this order)."""
 
-    BRANCHES = {"InceptionA": ("conv", "tower", "tower_1", "tower_2"),
-                "InceptionB": ("conv", "tower", "pool"),
-                "InceptionC": ("conv", "tower", "tower_1", "tower_2"),
-                "InceptionD": ("tower", "tower_1", "pool"),
-                "InceptionE": ("conv", "tower_conv", "tower_mixed_conv", "tower_mixed_conv_1", "tower_1_conv",
-                               "tower_1_conv_1", "tower_1_mixed_conv", "tower_1_mixed_conv_1", "tower_2_pool",
-                               "tower_2_conv")}
+    BRANCHES = {
+        "InceptionA": ("conv", "tower", "tower_1", "tower_2"),
+        "InceptionB": ("conv", "tower", "pool"),
+        "InceptionC": ("conv", "tower", "tower_1", "tower_2"),
+        "InceptionD": ("tower", "tower_1", "pool"),
+        "InceptionE": (
+            "conv",
+            "tower_conv",
+            "tower_mixed_conv",
+            "tower_mixed_conv_1",
+            "tower_1_conv",
+            "tower_1_conv_1",
+            "tower_1_mixed_conv",
+            "tower_1_mixed_conv_1",
+            "tower_2_pool",
+            "tower_2_conv",
+        ),
+    }
 
     def __init__(self, m):
         super().__init__()
@@ -161,8 +177,14 @@ class _Block(torch.nn.Module):
         if self.kind == "InceptionE":
             a = b["tower_conv"](x)
             c = b["tower_1_conv_1"](b["tower_1_conv"](x))
-            parts = [b["conv"](x), b["tower_mixed_conv"](a), b["tower_mixed_conv_1"](a), b["tower_1_mixed_conv"](c),
-                     b["tower_1_mixed_conv_1"](c), b["tower_2_conv"](b["tower_2_pool"](x))]
+            parts = [
+                b["conv"](x),
+                b["tower_mixed_conv"](a),
+                b["tower_mixed_conv_1"](a),
+                b["tower_1_mixed_conv"](c),
+                b["tower_1_mixed_conv_1"](c),
+                b["tower_2_conv"](b["tower_2_pool"](x)),
+            ]
         else:
             parts = [b[n](x) for n in self.BRANCHES[self.kind]]
         return torch.cat(parts, 1)
@@ -218,8 +240,8 @@ def exact_fp32(device: torch.device):
 
 @dataclass
 class FeatureBatch:
-    pool: np.ndarray             # (B, 2048) float32
-    spatial: np.ndarray | None   # (B, 2023) float32
+    pool: np.ndarray  # (B, 2048) float32
+    spatial: np.ndarray | None  # (B, 2023) float32
 
 
 class InceptionFeatureExtractor:
@@ -235,8 +257,14 @@ class InceptionFeatureExtractor:
 
     FAST_TOLERANCE = 1e-4  # relative pool3 difference above which the fast network is not used
 
-    def __init__(self, mode: str = "clean", device: str | torch.device | None = None,
-                 weights: str | os.PathLike | None = None, spatial: bool = True, fast: bool = True):
+    def __init__(
+        self,
+        mode: str = "clean",
+        device: str | torch.device | None = None,
+        weights: str | os.PathLike | None = None,
+        spatial: bool = True,
+        fast: bool = True,
+    ):
         self.mode = check_mode(mode)
         self.device = torch.device(device) if device is not None else default_device()
         self.weights_path = resolve_inception_weights(weights)
@@ -248,19 +276,23 @@ class InceptionFeatureExtractor:
         self._clean_resizer: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __repr__(self) -> str:
-        return (f"InceptionFeatureExtractor(mode={self.mode!r}, device={str(self.device)!r}, "
-                f"weights={str(self.weights_path)!r}, sha256={self.weights_sha256[:12]}...)")
+        return (
+            f"InceptionFeatureExtractor(mode={self.mode!r}, device={str(self.device)!r}, "
+            f"weights={str(self.weights_path)!r}, sha256={self.weights_sha256[:12]}...)"
+        )
 
     # ---- preprocessing -------------------------------------------------------------------------
     def _clean_resize(self, img: np.ndarray) -> np.ndarray:
         if self._clean_resizer is None:
             from cleanfid.resize import build_resizer  # clean-fid's PIL-bicubic float resize
+
             self._clean_resizer = build_resizer("clean")
         return self._clean_resizer(img)  # (299, 299, 3) float32 in [0, 255]
 
     def preprocess(self, images, mode: str | None = None) -> torch.Tensor:
         """uint8 images -> float32 (B, 3, 299, 299) in [0, 255] on ``self.device``."""
         from vca_gen.metrics.sources import as_uint8_images
+
         mode = check_mode(mode or self.mode)
         imgs = as_uint8_images(images)  # ndarray (B, H, W, 3) or list of (H, W, 3)
         if mode == "clean":
@@ -315,14 +347,13 @@ class InceptionFeatureExtractor:
             pool = h.reshape(len(h), POOL_DIM)
         spatial = None
         if self.spatial:
-            s = mid[:, :SPATIAL_CHANNELS]                            # (B, 7, 17, 17)
-            spatial = s.permute(0, 2, 3, 1).reshape(len(s), -1)      # NHWC flatten, (B, 2023)
+            s = mid[:, :SPATIAL_CHANNELS]  # (B, 7, 17, 17)
+            spatial = s.permute(0, 2, 3, 1).reshape(len(s), -1)  # NHWC flatten, (B, 2023)
         return pool, spatial
 
     def __call__(self, images, mode: str | None = None) -> FeatureBatch:
         pool, spatial = self.forward_299(self.preprocess(images, mode))
-        return FeatureBatch(pool.float().cpu().numpy(),
-                            None if spatial is None else spatial.float().cpu().numpy())
+        return FeatureBatch(pool.float().cpu().numpy(), None if spatial is None else spatial.float().cpu().numpy())
 
     def as_clean_fid_module(self) -> torch.nn.Module:
         """nn.Module for ``cleanfid.fid.compute_fid(custom_feat_extractor=...)``: (B,3,299,299) [0,255] -> (B,2048)."""
@@ -331,4 +362,5 @@ class InceptionFeatureExtractor:
         class _Pool3(torch.nn.Module):
             def forward(self, x):
                 return outer.forward_299(x)[0]
+
         return _Pool3()

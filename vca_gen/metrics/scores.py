@@ -17,6 +17,7 @@
   (k = 3, self excluded) within its own set; precision = share of samples inside the union of the
   reference balls, recall = share of reference points inside the union of the sample balls.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -33,8 +34,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
-        raise InputFormatError(f"statistics do not match: mu1 {mu1.shape}, sigma1 {s1.shape}, "
-                               f"mu2 {mu2.shape}, sigma2 {s2.shape} (were they made by different feature extractors?)")
+        raise InputFormatError(
+            f"statistics do not match: mu1 {mu1.shape}, sigma1 {s1.shape}, "
+            f"mu2 {mu2.shape}, sigma2 {s2.shape} (were they made by different feature extractors?)"
+        )
     diff = mu1 - mu2
     covmean = _sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
@@ -43,9 +46,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
         covmean = _sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise MetricsError(f"FID: sqrtm(S1 S2) has an imaginary component of "
-                               f"{np.max(np.abs(covmean.imag)):.3g}; the covariances are too ill-conditioned "
-                               f"(too few images for {d}-d features?)")
+            raise MetricsError(
+                f"FID: sqrtm(S1 S2) has an imaginary component of "
+                f"{np.max(np.abs(covmean.imag)):.3g}; the covariances are too ill-conditioned "
+                f"(too few images for {d}-d features?)"
+            )
         covmean = covmean.real
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
 
@@ -58,14 +63,14 @@ def frechet_distance_from_features(feats1, mu2, sigma2) -> float:
     an n x n symmetric eigenproblem instead of a D x D ``sqrtm`` (D = 2048 costs ~20-100 s on a CPU),
     without the ill-conditioning of a rank-deficient D x D product. Meant for n <= D.
     """
-    x = _check_features("feats1", feats1).astype(np.float64)                 # (n, D)
+    x = _check_features("feats1", feats1).astype(np.float64)  # (n, D)
     mu2, s2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
     n, d = x.shape
     if mu2.shape != (d,) or s2.shape != (d, d):
         raise InputFormatError(f"statistics do not match: features (n, {d}), mu2 {mu2.shape}, sigma2 {s2.shape}")
     mu1 = x.mean(axis=0)
     c = x - mu1
-    m = c @ s2 @ c.T / (n - 1)                                                 # (n, n) symmetric PSD
+    m = c @ s2 @ c.T / (n - 1)  # (n, n) symmetric PSD
     # M is symmetric PSD (and singular: C is centred), so its square root's trace is the sum of the
     # square roots of its eigenvalues; eigvalsh is exact here where a general sqrtm loses ~1e-7.
     lam = np.linalg.eigvalsh((m + m.T) / 2)
@@ -97,8 +102,9 @@ def kid_subset_size(n1: int, n2: int, max_subset_size: int = 1000) -> int:
     return int(min(n1, n2, max_subset_size))
 
 
-def kernel_inception_distance(feats1, feats2, num_subsets: int = 100, max_subset_size: int = 1000,
-                              seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    feats1, feats2, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID (mean, std over subsets) between two feature sets (N1, D), (N2, D); float64.
 
     Subsets have :func:`kid_subset_size` images (fewer than ``max_subset_size`` when a set is smaller).
@@ -133,10 +139,10 @@ def knn_radii(feats: np.ndarray, k: int = 3, block: int = 4096) -> np.ndarray:
     if len(feats) <= k:
         raise InputFormatError(f"precision/recall with k={k} needs more than {k} points, got {len(feats)}")
     radii = np.empty(len(feats), dtype=np.float64)
-    rows = int(np.clip((1 << 25) // len(feats), 1, block))                   # (rows, N) blocks of <= 32M entries
+    rows = int(np.clip((1 << 25) // len(feats), 1, block))  # (rows, N) blocks of <= 32M entries
     for i in range(0, len(feats), rows):
-        dist = _sq_distances(feats[i:i + rows], feats)                       # (rows, N), self ~ 0
-        radii[i:i + rows] = np.partition(dist, k, axis=1)[:, k]              # k-th excluding self
+        dist = _sq_distances(feats[i : i + rows], feats)  # (rows, N), self ~ 0
+        radii[i : i + rows] = np.partition(dist, k, axis=1)[:, k]  # k-th excluding self
     return radii
 
 
@@ -144,8 +150,8 @@ def _inside_any_ball(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
     inside = np.zeros(len(points), dtype=bool)
     for i in range(0, len(points), block):
         for j in range(0, len(centres), block):
-            dist = _sq_distances(points[i:i + block], centres[j:j + block])
-            inside[i:i + block] |= (dist <= radii[None, j:j + block]).any(axis=1)
+            dist = _sq_distances(points[i : i + block], centres[j : j + block])
+            inside[i : i + block] |= (dist <= radii[None, j : j + block]).any(axis=1)
     return inside
 
 

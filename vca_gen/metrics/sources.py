@@ -4,12 +4,13 @@ in-memory arrays / iterables of batches, and the Animal-MNIST data set.
 Nothing here converts a whole set to float: an ``.npz`` is read from its zip member a batch at a
 time (compressed or not), folders are decoded by DataLoader workers.
 """
+
 from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,13 +30,17 @@ def as_uint8_images(images, where: str = "images"):
         images = images.detach().cpu().numpy()
     arr = np.asarray(images)
     if arr.dtype != np.uint8:
-        raise InputFormatError(f"{where}: dtype {arr.dtype}, expected uint8 images in [0, 255] "
-                               f"(convert float images with ((x + 1) * 127.5).round().clip(0, 255))")
+        raise InputFormatError(
+            f"{where}: dtype {arr.dtype}, expected uint8 images in [0, 255] "
+            f"(convert float images with ((x + 1) * 127.5).round().clip(0, 255))"
+        )
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3) or min(arr.shape[1:3], default=0) < 1:
-        raise InputFormatError(f"{where}: shape {arr.shape}, expected (N, H, W, 3) uint8 (NHWC; "
-                               f"grayscale (N, H, W) or (N, H, W, 1) is replicated to 3 channels)")
+        raise InputFormatError(
+            f"{where}: shape {arr.shape}, expected (N, H, W, 3) uint8 (NHWC; "
+            f"grayscale (N, H, W) or (N, H, W, 1) is replicated to 3 channels)"
+        )
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
     return arr
@@ -67,7 +72,7 @@ class ArraySource(ImageSource):
 
     def batches(self, batch_size: int, num_workers: int = 0) -> Iterator[np.ndarray]:
         for i in range(0, len(self.images), batch_size):
-            yield self.images[i:i + batch_size]
+            yield self.images[i : i + batch_size]
 
 
 class IterableSource(ImageSource):
@@ -102,8 +107,10 @@ class NpzSource(ImageSource):
             with zipfile.ZipFile(self.path) as zf:
                 names = [n[:-4] if n.endswith(".npy") else n for n in zf.namelist()]
                 if key not in names:
-                    raise InputFormatError(f"{path}: no `{key}` array (found keys {names}); an ADM sample "
-                                           f"batch must hold `{key}` = uint8 (N, H, W, 3)")
+                    raise InputFormatError(
+                        f"{path}: no `{key}` array (found keys {names}); an ADM sample "
+                        f"batch must hold `{key}` = uint8 (N, H, W, 3)"
+                    )
                 with zf.open(key + ".npy") as f:
                     shape, fortran, dtype = _read_npy_header(f, f"{path}:{key}")
         except zipfile.BadZipFile as e:
@@ -111,8 +118,9 @@ class NpzSource(ImageSource):
         if dtype != np.uint8:
             raise InputFormatError(f"{path}: `{key}` has dtype {dtype}, expected uint8 images in [0, 255]")
         if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))) or 0 in shape[1:]:
-            raise InputFormatError(f"{path}: `{key}` has shape {shape}, expected (N, H, W, 3) "
-                                   f"(or grayscale (N, H, W) / (N, H, W, 1))")
+            raise InputFormatError(
+                f"{path}: `{key}` has shape {shape}, expected (N, H, W, 3) (or grayscale (N, H, W) / (N, H, W, 1))"
+            )
         if fortran:
             raise InputFormatError(f"{path}: `{key}` is stored in Fortran order; save a C-contiguous array")
         self.shape = shape
@@ -130,8 +138,9 @@ class NpzSource(ImageSource):
                 buf = f.read(n * per_image)
                 if len(buf) != n * per_image:
                     raise InputFormatError(f"{self.path}: `{self.key}` is truncated at image {start}")
-                yield as_uint8_images(np.frombuffer(buf, np.uint8).reshape((n,) + tuple(self.shape[1:])),
-                                      self.description)
+                yield as_uint8_images(
+                    np.frombuffer(buf, np.uint8).reshape((n,) + tuple(self.shape[1:])), self.description
+                )
 
 
 def _read_npy_header(f, where: str):
@@ -147,12 +156,15 @@ def _read_npy_header(f, where: str):
 def _read_rgb(path) -> np.ndarray:
     """(H, W, 3) uint8 of one image file; :class:`UnreadableImageError` when PIL cannot open or decode it."""
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except OSError as e:  # PIL: UnidentifiedImageError, truncated data; or no permission to read the file
-        raise UnreadableImageError(f"{path}: cannot read this image ({e}); fix, convert or remove the file "
-                                   f"(accepted: files PIL can decode, extensions {', '.join(IMAGE_EXTENSIONS)})") from e
+        raise UnreadableImageError(
+            f"{path}: cannot read this image ({e}); fix, convert or remove the file "
+            f"(accepted: files PIL can decode, extensions {', '.join(IMAGE_EXTENSIONS)})"
+        ) from e
 
 
 class _Unreadable(str):
@@ -189,8 +201,9 @@ class FolderSource(ImageSource):
         return len(self.files)
 
     def batches(self, batch_size: int, num_workers: int = 0) -> Iterator[np.ndarray]:
-        loader = torch.utils.data.DataLoader(_FolderDataset(self.files), batch_size=batch_size,
-                                             num_workers=num_workers, collate_fn=_collate)
+        loader = torch.utils.data.DataLoader(
+            _FolderDataset(self.files), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+        )
         for batch in loader:
             if isinstance(batch, _Unreadable):
                 raise UnreadableImageError(str(batch))
@@ -212,6 +225,7 @@ class AnimalMNISTSource(ArraySource):
 
     def __init__(self, split: str = "all", image_size: int = 32, root=None):
         from vca_gen.data.animal_mnist import load_arrays, split_indices
+
         try:
             images, labels = load_arrays(root)
         except FileNotFoundError as e:  # its message names the missing file and how to fetch it
@@ -232,7 +246,7 @@ def open_source(spec, max_images: int | None = None, **dataset_options) -> Image
         src = ArraySource(spec)
     elif isinstance(spec, (str, os.PathLike)):
         s = str(spec)
-        name = s[len("dataset:"):] if s.startswith("dataset:") else s
+        name = s[len("dataset:") :] if s.startswith("dataset:") else s
         if s.startswith("dataset:") or (name in DATASETS and not Path(s).exists()):
             src = _dataset_source(name, dataset_options)
         elif Path(s).is_dir():
@@ -240,13 +254,17 @@ def open_source(spec, max_images: int | None = None, **dataset_options) -> Image
         elif Path(s).is_file():
             src = NpzSource(s)
         else:
-            raise InputFormatError(f"{s}: no such file or folder (expected an .npz with `arr_0`, an image "
-                                   f"folder, or dataset:{'|'.join(DATASETS)})")
+            raise InputFormatError(
+                f"{s}: no such file or folder (expected an .npz with `arr_0`, an image "
+                f"folder, or dataset:{'|'.join(DATASETS)})"
+            )
     elif isinstance(spec, Iterable):
         src = IterableSource(spec)
     else:
-        raise InputFormatError(f"cannot read images from {type(spec).__name__}; pass an .npz path, a folder, "
-                               f"a uint8 array or an iterable of uint8 batches")
+        raise InputFormatError(
+            f"cannot read images from {type(spec).__name__}; pass an .npz path, a folder, "
+            f"a uint8 array or an iterable of uint8 batches"
+        )
     return src if max_images is None else LimitedSource(src, max_images)
 
 
@@ -292,7 +310,7 @@ class LimitedSource(ImageSource):
             left -= len(b)
 
 
-def balanced_animal_mnist(split: str, n: int) -> "ArraySource":
+def balanced_animal_mnist(split: str, n: int) -> ArraySource:
     """The first ``n / 10`` images of each class of Animal-MNIST ``split`` (32 px), as a source: the
     class-balanced real set the demo and the toy sweeps use for reference statistics and floors."""
     from vca_gen.data.animal_mnist import CLASSES, load_arrays, split_indices
@@ -305,4 +323,3 @@ def balanced_animal_mnist(split: str, n: int) -> "ArraySource":
     pos = np.sort(np.concatenate([np.flatnonzero(y == c)[:k] for c in range(len(CLASSES))]))
     src = AnimalMNISTSource(split=split, image_size=32)
     return ArraySource(src.images[pos], f"animal_mnist(split={split}, {k}/class, 32px)")
-

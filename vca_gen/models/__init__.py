@@ -3,6 +3,7 @@
 >>> from vca_gen.models import create_model
 >>> model = create_model("DiT-S/2", attention="vca", input_size=32)
 """
+
 from vca_gen.models.attention import ATTENTION_KINDS, attention_options, build_attention
 from vca_gen.models.dit import DiT, DiTBlock, FinalLayer
 from vca_gen.models.official import (

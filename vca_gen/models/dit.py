@@ -5,17 +5,18 @@ Faithful to facebookresearch/DiT ``models.py``: adaLN-Zero blocks, patch-embeddi
 embedding (non-trainable parameter ``pos_embed``), final adaLN layer, ``learn_sigma`` and the
 same initialisation and parameter names. Generalised to non-square inputs and any channel count.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union, cast
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from vca_gen.utils.guidance import cfg_forward
 from vca_gen.models.attention import build_attention
 from vca_gen.models.embeddings import LabelEmbedder, PatchEmbed, TimestepEmbedder, get_2d_sincos_pos_embed
+from vca_gen.utils.guidance import cfg_forward
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -68,7 +69,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-def _hw(input_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+def _hw(input_size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(input_size, int):
         return input_size, input_size
     if isinstance(input_size, (tuple, list)) and len(input_size) == 2 and all(isinstance(s, int) for s in input_size):
@@ -85,7 +86,7 @@ class DiT(nn.Module):
 
     def __init__(
         self,
-        input_size: Union[int, Tuple[int, int]] = 32,
+        input_size: int | tuple[int, int] = 32,
         patch_size: int = 2,
         in_channels: int = 4,
         hidden_size: int = 1152,
@@ -97,14 +98,16 @@ class DiT(nn.Module):
         learn_sigma: bool = True,
         attention: str = "mhsa",
         grad_checkpointing: bool = False,
-        name: Optional[str] = None,
+        name: str | None = None,
         **attention_options: Any,
     ):
         super().__init__()
         H, W = _hw(input_size)
         if patch_size < 1 or H < 1 or W < 1 or H % patch_size or W % patch_size:
-            raise ValueError(f"input size {H}x{W} must be positive and divisible by the patch size {patch_size} "
-                             f"(e.g. {patch_size * 16} for a 16x16 token grid)")
+            raise ValueError(
+                f"input size {H}x{W} must be positive and divisible by the patch size {patch_size} "
+                f"(e.g. {patch_size * 16} for a 16x16 token grid)"
+            )
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if depth < 1:
@@ -132,16 +135,23 @@ class DiT(nn.Module):
         num_patches = self.grid_size[0] * self.grid_size[1]
         # Fixed sin-cos embedding, stored like DiT's (a parameter without gradient, in the state dict).
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList([
-            DiTBlock(hidden_size, num_heads, mlp_ratio,
-                     build_attention(attention, hidden_size, num_heads, self.grid_size, i, **attention_options))
-            for i in range(depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                DiTBlock(
+                    hidden_size,
+                    num_heads,
+                    mlp_ratio,
+                    build_attention(attention, hidden_size, num_heads, self.grid_size, i, **attention_options),
+                )
+                for i in range(depth)
+            ]
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """DiT's scheme: Xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output layers."""
+
         def _basic_init(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
                 torch.nn.init.xavier_uniform_(module.weight)
@@ -175,19 +185,23 @@ class DiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, gh * p, gw * p)
 
-    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != self.input_hw:
-            raise ValueError(f"{self.name} expects x of shape (B, {self.in_channels}, {self.input_hw[0]}, "
-                             f"{self.input_hw[1]}) (in_channels={self.in_channels}, input_size={self.input_size}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"{self.name} expects x of shape (B, {self.in_channels}, {self.input_hw[0]}, "
+                f"{self.input_hw[1]}) (in_channels={self.in_channels}, input_size={self.input_size}), "
+                f"got {tuple(x.shape)}"
+            )
         B = x.shape[0]
         if t.ndim == 0:
             t = t.expand(B)
         if t.shape != (B,):
             raise ValueError(f"t must have shape ({B},) (one time per sample) or be a scalar, got {tuple(t.shape)}")
         if y.shape != (B,) or y.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"y must be an integer tensor of shape ({B},) with class indices in "
-                             f"0..{self.num_classes} (null = {self.num_classes}), got {y.dtype} {tuple(y.shape)}")
+            raise ValueError(
+                f"y must be an integer tensor of shape ({B},) with class indices in "
+                f"0..{self.num_classes} (null = {self.num_classes}), got {y.dtype} {tuple(y.shape)}"
+            )
         return t, y.long()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -202,14 +216,24 @@ class DiT(nn.Module):
         return self.unpatchify(x)
 
     def forward_with_cfg(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, guide_channels: Optional[int] = None
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, guide_channels: int | None = None
     ) -> torch.Tensor:
         """Classifier-free guided output (see :func:`vca_gen.utils.guidance.cfg_forward`).
 
         ``guide_channels=None`` guides every prediction channel; ``3`` reproduces DiT.
         """
         if cfg_scale != 1.0 and not self.y_embedder.has_null_class:
-            raise ValueError("classifier-free guidance needs the null class: this model was built with "
-                             "class_dropout_prob=0 (no null row); use cfg_scale=1.0")
-        return cfg_forward(self, x, t, y, cfg_scale, null_label=self.num_classes,
-                           pred_channels=self.in_channels, guide_channels=guide_channels)
+            raise ValueError(
+                "classifier-free guidance needs the null class: this model was built with "
+                "class_dropout_prob=0 (no null row); use cfg_scale=1.0"
+            )
+        return cfg_forward(
+            self,
+            x,
+            t,
+            y,
+            cfg_scale,
+            null_label=self.num_classes,
+            pred_channels=self.in_channels,
+            guide_channels=guide_channels,
+        )

@@ -3,10 +3,11 @@
 Module and parameter names follow facebookresearch/DiT's ``models.py`` (and timm's
 ``PatchEmbed``) so that official state dicts load unchanged.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, cast
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -78,14 +79,14 @@ class LabelEmbedder(nn.Module):
     def has_null_class(self) -> bool:
         return self.embedding_table.num_embeddings > self.num_classes
 
-    def token_drop(self, labels: torch.Tensor, force_drop_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def token_drop(self, labels: torch.Tensor, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
         if force_drop_ids is None:
             drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
         else:
             drop_ids = force_drop_ids == 1
         return torch.where(drop_ids, torch.full_like(labels, self.num_classes), labels)
 
-    def forward(self, labels: torch.Tensor, train: bool, force_drop_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor, train: bool, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
         if (train and self.dropout_prob > 0) or force_drop_ids is not None:
             if not self.has_null_class:
                 raise ValueError("label dropout needs a null class row: build the model with class_dropout_prob > 0")
@@ -103,7 +104,7 @@ def sincos_1d(embed_dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-def get_2d_sincos_pos_embed(embed_dim: int, grid_size: Tuple[int, int]) -> torch.Tensor:
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: tuple[int, int]) -> torch.Tensor:
     """Fixed 2-D sin-cos position embedding (H*W, embed_dim) for a row-major (H, W) token grid.
 
     As in DiT/MAE, the first half encodes the column index and the second half the row index.

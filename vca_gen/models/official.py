@@ -22,6 +22,7 @@ them with ``strict=True``.
 
 Every user-fixable problem raises :class:`OfficialCheckpointError`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,10 @@ import os
 import pickle
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -44,7 +46,7 @@ _ENTRIES = ("ema", "model")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 _ATTN_RE = re.compile(r"^blocks\.\d+\.attn\.")
 PathLike = str | os.PathLike
-Shape = Tuple[int, ...]
+Shape = tuple[int, ...]
 
 
 class OfficialCheckpointError(UserError, ValueError):
@@ -65,10 +67,10 @@ class CheckpointInfo(Mapping):
 
     path: str
     entry: str
-    available: Tuple[str, ...] = ()
-    args: Optional[Dict[str, Any]] = None
-    prefix: Tuple[str, ...] = ()
-    other_keys: Tuple[str, ...] = ()
+    available: tuple[str, ...] = ()
+    args: dict[str, Any] | None = None
+    prefix: tuple[str, ...] = ()
+    other_keys: tuple[str, ...] = ()
     num_tensors: int = 0
     num_params: int = 0
 
@@ -79,10 +81,17 @@ class CheckpointInfo(Mapping):
             return f"{self.path} has no 'ema' entry; using its raw 'model' weights (FIDs are usually reported with EMA)"
         return ""
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {"path": self.path, "entry": self.entry, "available": list(self.available), "args": self.args,
-                "prefix": list(self.prefix), "other_keys": list(self.other_keys), "num_tensors": self.num_tensors,
-                "num_params": self.num_params}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "entry": self.entry,
+            "available": list(self.available),
+            "args": self.args,
+            "prefix": list(self.prefix),
+            "other_keys": list(self.other_keys),
+            "num_tensors": self.num_tensors,
+            "num_params": self.num_params,
+        }
 
     def __getitem__(self, key: str) -> Any:
         return self.to_dict()[key]
@@ -95,10 +104,10 @@ class CheckpointInfo(Mapping):
 
 
 # ----------------------------------------------------------------------------- reading
-def _strip_prefixes(state: Mapping[str, Any]) -> Tuple[Dict[str, Any], Tuple[str, ...]]:
+def _strip_prefixes(state: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Remove DDP / compile wrapper prefixes (repeatedly, e.g. ``module._orig_mod.``)."""
-    out: Dict[str, Any] = {}
-    seen: List[str] = []
+    out: dict[str, Any] = {}
+    seen: list[str] = []
     for key, value in state.items():
         k = str(key)
         stripped = True
@@ -106,7 +115,7 @@ def _strip_prefixes(state: Mapping[str, Any]) -> Tuple[Dict[str, Any], Tuple[str
             stripped = False
             for prefix in _PREFIXES:
                 if k.startswith(prefix):
-                    k = k[len(prefix):]
+                    k = k[len(prefix) :]
                     stripped = True
                     if prefix not in seen:
                         seen.append(prefix)
@@ -123,25 +132,28 @@ def _check_tensors(state: Mapping[str, Any], where: str) -> None:
         raise OfficialCheckpointError(
             f"{where} holds non-tensor values where tensors are expected: {shown}"
             f"{' ...' if len(bad) > 5 else ''} ({len(bad)} of {len(state)} entries); "
-            "a state dict maps parameter names to tensors")
+            "a state dict maps parameter names to tensors"
+        )
 
 
-def _select(obj: Any, prefer: str, where: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def _select(obj: Any, prefer: str, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict inside ``obj`` and what was found (entry, available, args, prefix, other keys)."""
     if prefer not in _ENTRIES:
         raise OfficialCheckpointError(f"prefer={prefer!r} is not valid; accepted: {', '.join(_ENTRIES)}")
     if not isinstance(obj, Mapping):
         raise OfficialCheckpointError(
             f"{where} is not a state dict: it holds a {type(obj).__name__}; expected a dict of tensors "
-            "(e.g. DiT-XL-2-256x256.pt) or a training checkpoint {'model': ..., 'ema': ..., 'opt': ..., 'args': ...}")
+            "(e.g. DiT-XL-2-256x256.pt) or a training checkpoint {'model': ..., 'ema': ..., 'opt': ..., 'args': ...}"
+        )
     available = tuple(k for k in _ENTRIES if k in obj)
-    meta: Dict[str, Any] = {"available": available, "args": None, "other_keys": ()}
+    meta: dict[str, Any] = {"available": available, "args": None, "other_keys": ()}
     if available:
         entry = prefer if prefer in available else available[0]
         state = obj[entry]
         if not isinstance(state, Mapping):
             raise OfficialCheckpointError(
-                f"{where}: entry {entry!r} is a {type(state).__name__}, not a state dict of tensors")
+                f"{where}: entry {entry!r} is a {type(state).__name__}, not a state dict of tensors"
+            )
         where = f"{where} (entry {entry!r})"
         args = obj.get("args")
         if isinstance(args, argparse.Namespace):
@@ -154,7 +166,8 @@ def _select(obj: Any, prefer: str, where: str) -> Tuple[Dict[str, torch.Tensor],
             keys = sorted(map(str, state))
             raise OfficialCheckpointError(
                 f"{where} is not a state dict: no tensors among its top-level entries {keys[:8]}"
-                f"{' ...' if len(keys) > 8 else ''}; expected parameter names -> tensors or 'model' / 'ema' entries")
+                f"{' ...' if len(keys) > 8 else ''}; expected parameter names -> tensors or 'model' / 'ema' entries"
+            )
     if not state:
         raise OfficialCheckpointError(f"{where} is an empty state dict")
     _check_tensors(state, where)
@@ -169,7 +182,7 @@ def _safe_globals() -> list:
 
 def _torch_load(path: Path) -> Any:
     """``torch.load`` restricted to tensors, containers and ``argparse.Namespace``."""
-    kwargs: Dict[str, Any] = dict(map_location="cpu", weights_only=True)
+    kwargs: dict[str, Any] = dict(map_location="cpu", weights_only=True)
     if hasattr(torch.serialization, "safe_globals"):
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, **kwargs)
@@ -195,16 +208,18 @@ def _load_file(path: Path) -> Any:
             raise OfficialCheckpointError(
                 f"{path} contains a pickled Python object ({found.group(1)}) that is not tensors, containers or "
                 "argparse.Namespace; it is not loaded, since unpickling it could run arbitrary code. Re-save "
-                "only the state dict (torch.save(model.state_dict(), ...)) from a trusted environment") from None
+                "only the state dict (torch.save(model.state_dict(), ...)) from a trusted environment"
+            ) from None
         raise OfficialCheckpointError(
-            f"cannot read {path}: the file is truncated or corrupt, or not written by torch.save "
-            f"({_first_line(msg)})") from None
+            f"cannot read {path}: the file is truncated or corrupt, or not written by torch.save ({_first_line(msg)})"
+        ) from None
     except MemoryError:
         raise
     except Exception as e:  # the zip reader, legacy unpickler and seeks fail in many ways on a damaged file
         raise OfficialCheckpointError(
             f"cannot read {path}: the file is truncated or corrupt, or not written by torch.save "
-            f"({type(e).__name__}: {_first_line(str(e))})") from None
+            f"({type(e).__name__}: {_first_line(str(e))})"
+        ) from None
 
 
 def _resolves(dotted: str) -> bool:
@@ -243,7 +258,7 @@ def _first_line(msg: str) -> str:
     return "no details"
 
 
-def read_checkpoint_file(path: PathLike, prefer: str = "ema") -> Tuple[Dict[str, torch.Tensor], CheckpointInfo]:
+def read_checkpoint_file(path: PathLike, prefer: str = "ema") -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
     """Read a DiT / SiT checkpoint file → ``(state_dict, info)`` (CPU tensors, wrapper prefixes removed).
 
     ``prefer``: which entry of a training checkpoint to use, ``"ema"`` (default, the weights to
@@ -258,7 +273,8 @@ def read_checkpoint_file(path: PathLike, prefer: str = "ema") -> Tuple[Dict[str,
     if p.is_dir():
         raise OfficialCheckpointError(
             f"{p} is a directory; expected a checkpoint file such as DiT-XL-2-256x256.pt "
-            "(vca-gen's own checkpoint and export directories are read by vca_gen.experiment.checkpoint)")
+            "(vca-gen's own checkpoint and export directories are read by vca_gen.experiment.checkpoint)"
+        )
     if not p.is_file():
         raise OfficialCheckpointError(f"checkpoint file {p} does not exist")
     if p.stat().st_size == 0:
@@ -266,21 +282,26 @@ def read_checkpoint_file(path: PathLike, prefer: str = "ema") -> Tuple[Dict[str,
     obj = _load_file(p)
     state, meta = _select(obj, prefer, str(p))
     info = CheckpointInfo(
-        path=str(p), entry=meta["entry"], available=meta["available"], args=meta["args"], prefix=meta["prefix"],
-        other_keys=meta["other_keys"], num_tensors=len(state),
+        path=str(p),
+        entry=meta["entry"],
+        available=meta["available"],
+        args=meta["args"],
+        prefix=meta["prefix"],
+        other_keys=meta["other_keys"],
+        num_tensors=len(state),
         num_params=sum(v.numel() for v in state.values()),
     )
     return state, info
 
 
-def official_state_dict(obj: Any, use_ema: bool = True) -> Dict[str, torch.Tensor]:
+def official_state_dict(obj: Any, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """The model state dict inside an already loaded ``obj``: plain, or ``{"model": ..., "ema": ...}``."""
     state, _ = _select(obj, "ema" if use_ema else "model", "checkpoint")
     return state
 
 
 # ----------------------------------------------------------------------------- inference
-def _shape(state: Mapping[str, torch.Tensor], key: str) -> Optional[Shape]:
+def _shape(state: Mapping[str, torch.Tensor], key: str) -> Shape | None:
     v = state.get(key)
     return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
@@ -295,19 +316,21 @@ def infer_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int:
     s = _shape(state, "y_embedder.embedding_table.weight")
     if s is None or len(s) != 2:
         raise OfficialCheckpointError(
-            "state dict has no 'y_embedder.embedding_table.weight' (not a class-conditional DiT/SiT)")
+            "state dict has no 'y_embedder.embedding_table.weight' (not a class-conditional DiT/SiT)"
+        )
     return s[0] - 1
 
 
-def _patch_and_in(state: Mapping[str, torch.Tensor]) -> Tuple[Optional[int], Optional[int]]:
+def _patch_and_in(state: Mapping[str, torch.Tensor]) -> tuple[int | None, int | None]:
     s = _shape(state, "x_embedder.proj.weight")
     if s is None or len(s) != 4:
         return None, None
     return s[2], s[1]
 
 
-def infer_learn_sigma(state_dict: Mapping[str, torch.Tensor], patch: Optional[int] = None,
-                      in_channels: Optional[int] = None) -> Optional[bool]:
+def infer_learn_sigma(
+    state_dict: Mapping[str, torch.Tensor], patch: int | None = None, in_channels: int | None = None
+) -> bool | None:
     """Whether the file predicts a variance too: ``final_layer.linear.weight`` rows = p·p·out_channels.
 
     out_channels = 2·in_channels means ``learn_sigma=True`` (DiT's default; e.g. 8 for 4 latent
@@ -331,7 +354,7 @@ def infer_learn_sigma(state_dict: Mapping[str, torch.Tensor], patch: Optional[in
     return None
 
 
-def _size_name(depth: Optional[int], hidden: Optional[int]) -> Optional[str]:
+def _size_name(depth: int | None, hidden: int | None) -> str | None:
     from vca_gen.models.registry import SIZES
 
     for name, (d, h, _) in SIZES.items():
@@ -340,14 +363,14 @@ def _size_name(depth: Optional[int], hidden: Optional[int]) -> Optional[str]:
     return None
 
 
-def _hidden_name(hidden: Optional[int]) -> Optional[str]:
+def _hidden_name(hidden: int | None) -> str | None:
     from vca_gen.models.registry import SIZES
 
     names = [n for n, (_, h, _) in SIZES.items() if h == hidden]
     return names[0] if names else None
 
 
-def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """What a DiT/SiT state dict says about its model (``None`` where it cannot tell).
 
     Keys: ``hidden_size``, ``depth``, ``patch_size``, ``in_channels``, ``out_channels``,
@@ -370,13 +393,24 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]
     learn_sigma = (out == 2 * cin) if out and cin else None
     table = _shape(state, "y_embedder.embedding_table.weight")
     fc1 = _shape(state, "blocks.0.mlp.fc1.weight")
-    attn = sorted({_pattern(k) for k in state if _ATTN_RE.match(k)} -
-                  {f"blocks.*.attn.{n}.{w}" for n in ("qkv", "proj") for w in ("weight", "bias")})
+    attn = sorted(
+        {_pattern(k) for k in state if _ATTN_RE.match(k)}
+        - {f"blocks.*.attn.{n}.{w}" for n in ("qkv", "proj") for w in ("weight", "bias")}
+    )
     size = _size_name(depth, hidden)
     return {
-        "hidden_size": hidden, "depth": depth, "patch_size": patch, "in_channels": cin, "out_channels": out,
-        "learn_sigma": learn_sigma, "num_classes": table[0] - 1 if table else None, "num_tokens": tokens,
-        "input_size": input_size, "mlp_hidden": fc1[0] if fc1 else None, "size": size, "attention_keys": attn,
+        "hidden_size": hidden,
+        "depth": depth,
+        "patch_size": patch,
+        "in_channels": cin,
+        "out_channels": out,
+        "learn_sigma": learn_sigma,
+        "num_classes": table[0] - 1 if table else None,
+        "num_tokens": tokens,
+        "input_size": input_size,
+        "mlp_hidden": fc1[0] if fc1 else None,
+        "size": size,
+        "attention_keys": attn,
         "name": f"DiT-{size}/{patch}" if size and patch else None,
     }
 
@@ -388,7 +422,7 @@ def _pattern(key: str) -> str:
 
 
 def _groups(keys: Sequence[str], limit: int = 6) -> str:
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for k in keys:
         p = _pattern(k)
         counts[p] = counts.get(p, 0) + 1
@@ -396,7 +430,7 @@ def _groups(keys: Sequence[str], limit: int = 6) -> str:
     return ", ".join(items[:limit]) + (f", … ({len(items) - limit} more groups)" if len(items) > limit else "")
 
 
-def _px(latent: int, in_channels: Optional[int]) -> str:
+def _px(latent: int, in_channels: int | None) -> str:
     """``32`` → ``"256 px"`` for 4-channel latents of an 8× VAE, else pixel size."""
     if in_channels == 4:
         return f"{latent * 8} px"
@@ -409,36 +443,42 @@ class _Spec:
 
     name: str
     family: str
-    size: Optional[str]
-    shapes: Dict[str, Shape]
+    size: str | None
+    shapes: dict[str, Shape]
     hidden: int
     depth: int
     patch: int
     in_channels: int
     out_channels: int
-    input_hw: Tuple[int, int]
+    input_hw: tuple[int, int]
     num_classes: int
     attention: str
 
     @classmethod
-    def of(cls, model: nn.Module) -> "_Spec":
+    def of(cls, model: nn.Module) -> _Spec:
         name = str(getattr(model, "name", type(model).__name__))
         m = re.match(r"^(DiT|SiT)-(\w+)/\d+$", name)
         net: Any = model  # a DiT: the shape fields are plain attributes
         return cls(
-            name=name, family=m.group(1) if m else "DiT", size=m.group(2) if m else None,
+            name=name,
+            family=m.group(1) if m else "DiT",
+            size=m.group(2) if m else None,
             shapes={k: tuple(v.shape) for k, v in model.state_dict().items()},
-            hidden=int(net.hidden_size), depth=int(net.depth), patch=int(net.patch_size),
-            in_channels=int(net.in_channels), out_channels=int(net.out_channels),
-            input_hw=tuple(net.input_hw), num_classes=int(net.num_classes),
+            hidden=int(net.hidden_size),
+            depth=int(net.depth),
+            patch=int(net.patch_size),
+            in_channels=int(net.in_channels),
+            out_channels=int(net.out_channels),
+            input_hw=tuple(net.input_hw),
+            num_classes=int(net.num_classes),
             attention=str(getattr(model, "attention", "mhsa")),
         )
 
 
-def _causes(state: Mapping[str, torch.Tensor], spec: _Spec) -> Tuple[List[str], Dict[str, Any]]:
+def _causes(state: Mapping[str, torch.Tensor], spec: _Spec) -> tuple[list[str], dict[str, Any]]:
     """One sentence per cause that makes ``state`` not fit ``spec`` (empty when it fits exactly)."""
     f = infer_architecture(state)
-    causes: List[str] = []
+    causes: list[str] = []
     explained: set = set()
     fs = {k: tuple(v.shape) for k, v in state.items()}
     ms = spec.shapes
@@ -452,29 +492,37 @@ def _causes(state: Mapping[str, torch.Tensor], spec: _Spec) -> Tuple[List[str], 
         what = f"an {fname} model" if fname in ("XL", "L") else (f"a {fname} model" if fname else "a model")
         causes.append(
             f"hidden size: {both('x_embedder.proj.weight')}: the file is {what} (hidden size {f['hidden_size']}), "
-            f"not {mname or 'this size'} (hidden size {spec.hidden})")
+            f"not {mname or 'this size'} (hidden size {spec.hidden})"
+        )
         explained.update(k for k in fs if k in ms and fs[k] != ms[k])
     # depth
     if f["depth"] is not None and f["depth"] != spec.depth:
         last = f"blocks.{max(f['depth'], spec.depth) - 1}"
-        where = ("is in the file but not in the model" if f["depth"] > spec.depth
-                 else "is in the model but not in the file")
+        where = (
+            "is in the file but not in the model" if f["depth"] > spec.depth else "is in the model but not in the file"
+        )
         causes.append(
             f"depth: '{last}.*' {where}: the file has {f['depth']} blocks, the model {spec.depth}"
-            + (f" ({_size_name(f['depth'], f['hidden_size'])} has {f['depth']})"
-               if _size_name(f["depth"], f["hidden_size"]) else ""))
+            + (
+                f" ({_size_name(f['depth'], f['hidden_size'])} has {f['depth']})"
+                if _size_name(f["depth"], f["hidden_size"])
+                else ""
+            )
+        )
     # patch size (kernel of the patch-embedding conv)
     x_key = "x_embedder.proj.weight"
     if f["patch_size"] is not None and f["patch_size"] != spec.patch:
         causes.append(
             f"patch size: {both(x_key)}: its kernel is {f['patch_size']}x{f['patch_size']}, so the file is a "
-            f"/{f['patch_size']} model, not /{spec.patch}")
+            f"/{f['patch_size']} model, not /{spec.patch}"
+        )
         explained.update({x_key, "pos_embed", "final_layer.linear.weight", "final_layer.linear.bias"})
     # input channels
     if f["in_channels"] is not None and f["in_channels"] != spec.in_channels:
         causes.append(
             f"input channels: {both(x_key)}: the file takes {f['in_channels']} input channels, the model "
-            f"{spec.in_channels} (4 = SD-VAE latents, 3 = RGB pixels)")
+            f"{spec.in_channels} (4 = SD-VAE latents, 3 = RGB pixels)"
+        )
         explained.update({x_key, "final_layer.linear.weight", "final_layer.linear.bias"})
     # image size (token count of the fixed position embedding)
     H, W = spec.input_hw
@@ -490,14 +538,20 @@ def _causes(state: Mapping[str, torch.Tensor], spec: _Spec) -> Tuple[List[str], 
                 f"image size: 'pos_embed' has {f['num_tokens']} tokens in the file "
                 f"({side}x{side} patches of {f['patch_size']}: input_size "
                 f"{f['input_size']}, a {_px(f['input_size'], cin)} model) but {ms.get('pos_embed', (0, 0))[1]} in the "
-                f"model (input_size {model_side}, {_px(H, spec.in_channels) if H == W else f'{H}x{W} latents'})")
+                f"model (input_size {model_side}, {_px(H, spec.in_channels) if H == W else f'{H}x{W} latents'})"
+            )
         elif f["input_size"] is None:
-            causes.append(f"image size: 'pos_embed' has {f['num_tokens']} tokens in the file (not a square grid), "
-                          f"{ms.get('pos_embed', (0, 0))[1]} in the model")
+            causes.append(
+                f"image size: 'pos_embed' has {f['num_tokens']} tokens in the file (not a square grid), "
+                f"{ms.get('pos_embed', (0, 0))[1]} in the model"
+            )
     # learn_sigma (output channels of the final linear)
     fl = "final_layer.linear.weight"
-    if (f["out_channels"] is not None and f["in_channels"] == spec.in_channels
-            and f["out_channels"] != spec.out_channels):
+    if (
+        f["out_channels"] is not None
+        and f["in_channels"] == spec.in_channels
+        and f["out_channels"] != spec.out_channels
+    ):
         p = f["patch_size"]
         file_ls = f["out_channels"] == 2 * f["in_channels"]
         model_ls = spec.out_channels == 2 * spec.in_channels
@@ -506,10 +560,13 @@ def _causes(state: Mapping[str, torch.Tensor], spec: _Spec) -> Tuple[List[str], 
                 f"learn_sigma: '{fl}' has {fs[fl][0]} rows in the file = {p}*{p}*{f['out_channels']} output channels "
                 f"({f['out_channels']} channels for {f['in_channels']} inputs means learn_sigma={file_ls}"
                 f"{', as in the official DiT/SiT checkpoints' if file_ls else ''}) but {ms.get(fl, (0,))[0]} rows in "
-                f"the model ({spec.out_channels} channels: learn_sigma={model_ls}); set learn_sigma={file_ls}")
+                f"the model ({spec.out_channels} channels: learn_sigma={model_ls}); set learn_sigma={file_ls}"
+            )
         else:
-            causes.append(f"output channels: '{fl}' gives {f['out_channels']} output channels in the file, "
-                          f"{spec.out_channels} in the model")
+            causes.append(
+                f"output channels: '{fl}' gives {f['out_channels']} output channels in the file, "
+                f"{spec.out_channels} in the model"
+            )
         explained.update({fl, "final_layer.linear.bias"})
     # num_classes (label table has num_classes + 1 rows: the null class)
     yk = "y_embedder.embedding_table.weight"
@@ -518,30 +575,43 @@ def _causes(state: Mapping[str, torch.Tensor], spec: _Spec) -> Tuple[List[str], 
             f"num_classes: '{yk}' has {fs[yk][0]} rows in the file (num_classes={fs[yk][0] - 1} plus the null class) "
             f"but {ms[yk][0]} in the model (num_classes={spec.num_classes}"
             f"{'' if ms[yk][0] == spec.num_classes + 1 else ', no null class: class_dropout_prob=0'}); "
-            f"set num_classes={fs[yk][0] - 1}")
+            f"set num_classes={fs[yk][0] - 1}"
+        )
         explained.add(yk)
     # attention kind (VCA / DIFF add parameters under blocks.*.attn.)
-    same_depth = [k for k in set(fs) ^ set(ms) if not (m := _BLOCK_RE.match(k)) or int(m.group(1)) < min(
-        f["depth"] or 0, spec.depth)]
+    same_depth = [
+        k
+        for k in set(fs) ^ set(ms)
+        if not (m := _BLOCK_RE.match(k)) or int(m.group(1)) < min(f["depth"] or 0, spec.depth)
+    ]
     file_only = sorted(k for k in same_depth if k in fs and _ATTN_RE.match(k))
     model_only = sorted(k for k in same_depth if k in ms and _ATTN_RE.match(k))
     if file_only:
-        causes.append(f"attention: the file has attention parameters the model lacks ({_groups(file_only, 3)}): "
-                      f"it was trained with another attention kind than {spec.attention!r}")
+        causes.append(
+            f"attention: the file has attention parameters the model lacks ({_groups(file_only, 3)}): "
+            f"it was trained with another attention kind than {spec.attention!r}"
+        )
     if model_only and file_only:
-        causes.append(f"attention: the model's {spec.attention!r} attention has parameters the file lacks "
-                      f"({_groups(model_only, 3)})")
+        causes.append(
+            f"attention: the model's {spec.attention!r} attention has parameters the file lacks "
+            f"({_groups(model_only, 3)})"
+        )
     elif model_only:
         causes.append(
             f"attention: the model's {spec.attention!r} attention has parameters the file lacks "
             f"({_groups(model_only, 3)}): the file is a plain MHSA checkpoint; build the model with attention=mhsa "
             f"to load it exactly, or initialise a {spec.attention} model from it with model.init_from=FILE "
-            "(load_matching)")
+            "(load_matching)"
+        )
     # anything left unexplained
     rest = [k for k in fs if k in ms and fs[k] != ms[k] and k not in explained]
     if rest:
-        causes.append("shape: " + "; ".join(both(k) for k in rest[:3]) + (" ..." if len(rest) > 3 else "")
-                      + (" (mlp_ratio?)" if any(".mlp." in k for k in rest) else ""))
+        causes.append(
+            "shape: "
+            + "; ".join(both(k) for k in rest[:3])
+            + (" ..." if len(rest) > 3 else "")
+            + (" (mlp_ratio?)" if any(".mlp." in k for k in rest) else "")
+        )
     other = [k for k in same_depth if not _ATTN_RE.match(k)]
     if other:
         in_file = sorted(k for k in other if k in fs)
@@ -553,13 +623,15 @@ def _causes(state: Mapping[str, torch.Tensor], spec: _Spec) -> Tuple[List[str], 
     return causes, f
 
 
-def _not_dit(state: Mapping[str, Any]) -> Optional[str]:
+def _not_dit(state: Mapping[str, Any]) -> str | None:
     if "x_embedder.proj.weight" in state:
         return None
     keys = sorted(state)[:5]
     if any(k.startswith(("transformer_blocks.", "pos_embed.proj")) for k in state):
-        return (f"the file is in diffusers' layout (keys such as {keys}), not DiT's original one; use the original "
-                "release (DiT-XL-2-256x256.pt from the DiT repository)")
+        return (
+            f"the file is in diffusers' layout (keys such as {keys}), not DiT's original one; use the original "
+            "release (DiT-XL-2-256x256.pt from the DiT repository)"
+        )
     return f"the file is not a DiT/SiT state dict: it has no 'x_embedder.proj.weight' (first keys: {keys})"
 
 
@@ -573,17 +645,21 @@ def _message(state: Mapping[str, torch.Tensor], spec: _Spec, header: str) -> str
     guess = ""
     if f["size"] and f["patch_size"]:
         px = f" at {_px(f['input_size'], f['in_channels'])} (input_size {f['input_size']})" if f["input_size"] else ""
-        guess = (f". The file looks like {spec.family}-{f['size']}/{f['patch_size']}{px}, num_classes="
-                 f"{f['num_classes']}, learn_sigma={f['learn_sigma']}")
+        guess = (
+            f". The file looks like {spec.family}-{f['size']}/{f['patch_size']}{px}, num_classes="
+            f"{f['num_classes']}, learn_sigma={f['learn_sigma']}"
+        )
     return f"{header}: " + "; ".join(causes) + guess
 
 
 def _header(spec: _Spec) -> str:
     H, W = spec.input_hw
-    return (f"checkpoint does not fit model {spec.name} (input_size={H if H == W else (H, W)}, in_channels="
-            f"{spec.in_channels}, num_classes={spec.num_classes}, "
-            f"learn_sigma={spec.out_channels == 2 * spec.in_channels}, "
-            f"attention={spec.attention})")
+    return (
+        f"checkpoint does not fit model {spec.name} (input_size={H if H == W else (H, W)}, in_channels="
+        f"{spec.in_channels}, num_classes={spec.num_classes}, "
+        f"learn_sigma={spec.out_channels == 2 * spec.in_channels}, "
+        f"attention={spec.attention})"
+    )
 
 
 def explain_mismatch(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
@@ -596,7 +672,7 @@ def explain_mismatch(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -
 def diagnose_mismatch(
     state_dict: Mapping[str, torch.Tensor],
     model_name: str,
-    input_size: Union[int, Tuple[int, int]] = 32,
+    input_size: int | tuple[int, int] = 32,
     in_channels: int = 4,
     num_classes: int = 1000,
     learn_sigma: bool = True,
@@ -614,14 +690,21 @@ def diagnose_mismatch(
     from vca_gen.models.registry import create_model
 
     with torch.device("meta"):
-        model = create_model(model_name, attention=attention, input_size=input_size, in_channels=in_channels,
-                             num_classes=num_classes, learn_sigma=learn_sigma, **model_options)
+        model = create_model(
+            model_name,
+            attention=attention,
+            input_size=input_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            learn_sigma=learn_sigma,
+            **model_options,
+        )
     return explain_mismatch(state_dict, model)
 
 
 # ----------------------------------------------------------------------------- loading
 def load_official_checkpoint(
-    model: nn.Module, source: Union[PathLike, Mapping], strict: bool = True, use_ema: bool = True
+    model: nn.Module, source: PathLike | Mapping, strict: bool = True, use_ema: bool = True
 ) -> nn.Module:
     """Load an official DiT/SiT checkpoint (path or loaded dict) into ``model`` in place.
 
@@ -640,7 +723,8 @@ def load_official_checkpoint(
             why = explain_mismatch(state, model)
             raise OfficialCheckpointError(
                 f"checkpoint key {key!r} has shape {tuple(value.shape)} but the model expects "
-                f"{tuple(own[key].shape)}" + (f" — {why}" if why else ""))
+                f"{tuple(own[key].shape)}" + (f" — {why}" if why else "")
+            )
     unexpected = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))
     if unexpected:
@@ -648,11 +732,13 @@ def load_official_checkpoint(
         raise OfficialCheckpointError(
             f"checkpoint has {len(unexpected)} key(s) the model does not: {unexpected[:8]}"
             f"{' ...' if len(unexpected) > 8 else ''}"
-            + (f" — {why}" if why else " (wrong model size or attention kind?)"))
+            + (f" — {why}" if why else " (wrong model size or attention kind?)")
+        )
     if missing and strict:
         raise OfficialCheckpointError(
             f"checkpoint lacks {len(missing)} key(s) of the model: {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''} (pass strict=False to keep their initial values)")
+            f"{' ...' if len(missing) > 8 else ''} (pass strict=False to keep their initial values)"
+        )
     model.load_state_dict(state, strict=strict)
     return model
 
@@ -661,17 +747,17 @@ def load_official_checkpoint(
 class MatchReport:
     """What :func:`load_matching` copied. Shapes are tuples; ``shape_mismatch`` rows are (key, file, model)."""
 
-    loaded: List[str] = field(default_factory=list)
-    missing_in_file: List[str] = field(default_factory=list)
-    unexpected_in_file: List[str] = field(default_factory=list)
-    shape_mismatch: List[Tuple[str, Shape, Shape]] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    missing_in_file: list[str] = field(default_factory=list)
+    unexpected_in_file: list[str] = field(default_factory=list)
+    shape_mismatch: list[tuple[str, Shape, Shape]] = field(default_factory=list)
 
     @property
     def num_model_tensors(self) -> int:
         return len(self.loaded) + len(self.missing_in_file) + len(self.shape_mismatch)
 
     @property
-    def at_init(self) -> List[str]:
+    def at_init(self) -> list[str]:
         """Model keys that kept their initial values (missing in the file or of another shape)."""
         return self.missing_in_file + [k for k, _, _ in self.shape_mismatch]
 
@@ -683,23 +769,32 @@ class MatchReport:
         if self.shape_mismatch:
             shown = ", ".join(f"{k} {tuple(fs)} in the file vs {tuple(ms)}" for k, fs, ms in self.shape_mismatch[:3])
             more = f", … ({len(self.shape_mismatch) - 3} more)" if len(self.shape_mismatch) > 3 else ""
-            parts.append(f"shape differs, left at init: {shown}{more}"
-                         + (" (pos_embed is the fixed sin-cos table, recomputed for the new size)"
-                            if any(k == "pos_embed" for k, _, _ in self.shape_mismatch) else ""))
+            parts.append(
+                f"shape differs, left at init: {shown}{more}"
+                + (
+                    " (pos_embed is the fixed sin-cos table, recomputed for the new size)"
+                    if any(k == "pos_embed" for k, _, _ in self.shape_mismatch)
+                    else ""
+                )
+            )
         if self.unexpected_in_file:
             parts.append(f"file tensors the model has no place for, ignored: {_groups(self.unexpected_in_file)}")
         if not (self.missing_in_file or self.shape_mismatch or self.unexpected_in_file):
             parts.append("the file fits the model exactly")
         return "; ".join(parts) + "."
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {"loaded": list(self.loaded), "missing_in_file": list(self.missing_in_file),
-                "unexpected_in_file": list(self.unexpected_in_file),
-                "shape_mismatch": [[k, list(a), list(b)] for k, a, b in self.shape_mismatch]}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "loaded": list(self.loaded),
+            "missing_in_file": list(self.missing_in_file),
+            "unexpected_in_file": list(self.unexpected_in_file),
+            "shape_mismatch": [[k, list(a), list(b)] for k, a, b in self.shape_mismatch],
+        }
 
 
-def load_matching(model: nn.Module, state_dict: Union[Mapping[str, torch.Tensor], PathLike],
-                  prefer: str = "ema") -> MatchReport:
+def load_matching(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor] | PathLike, prefer: str = "ema"
+) -> MatchReport:
     """Copy every tensor of ``state_dict`` (or of a checkpoint file) whose key and shape the model has.
 
     For ``train.py model.init_from=FILE``: e.g. a VCA model initialised from MHSA weights keeps
@@ -711,12 +806,13 @@ def load_matching(model: nn.Module, state_dict: Union[Mapping[str, torch.Tensor]
     else:
         if not isinstance(state_dict, Mapping):
             raise OfficialCheckpointError(
-                f"load_matching needs a state dict or a file, got {type(state_dict).__name__}")
+                f"load_matching needs a state dict or a file, got {type(state_dict).__name__}"
+            )
         _check_tensors(state_dict, "state dict")
         state, _ = _strip_prefixes(state_dict)
     own = model.state_dict()
     report = MatchReport()
-    subset: Dict[str, torch.Tensor] = {}
+    subset: dict[str, torch.Tensor] = {}
     for key, target in own.items():
         if key not in state:
             report.missing_in_file.append(key)
@@ -732,7 +828,16 @@ def load_matching(model: nn.Module, state_dict: Union[Mapping[str, torch.Tensor]
 
 
 __all__ = [
-    "CheckpointInfo", "MatchReport", "OfficialCheckpointError", "diagnose_mismatch", "explain_mismatch",
-    "infer_architecture", "infer_learn_sigma", "infer_num_classes", "load_matching", "load_official_checkpoint",
-    "official_state_dict", "read_checkpoint_file",
+    "CheckpointInfo",
+    "MatchReport",
+    "OfficialCheckpointError",
+    "diagnose_mismatch",
+    "explain_mismatch",
+    "infer_architecture",
+    "infer_learn_sigma",
+    "infer_num_classes",
+    "load_matching",
+    "load_official_checkpoint",
+    "official_state_dict",
+    "read_checkpoint_file",
 ]

@@ -1,32 +1,33 @@
 """Named model sizes (``DiT-S/2`` ... ``DiT-XL/8``, ``SiT-…``, ``Ti``) and :func:`create_model`."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any
 
 from vca_gen.models.attention import ATTENTION_KINDS, check_attention_options
 from vca_gen.models.dit import DiT
 
 # size -> (depth, hidden_size, num_heads); DiT's published configurations plus a tiny demo size.
-SIZES: Dict[str, Tuple[int, int, int]] = {
+SIZES: dict[str, tuple[int, int, int]] = {
     "Ti": (12, 192, 3),
     "S": (12, 384, 6),
     "B": (12, 768, 12),
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
 }
-PATCH_SIZES: Tuple[int, ...] = (2, 4, 8)
-FAMILIES: Tuple[str, ...] = ("DiT", "SiT")
+PATCH_SIZES: tuple[int, ...] = (2, 4, 8)
+FAMILIES: tuple[str, ...] = ("DiT", "SiT")
 _ARCH_OVERRIDES = ("depth", "hidden_size", "num_heads", "mlp_ratio")
 _NAME_RE = re.compile(r"^(DiT|SiT)-(Ti|S|B|L|XL)/(\d+)$")
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     """All registered names, e.g. ``DiT-S/2``; SiT names have the same shapes."""
     return [f"{fam}-{size}/{p}" for fam in FAMILIES for size in SIZES for p in PATCH_SIZES]
 
 
-def parse_model_name(name: str) -> Tuple[str, str, int]:
+def parse_model_name(name: str) -> tuple[str, str, int]:
     """``"DiT-XL/2"`` -> ``("DiT", "XL", 2)``; clear error for anything else."""
     m = _NAME_RE.match(name) if isinstance(name, str) else None
     if m is None or int(m.group(3)) not in PATCH_SIZES:
@@ -37,7 +38,7 @@ def parse_model_name(name: str) -> Tuple[str, str, int]:
 def create_model(
     name: str,
     attention: str = "mhsa",
-    input_size: Union[int, Tuple[int, int]] = 32,
+    input_size: int | tuple[int, int] = 32,
     in_channels: int = 4,
     num_classes: int = 1000,
     learn_sigma: bool = True,
@@ -56,7 +57,7 @@ def create_model(
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"unknown attention kind {attention!r}; valid kinds: {', '.join(ATTENTION_KINDS)}")
     depth, hidden, heads = SIZES[size]
-    arch: Dict[str, Any] = {"depth": depth, "hidden_size": hidden, "num_heads": heads, "mlp_ratio": 4.0}
+    arch: dict[str, Any] = {"depth": depth, "hidden_size": hidden, "num_heads": heads, "mlp_ratio": 4.0}
     for key in _ARCH_OVERRIDES:
         if key in options:
             arch[key] = options.pop(key)

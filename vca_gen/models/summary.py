@@ -11,6 +11,7 @@ counts include the fixed ``pos_embed`` (as DiT's training script reports).
     python -m vca_gen.models.summary DiT-S/2 --attention vca
     python -m vca_gen.models.summary --all --attention all --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,8 @@ import ast
 import json
 import sys
 import warnings
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,7 +29,7 @@ from vca_gen.models.attention import ATTENTION_KINDS
 from vca_gen.models.registry import PATCH_SIZES, create_model
 
 
-def count_params(model: torch.nn.Module) -> Tuple[int, int]:
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
     """(all parameters, trainable parameters)."""
     total = sum(p.numel() for p in model.parameters())
     return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -51,8 +53,9 @@ def count_macs(model: torch.nn.Module) -> int:
     return counter.get_total_flops() // 2
 
 
-def summarize(name: str, attention: str = "mhsa", input_size: Union[int, Tuple[int, int]] = 32,
-              **kwargs: Any) -> Dict[str, Any]:
+def summarize(
+    name: str, attention: str = "mhsa", input_size: int | tuple[int, int] = 32, **kwargs: Any
+) -> dict[str, Any]:
     """Build ``name`` on the meta device and return its parameter and MAC counts."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. more contrast tokens than a /8 grid has rows
@@ -62,13 +65,19 @@ def summarize(name: str, attention: str = "mhsa", input_size: Union[int, Tuple[i
     macs = count_macs(model)
     gh, gw = model.grid_size
     return {
-        "name": name, "attention": attention, "input_size": model.input_size, "tokens": gh * gw,
-        "options": {**model.attention_options}, "params": params, "trainable_params": trainable,
-        "macs": macs, "gmacs": macs / 1e9,
+        "name": name,
+        "attention": attention,
+        "input_size": model.input_size,
+        "tokens": gh * gw,
+        "options": {**model.attention_options},
+        "params": params,
+        "trainable_params": trainable,
+        "macs": macs,
+        "gmacs": macs / 1e9,
     }
 
 
-def _parse_opts(items: Sequence[str]) -> Dict[str, Any]:
+def _parse_opts(items: Sequence[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         if "=" not in item:
@@ -81,12 +90,14 @@ def _parse_opts(items: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
-def format_table(rows: List[Dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     head = f"{'model':<10} {'attention':<9} {'input':>7} {'tokens':>6} {'params (M)':>11} {'GMACs':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['name']:<10} {r['attention']:<9} {str(r['input_size']):>7} {r['tokens']:>6} "
-                     f"{r['params'] / 1e6:>11.2f} {r['gmacs']:>9.3f}")
+        lines.append(
+            f"{r['name']:<10} {r['attention']:<9} {str(r['input_size']):>7} {r['tokens']:>6} "
+            f"{r['params'] / 1e6:>11.2f} {r['gmacs']:>9.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -97,8 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--attention", default="mhsa", choices=[*ATTENTION_KINDS, "all"])
     p.add_argument("--input-size", type=int, default=32, help="latent size (32 = 256 px through the SD VAE)")
     p.add_argument("--in-channels", type=int, default=4)
-    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="attention option, e.g. --opt num_contrast_tokens=16 (repeatable)")
+    p.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="attention option, e.g. --opt num_contrast_tokens=16 (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     names = list(args.names)
@@ -109,9 +125,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = list(ATTENTION_KINDS) if args.attention == "all" else [args.attention]
     opts = _parse_opts(args.opt)
     try:
-        rows = [summarize(n, k, args.input_size, in_channels=args.in_channels,
-                          **(opts if k == "vca" or args.attention != "all" else {}))
-                for n in names for k in kinds]
+        rows = [
+            summarize(
+                n,
+                k,
+                args.input_size,
+                in_channels=args.in_channels,
+                **(opts if k == "vca" or args.attention != "all" else {}),
+            )
+            for n in names
+            for k in kinds
+        ]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,11 +4,12 @@
 plain dict) into an :class:`~vca_gen.objectives.base.Objective`; see ``base.py`` for the interface,
 ``diffusion/`` and ``flow/`` for the two implementations, each with its config beside its code.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -80,6 +81,14 @@ def build_objective(cfg: ObjectiveConfig | Mapping | Any | None = None) -> Objec
 
 
 __all__ = [
-    "DiffusionConfig", "FlowConfig", "ObjectiveConfig", "Objective", "SampleOutput", "CountingModelFn",
-    "DiffusionObjective", "FlowObjective", "build_objective", "OBJECTIVE_KINDS",
+    "DiffusionConfig",
+    "FlowConfig",
+    "ObjectiveConfig",
+    "Objective",
+    "SampleOutput",
+    "CountingModelFn",
+    "DiffusionObjective",
+    "FlowObjective",
+    "build_objective",
+    "OBJECTIVE_KINDS",
 ]

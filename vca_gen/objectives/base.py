@@ -17,11 +17,11 @@ solver evaluation: with classifier-free guidance each call runs a doubled batch 
 so the number of network forward passes over B samples is ``nfe`` at scale 1 and ``nfe`` on a
 2B batch otherwise.
 """
+
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 
@@ -55,7 +55,7 @@ class CountingModelFn:
         return self.model_fn(x, t, y)
 
 
-def infer_null_label(model_fn: Any) -> Optional[int]:
+def infer_null_label(model_fn: Any) -> int | None:
     """``num_classes`` of a model (or of the module behind a bound ``forward``), else ``None``."""
     for obj in (model_fn, getattr(model_fn, "__self__", None)):
         n = getattr(obj, "num_classes", None)
@@ -68,7 +68,7 @@ class _Probe(Exception):
     """Raised by the stand-in model of :meth:`Objective.check_sample_args`."""
 
 
-def parse_steps(steps: Union[int, str, None]) -> Union[int, str, None]:
+def parse_steps(steps: int | str | None) -> int | str | None:
     """Config/CLI steps: ``None``, an int (``"250"`` → 250) or a respacing string (``"ddim50"``)."""
     if steps is None:
         return None
@@ -82,7 +82,7 @@ class Objective:
     kind: str = ""
     samplers: tuple = ()
     default_sampler: str = ""
-    default_steps: Union[int, str] = 0
+    default_steps: int | str = 0
 
     # -- channels ---------------------------------------------------------------------------
     def check_channels(self, in_channels: int, out_channels: int) -> None:  # pragma: no cover
@@ -97,7 +97,7 @@ class Objective:
         self.check_channels(cin, cout)
 
     # -- sampling helpers ---------------------------------------------------------------------
-    def check_sampler(self, sampler: Optional[str]) -> str:
+    def check_sampler(self, sampler: str | None) -> str:
         name = self.default_sampler if sampler is None else str(sampler).lower()
         if name not in self.samplers:
             raise ValueError(f"unknown {self.kind} sampler {sampler!r}; accepted: {', '.join(self.samplers)}")
@@ -109,8 +109,8 @@ class Objective:
         noise: torch.Tensor,
         labels: torch.Tensor,
         cfg_scale: float,
-        guide_channels: Optional[int],
-        null_label: Optional[int],
+        guide_channels: int | None,
+        null_label: int | None,
     ) -> CountingModelFn:
         if noise.dim() < 2:
             raise ValueError(f"noise must be (B, C, ...), got shape {tuple(noise.shape)}")
@@ -123,36 +123,66 @@ class Objective:
         fn = guided_model_fn(model_fn, float(cfg_scale), null_label, noise.shape[1], guide_channels)
         return CountingModelFn(fn)
 
-    def check_sample_args(self, sampler: Optional[str] = None, steps: Union[int, str, None] = None,
-                          cfg_scale: float = 1.0, guide_channels: Optional[int] = None,
-                          options: Optional[Mapping[str, Any]] = None, channels: int = 4,
-                          null_label: Optional[int] = 0) -> str:
+    def check_sample_args(
+        self,
+        sampler: str | None = None,
+        steps: int | str | None = None,
+        cfg_scale: float = 1.0,
+        guide_channels: int | None = None,
+        options: Mapping[str, Any] | None = None,
+        channels: int = 4,
+        null_label: int | None = 0,
+    ) -> str:
         """Validate sampling settings without evaluating a model; returns the resolved sampler name.
 
         Runs :meth:`sample` with a model function that stops at its first call, so every check
         the sampler makes before its first step (names, steps, options, guidance) raises
         ``ValueError`` here exactly as it would in a real run.
         """
+
         def stop(*_):
             raise _Probe
 
         name = self.check_sampler(sampler)
         gens = [torch.Generator().manual_seed(0)]
         try:
-            self.sample(stop, torch.zeros(1, int(channels), 2, 2), torch.zeros(1, dtype=torch.long), sampler=sampler,
-                        steps=steps, cfg_scale=cfg_scale, guide_channels=guide_channels, generator=gens,
-                        null_label=null_label, **dict(options or {}))
+            self.sample(
+                stop,
+                torch.zeros(1, int(channels), 2, 2),
+                torch.zeros(1, dtype=torch.long),
+                sampler=sampler,
+                steps=steps,
+                cfg_scale=cfg_scale,
+                guide_channels=guide_channels,
+                generator=gens,
+                null_label=null_label,
+                **dict(options or {}),
+            )
         except _Probe:
             return name
         except TypeError as e:  # e.g. an option of the wrong type
             raise ValueError(str(e)) from None
         raise RuntimeError("the sampler finished without calling the model")  # pragma: no cover
 
-    def training_losses(self, model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, generator: GeneratorSpec = None) -> dict:  # pragma: no cover
+    def training_losses(
+        self, model_fn: ModelFn, x: torch.Tensor, y: torch.Tensor, generator: GeneratorSpec = None
+    ) -> dict:  # pragma: no cover
         raise NotImplementedError
 
-    def sample(self, model_fn, noise, labels, sampler=None, steps=None, cfg_scale=1.0, guide_channels=None,
-               generator=None, null_label=None, progress=False, **sampler_options) -> SampleOutput:  # pragma: no cover
+    def sample(
+        self,
+        model_fn,
+        noise,
+        labels,
+        sampler=None,
+        steps=None,
+        cfg_scale=1.0,
+        guide_channels=None,
+        generator=None,
+        null_label=None,
+        progress=False,
+        **sampler_options,
+    ) -> SampleOutput:  # pragma: no cover
         raise NotImplementedError
 
 

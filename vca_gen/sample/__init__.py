@@ -8,9 +8,18 @@
 * :mod:`.model`     loading a checkpoint and turning model + objective + VAE into ``make_images``
 * :mod:`.cli`       the ``sample.py`` command line
 """
+
 from .engine import RunResult, RunSpec, run_sampling
 from .files import to_uint8
 from .plan import SamplingError, ShardPlan, check_num_samples, labels_for
 
-__all__ = ["RunResult", "RunSpec", "run_sampling", "to_uint8", "SamplingError", "ShardPlan",
-           "check_num_samples", "labels_for"]
+__all__ = [
+    "RunResult",
+    "RunSpec",
+    "run_sampling",
+    "to_uint8",
+    "SamplingError",
+    "ShardPlan",
+    "check_num_samples",
+    "labels_for",
+]

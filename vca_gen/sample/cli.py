@@ -9,6 +9,7 @@ holding another run, processes that do not see the same ``--out``); 75 (EX_TEMPF
 SIGTERM / SIGUSR1 / Ctrl-C after finishing and writing the current shard: re-run the same command
 to continue (the result is byte-identical to an uninterrupted run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,8 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from ..errors import cli_boundary
 from ..experiment.checkpoint import _find_weights_dir
@@ -69,14 +70,31 @@ def parse_options(items: Sequence[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sample.py", description=__doc__.split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="export dir, training checkpoint step_XXXXXXXX/, run dir (latest), "
-                                                 "or an official DiT/SiT .pt file (with --model)")
-    p.add_argument("--model", default=None, help="with an official .pt file: its model, e.g. DiT-XL/2 or SiT-XL/2 "
-                                                 "(the family sets the paper protocol: DiT DDPM 250, SiT SDE 250)")
-    p.add_argument("--image-size", type=int, default=256, choices=(256, 512),
-                   help="with --model: the image resolution of the official file (256)")
+    p = argparse.ArgumentParser(
+        prog="sample.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="export dir, training checkpoint step_XXXXXXXX/, run dir (latest), "
+        "or an official DiT/SiT .pt file (with --model)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="with an official .pt file: its model, e.g. DiT-XL/2 or SiT-XL/2 "
+        "(the family sets the paper protocol: DiT DDPM 250, SiT SDE 250)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        choices=(256, 512),
+        help="with --model: the image resolution of the official file (256)",
+    )
     p.add_argument("--num-classes", type=int, default=1000, help="with --model: classes of the file (1000)")
     p.add_argument("--out", required=True, help="output directory (created; resumed when it holds the same run)")
     p.add_argument("--num-samples", type=int, default=50_000, help="N, a multiple of the number of classes (50000)")
@@ -87,25 +105,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, help="ddpm|ddim|dpm-solver++ (diffusion), sde|ode|euler|heun (flow)")
     p.add_argument("--steps", default=None, help="steps or respacing string (ddpm: 250, ddim: ddim50, ...)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale; 1.0 = none (1.0)")
-    p.add_argument("--guide-channels", type=int, default=None,
-                   help="guide only the first K prediction channels (3 = DiT's paper setting); default all")
-    p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra sampler option, repeatable (eta, order, clip_denoised; diffusion_form, last_step, "
-                        "last_step_size, atol, rtol, ...)")
-    p.add_argument("--vae", default=None, help="decoder hub id or folder, overriding the checkpoint's decoder "
-                                                "(official files default to stabilityai/sd-vae-ft-mse, as DiT reports)")
+    p.add_argument(
+        "--guide-channels",
+        type=int,
+        default=None,
+        help="guide only the first K prediction channels (3 = DiT's paper setting); default all",
+    )
+    p.add_argument(
+        "--sampler-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sampler option, repeatable (eta, order, clip_denoised; diffusion_form, last_step, "
+        "last_step_size, atol, rtol, ...)",
+    )
+    p.add_argument(
+        "--vae",
+        default=None,
+        help="decoder hub id or folder, overriding the checkpoint's decoder "
+        "(official files default to stabilityai/sd-vae-ft-mse, as DiT reports)",
+    )
     p.add_argument("--vae-batch-size", type=int, default=16, help="images per VAE decode call (16)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="model precision: auto = bf16 autocast with TF32 on CUDA, fp32 on CPU; fp32 = exact fp32 "
-                        "(TF32 off); bf16 = bf16 autocast (auto)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="model precision: auto = bf16 autocast with TF32 on CUDA, fp32 on CPU; fp32 = exact fp32 "
+        "(TF32 off); bf16 = bf16 autocast (auto)",
+    )
     p.add_argument("--save-png", action="store_true", help="also write OUT/png/XXXXXX.png")
     p.add_argument("--grid-classes", type=int, default=10, help="classes (rows) in OUT/grid.png; 0 = no grid (10)")
     p.add_argument("--grid-per-class", type=int, default=10, help="samples per row of the grid (10)")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run with other settings in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--timeout-s", type=float, default=1800.0,
-                   help="process-group timeout for the (short) start-up collectives; waiting for the other "
-                        "processes' shards at the end is not bounded by it (1800)")
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=1800.0,
+        help="process-group timeout for the (short) start-up collectives; waiting for the other "
+        "processes' shards at the end is not bounded by it (1800)",
+    )
     return p
 
 
@@ -132,8 +171,15 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> dict:
         raise SamplingError("--grid-classes and --grid-per-class must be >= 0")
 
     def load_all():
-        loaded = load(args.ckpt, use_ema=args.ema, device=device, vae=args.vae, model_name=args.model,
-                      image_size=args.image_size, num_classes=args.num_classes)
+        loaded = load(
+            args.ckpt,
+            use_ema=args.ema,
+            device=device,
+            vae=args.vae,
+            model_name=args.model,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+        )
         loaded.decoder.batch_size = args.vae_batch_size
         loaded.decoder.check_channels(loaded.latent_shape[0])  # loads (downloads) the VAE now
         return loaded
@@ -142,37 +188,82 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> dict:
     sampler = check_sampler_args(loaded, args.sampler, steps, args.cfg_scale, args.guide_channels, options)
     protocol = protocol_of(loaded, sampler, steps, options, args)
     spec = RunSpec(
-        out_dir=Path(args.out), num_samples=args.num_samples, num_classes=int(loaded.model.num_classes),
-        image_shape=loaded.image_shape, seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size,
-        settings={"ckpt_sha256": ckpt_sha, "ema": args.ema, "model": getattr(loaded.model, "name", None),
-                  "objective": loaded.objective.kind, "sampler": sampler,
-                  "steps": str(steps if steps is not None else
-                               (loaded.objective.default_steps if sampler == loaded.objective.default_sampler
-                                else "default")),
-                  "sampler_options": options, "cfg_scale": args.cfg_scale, "guide_channels": args.guide_channels,
-                  "vae": loaded.vae_id, "precision": precision, "device_type": device.type,
-                  "protocol": protocol},
-        info={"ckpt_path": str(args.ckpt), "world_size": state.num_processes,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "command": shlex.join(sys.argv)},
-        overwrite=args.overwrite, save_png=args.save_png, grid_classes=args.grid_classes,
-        grid_per_class=args.grid_per_class, class_names=loaded.class_names, progress=args.progress)
-    make = loaded_image_maker(loaded, device, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale,
-                              guide_channels=args.guide_channels, options=options, precision=precision)
+        out_dir=Path(args.out),
+        num_samples=args.num_samples,
+        num_classes=int(loaded.model.num_classes),
+        image_shape=loaded.image_shape,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        settings={
+            "ckpt_sha256": ckpt_sha,
+            "ema": args.ema,
+            "model": getattr(loaded.model, "name", None),
+            "objective": loaded.objective.kind,
+            "sampler": sampler,
+            "steps": str(
+                steps
+                if steps is not None
+                else (loaded.objective.default_steps if sampler == loaded.objective.default_sampler else "default")
+            ),
+            "sampler_options": options,
+            "cfg_scale": args.cfg_scale,
+            "guide_channels": args.guide_channels,
+            "vae": loaded.vae_id,
+            "precision": precision,
+            "device_type": device.type,
+            "protocol": protocol,
+        },
+        info={
+            "ckpt_path": str(args.ckpt),
+            "world_size": state.num_processes,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": shlex.join(sys.argv),
+        },
+        overwrite=args.overwrite,
+        save_png=args.save_png,
+        grid_classes=args.grid_classes,
+        grid_per_class=args.grid_per_class,
+        class_names=loaded.class_names,
+        progress=args.progress,
+    )
+    make = loaded_image_maker(
+        loaded,
+        device,
+        sampler=sampler,
+        steps=steps,
+        cfg_scale=args.cfg_scale,
+        guide_channels=args.guide_channels,
+        options=options,
+        precision=precision,
+    )
     t0 = time.perf_counter()
     result = run_sampling(make, spec, state=state, stop=stop)
     if result.stopped_by:
-        print(f"sample.py: stopped by {result.stopped_by} (process {state.process_index} of {state.num_processes}) "
-              f"after writing {result.shards_written} shard(s) of {args.out}; re-run the same command to continue "
-              f"(exit {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
+        print(
+            f"sample.py: stopped by {result.stopped_by} (process {state.process_index} of {state.num_processes}) "
+            f"after writing {result.shards_written} shard(s) of {args.out}; re-run the same command to continue "
+            f"(exit {EXIT_PREEMPTED})",
+            file=sys.stderr,
+            flush=True,
+        )
         return {"stopped_by": result.stopped_by, "shards_written": result.shards_written}
     if not state.is_main_process:
         return {}
-    summary = {"samples": str(result.path), "num_samples": args.num_samples, "sampler": sampler,
-               "steps": spec.settings["steps"], "cfg_scale": args.cfg_scale, "processes": state.num_processes,
-               "generated_by_main": result.generated, "resumed_shards": result.resumed_shards,
-               "nfe_per_image": result.nfe_per_image, "seconds": round(time.perf_counter() - t0, 2),
-               "precision": precision, "protocol": protocol}
+    summary = {
+        "samples": str(result.path),
+        "num_samples": args.num_samples,
+        "sampler": sampler,
+        "steps": spec.settings["steps"],
+        "cfg_scale": args.cfg_scale,
+        "processes": state.num_processes,
+        "generated_by_main": result.generated,
+        "resumed_shards": result.resumed_shards,
+        "nfe_per_image": result.nfe_per_image,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "precision": precision,
+        "protocol": protocol,
+    }
     if result.nfe_per_image is not None:
         extra = " (each on a doubled cond+uncond batch)" if args.cfg_scale != 1.0 else ""
         print(f"model evaluations per image: {result.nfe_per_image:g}{extra}", file=sys.stderr)
@@ -186,14 +277,25 @@ def protocol_of(loaded, sampler: str, steps, options: dict, args) -> dict:
     """The sampling protocol of this run, for the summary and ``sampling.json``."""
     obj = loaded.objective
     cfg = obj.cfg
-    resolved_steps = steps if steps is not None else (obj.default_steps if sampler == obj.default_sampler else "default")
-    out = {"family": "SiT" if obj.kind == "flow" else "DiT", "objective": obj.kind, "sampler": sampler,
-           "steps": str(resolved_steps), "cfg_scale": args.cfg_scale, "decoder": loaded.vae_id or "none (pixel space)",
-           "weights": loaded.source.get("weights") or loaded.source.get("used"), "source": loaded.source.get("kind")}
+    resolved_steps = (
+        steps if steps is not None else (obj.default_steps if sampler == obj.default_sampler else "default")
+    )
+    out = {
+        "family": "SiT" if obj.kind == "flow" else "DiT",
+        "objective": obj.kind,
+        "sampler": sampler,
+        "steps": str(resolved_steps),
+        "cfg_scale": args.cfg_scale,
+        "decoder": loaded.vae_id or "none (pixel space)",
+        "weights": loaded.source.get("weights") or loaded.source.get("used"),
+        "source": loaded.source.get("kind"),
+    }
     if obj.kind == "flow" and sampler == "sde":
-        out.update(diffusion_form=options.get("diffusion_form", cfg.diffusion_form),
-                   last_step=options.get("last_step", cfg.last_step),
-                   last_step_size=options.get("last_step_size", cfg.last_step_size))
+        out.update(
+            diffusion_form=options.get("diffusion_form", cfg.diffusion_form),
+            last_step=options.get("last_step", cfg.last_step),
+            last_step_size=options.get("last_step_size", cfg.last_step_size),
+        )
     return out
 
 
@@ -239,8 +341,10 @@ def process_state(timeout_s: float = 1800.0):
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != state.num_processes:
-        raise SamplingError(f"launched as {launched} processes but accelerate set up {state.num_processes} "
-                            f"(no distributed backend); on CPU set ACCELERATE_USE_CPU=1")
+        raise SamplingError(
+            f"launched as {launched} processes but accelerate set up {state.num_processes} "
+            f"(no distributed backend); on CPU set ACCELERATE_USE_CPU=1"
+        )
     return state
 
 
@@ -250,7 +354,7 @@ def _weights_dir(ckpt) -> Path:
     return p if p.is_file() else _find_weights_dir(p)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def work() -> int:

@@ -23,6 +23,7 @@ bytes as an uninterrupted run. A second Ctrl-C aborts at once. A process that st
 a marker ``.rank_XXXXX.{stopped,failed}`` in ``--out`` so the waiting main process stops too
 instead of waiting for shards that will not come.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,18 +84,18 @@ class RunSpec:
     save_png: bool = False
     grid_classes: int = 10
     grid_per_class: int = 10
-    class_names: Optional[Sequence[str]] = None
+    class_names: Sequence[str] | None = None
     progress: bool = True
     lock: bool = True
 
 
 @dataclass
 class RunResult:
-    path: Optional[Path]  # samples.npz (main process, when finished)
+    path: Path | None  # samples.npz (main process, when finished)
     generated: int  # samples this process generated (0 when everything was resumed)
     resumed_shards: int
-    nfe_per_image: Optional[float]  # model evaluations per image, when anything was generated
-    stopped_by: Optional[str] = None  # signal name when preempted (samples.npz not written yet)
+    nfe_per_image: float | None  # model evaluations per image, when anything was generated
+    stopped_by: str | None = None  # signal name when preempted (samples.npz not written yet)
     shards_written: int = 0  # shards this process wrote
 
 
@@ -105,7 +107,7 @@ class StopRequest:
     """
 
     def __init__(self):
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._previous: dict = {}
 
     @property
@@ -113,7 +115,7 @@ class StopRequest:
         return self.signum is not None
 
     @property
-    def name(self) -> Optional[str]:
+    def name(self) -> str | None:
         return None if self.signum is None else signal.Signals(self.signum).name
 
     def request(self, signum: int = signal.SIGTERM) -> None:
@@ -124,10 +126,14 @@ class StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: abort now
         self.request(signum)
-        print(f"sample.py: received {signal.Signals(signum).name}: finishing the current shard, then stopping "
-              f"(exit {EXIT_PREEMPTED}; re-run the same command to continue)", file=sys.stderr, flush=True)
+        print(
+            f"sample.py: received {signal.Signals(signum).name}: finishing the current shard, then stopping "
+            f"(exit {EXIT_PREEMPTED}; re-run the same command to continue)",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread() and not self._previous:
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
@@ -138,7 +144,7 @@ class StopRequest:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         return self.install()
 
     def __exit__(self, *exc) -> None:
@@ -183,7 +189,7 @@ def gather(state, obj: Any) -> list:
     return gather_object([obj])
 
 
-def _hook(env: str, rank: int) -> Optional[str]:
+def _hook(env: str, rank: int) -> str | None:
     """The value of a ``RANK:VALUE`` test hook for ``rank``, or None."""
     r, sep, value = os.environ.get(env, "").partition(":")
     return value if sep and r.strip() == str(rank) else None
@@ -226,17 +232,28 @@ def _check_markers(out: Path) -> None:
             except (OSError, ValueError):
                 continue  # being written
             if kind == "failed":
-                raise SamplingError(f"process {info.get('rank')} failed ({info.get('message')}); its shards are "
-                                    f"missing from {out}; fix the cause and re-run the same command to continue")
+                raise SamplingError(
+                    f"process {info.get('rank')} failed ({info.get('message')}); its shards are "
+                    f"missing from {out}; fix the cause and re-run the same command to continue"
+                )
             raise _Stopped(f"process {info.get('rank')} was stopped ({info.get('message')})")
 
 
 # ------------------------------------------------------------------------------ the decision
 def manifest_settings(spec: RunSpec) -> dict:
-    return {"format": FORMAT, **spec.settings, "num_samples": spec.num_samples, "num_classes": spec.num_classes,
-            "seed": spec.seed, "shard_size": spec.shard_size, "image_shape": list(spec.image_shape),
-            "labels": "i % num_classes", "noise_seed": "seed + i",
-            "batch_size": spec.batch_size, **spec.info}
+    return {
+        "format": FORMAT,
+        **spec.settings,
+        "num_samples": spec.num_samples,
+        "num_classes": spec.num_classes,
+        "seed": spec.seed,
+        "shard_size": spec.shard_size,
+        "image_shape": list(spec.image_shape),
+        "labels": "i % num_classes",
+        "noise_seed": "seed + i",
+        "batch_size": spec.batch_size,
+        **spec.info,
+    }
 
 
 def _main_decision(spec: RunSpec, plan: ShardPlan, state) -> dict:
@@ -253,11 +270,14 @@ def _main_decision(spec: RunSpec, plan: ShardPlan, state) -> dict:
     write_manifest(out, settings)
     for w in warnings:
         _log(state, f"warning: {w}")
-    return {"error": None, "finished": finished_shards(out, plan, state.process_index),
-            "manifest_sha256": sha256_file(out / MANIFEST)}
+    return {
+        "error": None,
+        "finished": finished_shards(out, plan, state.process_index),
+        "manifest_sha256": sha256_file(out / MANIFEST),
+    }
 
 
-def view_problem(out: Path, plan: ShardPlan, decision: dict, rank: int) -> Optional[str]:
+def view_problem(out: Path, plan: ShardPlan, decision: dict, rank: int) -> str | None:
     """What process ``rank`` sees differently from the main process's ``decision`` (None: same)."""
     out = Path(out)
     man = out / MANIFEST
@@ -265,16 +285,21 @@ def view_problem(out: Path, plan: ShardPlan, decision: dict, rank: int) -> Optio
         return f"it cannot see {man}, which the main process wrote"
     sha = sha256_file(man)
     if sha != decision["manifest_sha256"]:
-        return (f"its {man} has sha256 {sha[:12]}..., the main process's {decision['manifest_sha256'][:12]}... "
-                f"(another directory, or not synced)")
+        return (
+            f"its {man} has sha256 {sha[:12]}..., the main process's {decision['manifest_sha256'][:12]}... "
+            f"(another directory, or not synced)"
+        )
     mine, main = set(finished_shards(out, plan, rank)), set(decision["finished"])
     if mine != main:
         parts = []
         if main - mine:
             parts.append("it does not see " + ", ".join(files.shard_path(out, k).name for k in sorted(main - mine)))
         if mine - main:
-            parts.append("it sees " + ", ".join(files.shard_path(out, k).name for k in sorted(mine - main))
-                         + " that the main process does not")
+            parts.append(
+                "it sees "
+                + ", ".join(files.shard_path(out, k).name for k in sorted(mine - main))
+                + " that the main process does not"
+            )
         return f"finished shards differ in {out}: " + "; ".join(parts)
     return None
 
@@ -311,9 +336,11 @@ def _decide(spec: RunSpec, plan: ShardPlan, state):
         bad = [(r, p) for r, p in verdicts if p is not None]
         if bad:
             raise SamplingError(
-                "; ".join(f"rank {r} does not see the output directory {out} as the main process does: {p}"
-                          for r, p in bad)
-                + ". Every process must see the same --out (shared storage, fully synced); nothing was sampled")
+                "; ".join(
+                    f"rank {r} does not see the output directory {out} as the main process does: {p}" for r, p in bad
+                )
+                + ". Every process must see the same --out (shared storage, fully synced); nothing was sampled"
+            )
     except BaseException:
         if lock is not None:
             lock.release()
@@ -361,15 +388,20 @@ def _final_is_current(spec: RunSpec, plan: ShardPlan) -> bool:
     """A finished run re-run as is: ``samples.npz`` (and the grid) newer than every shard, no PNGs asked."""
     out = Path(spec.out_dir)
     final = out / FINAL
-    if spec.save_png or not final.is_file() or (spec.grid_classes and spec.grid_per_class and not (out / GRID).is_file()):
+    if (
+        spec.save_png
+        or not final.is_file()
+        or (spec.grid_classes and spec.grid_per_class and not (out / GRID).is_file())
+    ):
         return False
     newest = max(files.shard_path(out, k).stat().st_mtime for k in range(plan.num_shards))
     return final.stat().st_mtime >= newest
 
 
 # ------------------------------------------------------------------------------ the run
-def run_sampling(make_images: MakeImages, spec: RunSpec, state=None, device=None,
-                 stop: Optional[StopRequest] = None) -> RunResult:
+def run_sampling(
+    make_images: MakeImages, spec: RunSpec, state=None, device=None, stop: StopRequest | None = None
+) -> RunResult:
     """Generate (or finish) the run described by ``spec``; returns where ``samples.npz`` is.
 
     ``stop``: a :class:`StopRequest` installed by the caller (``sample.py`` installs one for the
@@ -400,8 +432,13 @@ def _run(make_images, spec, plan, state, device, stop, pending, out, rank) -> Ru
     if resumed:
         _log(state, f"resuming: {resumed} of {plan.num_shards} shards already complete in {out}")
     total = sum(len(plan.indices(k)) for k in mine)
-    bar = tqdm(total=total, unit="img", disable=not (spec.progress and state.is_main_process),
-               desc=f"sampling (process 0 of {state.num_processes})", dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        unit="img",
+        disable=not (spec.progress and state.is_main_process),
+        desc=f"sampling (process 0 of {state.num_processes})",
+        dynamic_ncols=True,
+    )
     sleep = _shard_sleep(rank)
     nfe_sum, generated, written = 0, 0, 0
     try:
@@ -419,8 +456,10 @@ def _run(make_images, spec, plan, state, device, stop, pending, out, rank) -> Ru
                 gens = per_sample_generators(seeds_for(b, spec.seed), device)
                 images, nfe = make_images(b, labels, gens)
                 if images.shape != (len(b), *spec.image_shape) or images.dtype != np.uint8:
-                    raise RuntimeError(f"make_images returned {images.shape} {images.dtype}, "
-                                       f"expected {(len(b), *spec.image_shape)} uint8")
+                    raise RuntimeError(
+                        f"make_images returned {images.shape} {images.dtype}, "
+                        f"expected {(len(b), *spec.image_shape)} uint8"
+                    )
                 imgs.append(images)
                 labs.append(labels.cpu().numpy())
                 nfe_sum += nfe * len(b)

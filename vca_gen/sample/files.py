@@ -8,16 +8,17 @@ holds ``arr_0`` uint8 (N, H, W, 3) -- the ADM evaluator's sample-batch format --
 int64 class labels (as guided-diffusion's sampling script writes them); it is streamed shard by
 shard into the zip archive, so 50K images never sit in memory at once.
 """
+
 from __future__ import annotations
 
 import re
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
-from numpy.typing import DTypeLike
 import torch
+from numpy.typing import DTypeLike
 
 from vca_gen.utils.io import atomic_open, atomic_path
 from vca_gen.utils.io import atomic_savez as _atomic_savez
@@ -50,8 +51,12 @@ def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
 def write_shard(out_dir: Path, shard: int, images: np.ndarray, labels: np.ndarray, indices: range) -> Path:
     """Write one finished shard atomically; returns its final path."""
     path = shard_path(out_dir, shard)
-    atomic_savez(path, samples=images, labels=labels.astype(np.int64),
-                 indices=np.arange(indices.start, indices.stop, dtype=np.int64))
+    atomic_savez(
+        path,
+        samples=images,
+        labels=labels.astype(np.int64),
+        indices=np.arange(indices.start, indices.stop, dtype=np.int64),
+    )
     return path
 
 
@@ -68,8 +73,10 @@ def read_shard(path: Path, indices: range, image_shape: tuple[int, int, int] | N
     if image_shape is not None:
         ok = ok and tuple(images.shape[1:]) == tuple(image_shape)
     if not ok:
-        raise ValueError(f"shard {path} does not hold samples {indices.start}..{indices.stop - 1} of this run "
-                         f"(shape {images.shape}, dtype {images.dtype}); delete it to regenerate it")
+        raise ValueError(
+            f"shard {path} does not hold samples {indices.start}..{indices.stop - 1} of this run "
+            f"(shape {images.shape}, dtype {images.dtype}); delete it to regenerate it"
+        )
     return images, labels
 
 
@@ -88,7 +95,9 @@ def _write_npy_header(f, shape: tuple[int, ...], dtype: DTypeLike) -> None:
     np.lib.format.write_array_header_2_0(f, header)
 
 
-def stream_npz(path: Path, total: int, item_shape: tuple[int, ...], chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+def stream_npz(
+    path: Path, total: int, item_shape: tuple[int, ...], chunks: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> None:
     """Write ``path`` with ``arr_0`` uint8 (total, *item_shape) and ``arr_1`` int64 labels (total,).
 
     ``chunks`` yields (images, labels) in order; the file appears under ``path`` only when complete.
@@ -102,7 +111,9 @@ def stream_npz(path: Path, total: int, item_shape: tuple[int, ...], chunks: Iter
                 _write_npy_header(f, (total, *item_shape), np.uint8)
                 for images, labels in chunks:
                     if images.dtype != np.uint8 or tuple(images.shape[1:]) != tuple(item_shape):
-                        raise ValueError(f"chunk of shape {images.shape} {images.dtype} does not fit {item_shape} uint8")
+                        raise ValueError(
+                            f"chunk of shape {images.shape} {images.dtype} does not fit {item_shape} uint8"
+                        )
                     if written + len(images) > total:
                         raise ValueError(f"more than {total} images supplied")
                     f.write(np.ascontiguousarray(images).tobytes())

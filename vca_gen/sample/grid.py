@@ -1,8 +1,9 @@
 """A labelled sample grid: one row per class, the class name on the left."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -27,8 +28,9 @@ class GridCollector:
         return self.num_classes > 0 and self.per_class > 0
 
 
-def render_grid(rows: Mapping[int, Sequence[np.ndarray]], class_names: Sequence[str] | None = None,
-                min_cell: int = 64, pad: int = 2):
+def render_grid(
+    rows: Mapping[int, Sequence[np.ndarray]], class_names: Sequence[str] | None = None, min_cell: int = 64, pad: int = 2
+):
     """PIL image: row ``c`` shows ``rows[c]`` (uint8 HWC) after a text label (name or index).
 
     Small images are enlarged by an integer factor (nearest neighbour) to at least ``min_cell`` px.

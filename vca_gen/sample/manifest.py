@@ -6,6 +6,7 @@ precision, image shape) equals the current run's. Informational fields (paths, b
 process count, timestamps) are recorded but not compared; a different per-process batch size only
 changes images by floating-point reassociation, and is reported as a warning.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,11 @@ def _canon(v: Any) -> Any:
 def diff_settings(old: dict, new: dict) -> list[str]:
     """Human-readable differences of the determining settings (empty list: compatible)."""
     keys = sorted((set(old) | set(new)) - set(INFO_KEYS))
-    return [f"{k}: {_canon(old.get(k))!r} (existing) vs {_canon(new.get(k))!r} (this run)"
-            for k in keys if _canon(old.get(k)) != _canon(new.get(k))]
+    return [
+        f"{k}: {_canon(old.get(k))!r} (existing) vs {_canon(new.get(k))!r} (this run)"
+        for k in keys
+        if _canon(old.get(k)) != _canon(new.get(k))
+    ]
 
 
 def read_manifest(out_dir: Path) -> dict | None:
@@ -70,20 +74,29 @@ def check_resume(out_dir: Path, settings: dict, overwrite: bool) -> list[str]:
     has_files = any(out_dir.glob("shard_*.npz")) or (out_dir / "samples.npz").exists()
     if old is None:
         if has_files and not overwrite:
-            raise SamplingError(f"--out {out_dir} holds sample files but no {MANIFEST}, so their settings are "
-                                f"unknown; use --overwrite to discard them or choose another --out")
+            raise SamplingError(
+                f"--out {out_dir} holds sample files but no {MANIFEST}, so their settings are "
+                f"unknown; use --overwrite to discard them or choose another --out"
+            )
         return []
     if old.get("format") != FORMAT and not overwrite:
-        raise SamplingError(f"{out_dir / MANIFEST} has format {old.get('format')!r}, this version writes {FORMAT}; "
-                            f"use --overwrite or another --out")
+        raise SamplingError(
+            f"{out_dir / MANIFEST} has format {old.get('format')!r}, this version writes {FORMAT}; "
+            f"use --overwrite or another --out"
+        )
     diffs = diff_settings(old, settings)
     if diffs and not has_files:  # nothing was produced under the old settings: just start afresh
         return []
     if diffs and not overwrite:
-        raise SamplingError(f"--out {out_dir} holds a sampling run with different settings:\n  " + "\n  ".join(diffs)
-                            + "\nuse the same settings to resume it, --overwrite to discard it, or another --out")
+        raise SamplingError(
+            f"--out {out_dir} holds a sampling run with different settings:\n  "
+            + "\n  ".join(diffs)
+            + "\nuse the same settings to resume it, --overwrite to discard it, or another --out"
+        )
     warnings = []
     if not diffs and old.get("batch_size") != settings.get("batch_size"):
-        warnings.append(f"resuming with --batch-size {settings.get('batch_size')} (was {old.get('batch_size')}): "
-                        f"new shards may differ from an uninterrupted run by float reassociation")
+        warnings.append(
+            f"resuming with --batch-size {settings.get('batch_size')} (was {old.get('batch_size')}): "
+            f"new shards may differ from an uninterrupted run by float reassociation"
+        )
     return warnings

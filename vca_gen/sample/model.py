@@ -11,12 +11,14 @@ Sampling defaults are the experiment's objective protocol (DiT: DDPM 250 respace
 Euler–Maruyama 250 steps, diffusion form "sigma", last step "Mean" of 0.04, unless the experiment
 chose otherwise); training preview settings (``train.grid``) never leak into ``sample.py``.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,16 +59,15 @@ class Loaded:
         return self.decoder.image_shape(self.latent_shape)
 
     @property
-    def class_names(self) -> Optional[Sequence[str]]:
+    def class_names(self) -> Sequence[str] | None:
         return self.decoder.spec.class_names
 
     @property
-    def vae_id(self) -> Optional[str]:
+    def vae_id(self) -> str | None:
         return self.decoder.vae_id if self.decoder.spec.latent else None
 
 
-def _load_official(path: Path, model_name: str, use_ema: bool, image_size: int, num_classes: int,
-                   vae: Optional[str]):
+def _load_official(path: Path, model_name: str, use_ema: bool, image_size: int, num_classes: int, vae: str | None):
     from ..experiment.build import build_model
     from ..models.official import diagnose_mismatch, infer_learn_sigma
     from ..models.registry import parse_model_name
@@ -74,38 +75,58 @@ def _load_official(path: Path, model_name: str, use_ema: bool, image_size: int, 
     state, info = read_checkpoint_file(path, prefer="ema" if use_ema else "model")
     _, _, patch = parse_model_name(model_name)
     learn_sigma = infer_learn_sigma(state, patch, 4)
-    exp = official_experiment(model_name, image_size=image_size, num_classes=num_classes,
-                              learn_sigma=bool(learn_sigma) if learn_sigma is not None else True,
-                              **({"vae": vae} if vae is not None else {}))
+    exp = official_experiment(
+        model_name,
+        image_size=image_size,
+        num_classes=num_classes,
+        learn_sigma=bool(learn_sigma) if learn_sigma is not None else True,
+        **({"vae": vae} if vae is not None else {}),
+    )
     model = build_model(exp)
     expected = model.state_dict()
     if set(expected) != set(state) or any(tuple(expected[k].shape) != tuple(state[k].shape) for k in expected):
-        raise SamplingError(f"--ckpt {path} does not fit --model {model_name} at {image_size} px: "
-                            + diagnose_mismatch(state, model_name, int(exp.model.input_size), 4, num_classes,
-                                                bool(exp.model.learn_sigma)))
+        raise SamplingError(
+            f"--ckpt {path} does not fit --model {model_name} at {image_size} px: "
+            + diagnose_mismatch(
+                state, model_name, int(exp.model.input_size), 4, num_classes, bool(exp.model.learn_sigma)
+            )
+        )
     model.load_state_dict(state, strict=True)
     # "weights": the entry used ("ema" / "model" of a training dict, "state_dict" for a plain file)
     return model, exp, decoder_spec(exp), {"kind": "official", "path": str(path), **info, "weights": info.entry}
 
 
-def load(ckpt: str | Path, use_ema: bool = True, device: Any = "cpu", vae: Optional[str] = None,
-         model_name: Optional[str] = None, image_size: int = 256, num_classes: int = 1000) -> Loaded:
+def load(
+    ckpt: str | Path,
+    use_ema: bool = True,
+    device: Any = "cpu",
+    vae: str | None = None,
+    model_name: str | None = None,
+    image_size: int = 256,
+    num_classes: int = 1000,
+) -> Loaded:
     """Load for sampling. ``ckpt``: an export, a training checkpoint ``step_XXXXXXXX/``, a run directory
     (its latest checkpoint), or with ``model_name`` an official DiT/SiT ``.pt`` (plain state dict or a
     ``{"model", "ema", "opt", "args"}`` training dict). ``vae`` overrides the decoder's VAE."""
     p = Path(ckpt)
     if not p.exists():
-        raise SamplingError(f"--ckpt {ckpt} does not exist (expected an export directory, a training checkpoint "
-                            f"step_XXXXXXXX/, a run directory, or an official .pt file with --model)")
+        raise SamplingError(
+            f"--ckpt {ckpt} does not exist (expected an export directory, a training checkpoint "
+            f"step_XXXXXXXX/, a run directory, or an official .pt file with --model)"
+        )
     if p.is_file():
         if model_name is None:
-            raise SamplingError(f"--ckpt {ckpt} is a file: official DiT/SiT checkpoints need --model (e.g. --model "
-                                f"DiT-XL/2); this project's checkpoints and exports are directories")
+            raise SamplingError(
+                f"--ckpt {ckpt} is a file: official DiT/SiT checkpoints need --model (e.g. --model "
+                f"DiT-XL/2); this project's checkpoints and exports are directories"
+            )
         model, exp, spec, source = _load_official(p, model_name, use_ema, image_size, num_classes, vae)
     else:
         if model_name is not None:
-            raise SamplingError(f"--model {model_name} is only for official .pt files; {ckpt} is a directory of this "
-                                f"project, which records its own model")
+            raise SamplingError(
+                f"--model {model_name} is only for official .pt files; {ckpt} is a directory of this "
+                f"project, which records its own model"
+            )
         model, exp, spec, source = load_for_sampling(p, use_ema=use_ema)
         spec = spec if spec is not None else decoder_spec(exp)
     # Frozen by ``torch.no_grad()`` around sampling (image_maker), not by ``requires_grad_(False)``:
@@ -155,15 +176,26 @@ def autocast(device: torch.device, precision: str):
 def check_sampler_args(loaded: Loaded, sampler, steps, cfg_scale, guide_channels, options: dict) -> str:
     """Validate sampler, steps and options before anything is written; returns the sampler name."""
     try:
-        return loaded.objective.check_sample_args(sampler, steps, cfg_scale, guide_channels, options,
-                                                  loaded.latent_shape[0], int(loaded.model.num_classes))
+        return loaded.objective.check_sample_args(
+            sampler, steps, cfg_scale, guide_channels, options, loaded.latent_shape[0], int(loaded.model.num_classes)
+        )
     except ValueError as e:
         raise SamplingError(str(e)) from None
 
 
-def image_maker(model: torch.nn.Module, objective: Objective, decoder: Decoder, latent_shape: tuple,
-                device: Any, sampler=None, steps=None, cfg_scale: float = 1.0, guide_channels: Optional[int] = None,
-                options: Optional[dict] = None, precision: str = "fp32") -> MakeImages:
+def image_maker(
+    model: torch.nn.Module,
+    objective: Objective,
+    decoder: Decoder,
+    latent_shape: tuple,
+    device: Any,
+    sampler=None,
+    steps=None,
+    cfg_scale: float = 1.0,
+    guide_channels: int | None = None,
+    options: dict | None = None,
+    precision: str = "fp32",
+) -> MakeImages:
     """``make_images(indices, labels, generators) -> (uint8 (B, H, W, 3), nfe)``: noise from
     ``generators`` (one per sample), the objective's sampler, then the decoder."""
     device = torch.device(device)
@@ -174,8 +206,18 @@ def image_maker(model: torch.nn.Module, objective: Objective, decoder: Decoder, 
     def make_images(indices, labels, generators):
         noise = rng.randn((len(indices), *latent_shape), generators, device=device)
         with autocast(device, precision):
-            out = objective.sample(model, noise, labels.to(device), sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                   guide_channels=guide_channels, generator=generators, null_label=null, **options)
+            out = objective.sample(
+                model,
+                noise,
+                labels.to(device),
+                sampler=sampler,
+                steps=steps,
+                cfg_scale=cfg_scale,
+                guide_channels=guide_channels,
+                generator=generators,
+                null_label=null,
+                **options,
+            )
         return to_uint8(decoder(out.x.float())), int(out.nfe)
 
     return make_images
@@ -186,8 +228,9 @@ def loaded_image_maker(loaded: Loaded, device: Any, **kwargs) -> MakeImages:
     return image_maker(loaded.model, loaded.objective, loaded.decoder, loaded.latent_shape, device, **kwargs)
 
 
-def generate(make_images: MakeImages, labels: Sequence[int], seeds: Sequence[int], device: Any,
-             batch_size: int = 64) -> np.ndarray:
+def generate(
+    make_images: MakeImages, labels: Sequence[int], seeds: Sequence[int], device: Any, batch_size: int = 64
+) -> np.ndarray:
     """uint8 images for explicit labels and seeds (image j from a generator seeded ``seeds[j]``), in
     batches; the preview grids and in-loop FID use this with the engine's seeding rule."""
     out = []
@@ -200,6 +243,17 @@ def generate(make_images: MakeImages, labels: Sequence[int], seeds: Sequence[int
     return np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
 
 
-__all__ = ["Loaded", "load", "autocast", "resolve_precision", "configure_tf32", "check_sampler_args", "image_maker",
-           "loaded_image_maker", "generate",
-           "parse_steps", "PRECISIONS", "DecoderSpec"]
+__all__ = [
+    "Loaded",
+    "load",
+    "autocast",
+    "resolve_precision",
+    "configure_tf32",
+    "check_sampler_args",
+    "image_maker",
+    "loaded_image_maker",
+    "generate",
+    "parse_steps",
+    "PRECISIONS",
+    "DecoderSpec",
+]

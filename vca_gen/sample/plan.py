@@ -13,6 +13,7 @@ Shards are the unit of work and of resumption: pending shards are dealt round-ro
 processes, so the bytes of every shard depend neither on the process count nor on which process
 computed it (only on the per-process batch size, through floating-point reassociation).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,10 +6,10 @@ parameter towards the live weights: ``shadow <- decay * shadow + (1 - decay) * p
 Buffers are copied as they are. The shadow's ``state_dict`` has the same keys and shapes as the
 model's, so it is what an export writes and what ``create_model`` loads.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -38,8 +38,13 @@ class EMA:
         if sb.keys() != lb.keys():
             raise ValueError("EMA update: the model's buffers do not match the EMA copy")
         names = list(shadow)
-        self._bound = (model, [shadow[n] for n in names], [live[n] for n in names], list(sb.values()),
-                       [lb[n] for n in sb])
+        self._bound = (
+            model,
+            [shadow[n] for n in names],
+            [live[n] for n in names],
+            list(sb.values()),
+            [lb[n] for n in sb],
+        )
         return self._bound[1:]
 
     @torch.no_grad()
@@ -58,13 +63,13 @@ class EMA:
         """Set the shadow to the model's current weights (an update with decay 0)."""
         self.update(model, decay=0.0)
 
-    def state_dict(self) -> Dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
 
-    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
 
-    def to(self, device) -> "EMA":
+    def to(self, device) -> EMA:
         self.model.to(device)
         self._bound = None  # .to() may replace parameter tensors
         return self

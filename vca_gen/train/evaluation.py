@@ -13,11 +13,11 @@ rule: image i draws all its randomness from a generator seeded ``seed + i``.
   same N, seed, batch size and reference, for any process count, and no process waits while
   another samples everything.
 """
+
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from vca_gen.sample.model import generate, image_maker
 from vca_gen.utils.io import atomic_open
 
 
-def grid_labels(exp: DictConfig) -> List[int]:
+def grid_labels(exp: DictConfig) -> list[int]:
     """``train.grid.classes`` cycled to ``train.grid.num`` (default 0, 1, 2, …)."""
     g = exp.train.grid
     classes = list(g.classes) or list(range(int(exp.model.num_classes)))
@@ -40,9 +40,17 @@ def grid_labels(exp: DictConfig) -> List[int]:
 
 def _maker(exp: DictConfig, section: DictConfig, model, objective, decoder, device):
     m = exp.model
-    return image_maker(model, objective, decoder, (int(m.in_channels), int(m.input_size), int(m.input_size)), device,
-                       sampler=section.sampler, steps=section.steps, cfg_scale=float(section.cfg_scale),
-                       options=OmegaConf.to_container(section.options, resolve=True))
+    return image_maker(
+        model,
+        objective,
+        decoder,
+        (int(m.in_channels), int(m.input_size), int(m.input_size)),
+        device,
+        sampler=section.sampler,
+        steps=section.steps,
+        cfg_scale=float(section.cfg_scale),
+        options=OmegaConf.to_container(section.options, resolve=True),
+    )
 
 
 def tile(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
@@ -52,7 +60,7 @@ def tile(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
     out = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), np.uint8)
     for i, img in enumerate(images):
         r, k = divmod(i, nrow)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = img
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = img
     return out
 
 
@@ -64,8 +72,13 @@ def save_grid(exp: DictConfig, model, objective, decoder, out: Path, device) -> 
     model.eval()
     try:
         labels = grid_labels(exp)
-        images = generate(_maker(exp, g, model, objective, decoder, device), labels,
-                          [int(g.seed) + i for i in range(len(labels))], device, batch_size=64)
+        images = generate(
+            _maker(exp, g, model, objective, decoder, device),
+            labels,
+            [int(g.seed) + i for i in range(len(labels))],
+            device,
+            batch_size=64,
+        )
     finally:
         model.train(was_training)
     nrow = int(g.nrow) or max(1, math.ceil(math.sqrt(len(images))))
@@ -85,7 +98,7 @@ class InLoopFID:
         self.ref = load_reference(str(f.ref))
         self.extractor = InceptionFeatureExtractor(mode=self.ref.mode, device=device)
 
-    def batches(self, rank: int, world: int) -> List[List[int]]:
+    def batches(self, rank: int, world: int) -> list[list[int]]:
         """Sample indices of the batches process ``rank`` of ``world`` evaluates."""
         n, b = int(self.exp.train.fid.num_samples), int(self.exp.train.fid.batch_size)
         starts = list(range(0, n, b))[rank::world]
@@ -101,16 +114,22 @@ class InLoopFID:
         out = {}
         try:
             for idx in self.batches(rank, world):
-                images = generate(make, [i % nc for i in idx], [int(f.seed) + i for i in idx], self.device,
-                                  batch_size=len(idx))
+                images = generate(
+                    make, [i % nc for i in idx], [int(f.seed) + i for i in idx], self.device, batch_size=len(idx)
+                )
                 out[idx[0]] = self.extractor(images).pool
         finally:
             model.train(was_training)
         return out
 
-    def score(self, gathered: List[dict], image_size: Optional[tuple] = None) -> float:
+    def score(self, gathered: list[dict], image_size: tuple | None = None) -> float:
         """FID from every process's :meth:`features`, accumulated in sample order."""
         merged = {k: v for part in gathered for k, v in part.items()}
-        stats = statistics_from_features([merged[k] for k in sorted(merged)], self.ref.mode,
-                                         self.extractor.weights_sha256, image_size, "in-loop samples")
+        stats = statistics_from_features(
+            [merged[k] for k in sorted(merged)],
+            self.ref.mode,
+            self.extractor.weights_sha256,
+            image_size,
+            "in-loop samples",
+        )
         return float(fid_between(stats, self.ref))

@@ -1,8 +1,9 @@
 """Small pieces of the training set-up: precision choice, data building and checks, hparams."""
+
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -46,8 +47,10 @@ def check_batch_shape(dataset, cfg: DictConfig, encodes_on_the_fly: bool) -> Non
     classes = list(getattr(dataset, "classes", []) or [])
     if len(classes) > int(cfg.model.num_classes):
         raise ConfigError(
-            f"the data has {len(classes)} classes ({', '.join(map(str, classes[:5]))}{', …' if len(classes) > 5 else ''}) "
-            f"but model.num_classes={cfg.model.num_classes}; set model.num_classes={len(classes)}")
+            f"the data has {len(classes)} classes "
+            f"({', '.join(map(str, classes[:5]))}{', …' if len(classes) > 5 else ''}) "
+            f"but model.num_classes={cfg.model.num_classes}; set model.num_classes={len(classes)}"
+        )
     x, _ = dataset[ItemKey(0, 0)]
     m = cfg.model
     if encodes_on_the_fly:
@@ -74,9 +77,9 @@ def disable_internal_label_dropout(model: torch.nn.Module) -> None:
     emb.dropout_prob = 0.0
 
 
-def flat_hparams(container: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flat_hparams(container: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested config → flat ``{"train.lr": 1e-4, ...}`` with scalar values (for trackers)."""
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for k, v in container.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
@@ -88,14 +91,18 @@ def flat_hparams(container: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def batch_geometry(global_batch: int, num_processes: int, micro_batch: int | None) -> Tuple[int, int]:
+def batch_geometry(global_batch: int, num_processes: int, micro_batch: int | None) -> tuple[int, int]:
     """``(per-process batch, micro batch)``; errors when the numbers do not divide."""
     if global_batch % num_processes:
-        raise ConfigError(f"train.global_batch_size={global_batch} is not divisible by the number of processes "
-                          f"({num_processes}); use a multiple of {num_processes}")
+        raise ConfigError(
+            f"train.global_batch_size={global_batch} is not divisible by the number of processes "
+            f"({num_processes}); use a multiple of {num_processes}"
+        )
     local = global_batch // num_processes
     micro = int(micro_batch or local)
     if local % micro:
-        raise ConfigError(f"train.micro_batch_size={micro} must divide the per-process batch {local} "
-                          f"(= global_batch_size {global_batch} / {num_processes} processes)")
+        raise ConfigError(
+            f"train.micro_batch_size={micro} must divide the per-process batch {local} "
+            f"(= global_batch_size {global_batch} / {num_processes} processes)"
+        )
     return local, micro

@@ -40,6 +40,7 @@ command resumes exactly. A second Ctrl-C aborts at once.
 (verifying its checksums, falling back to the newest intact one) and broadcasts the decision;
 every process checks it can read exactly that checkpoint before the first step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,20 +51,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vca_gen.errors import UserError
 from vca_gen.data.decoder import Decoder
-from vca_gen.experiment import checkpoint as ckpt
-from vca_gen.experiment.build import build_model, build_objective_for, class_names, decoder_spec
-from vca_gen.models.official import load_matching, read_checkpoint_file
-from vca_gen.experiment.schema import ConfigError, run_defining_diff, to_container, to_yaml
 from vca_gen.data.factory import build_loader
 from vca_gen.data.sampler import mix_seed
+from vca_gen.errors import UserError
+from vca_gen.experiment import checkpoint as ckpt
+from vca_gen.experiment.build import build_model, build_objective_for, class_names, decoder_spec
+from vca_gen.experiment.schema import ConfigError, run_defining_diff, to_container, to_yaml
+from vca_gen.models.official import load_matching, read_checkpoint_file
 from vca_gen.train.ema import EMA
+from vca_gen.train.evaluation import InLoopFID, save_grid
 from vca_gen.train.helpers import (
     batch_geometry,
     build_dataset_for,
@@ -72,7 +74,6 @@ from vca_gen.train.helpers import (
     flat_hparams,
     resolve_mixed_precision,
 )
-from vca_gen.train.evaluation import InLoopFID, save_grid
 from vca_gen.utils import rng
 
 SEED_STREAM_STEP = 7  # seed stream tag of the training randomness
@@ -106,7 +107,7 @@ def ema_decay_at(n: int, decay: float, warmup: bool) -> float:
     return min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
 
 
-def step_streams(seed: int, batch: int, first: int, count: int, total: int) -> Tuple[int, int]:
+def step_streams(seed: int, batch: int, first: int, count: int, total: int) -> tuple[int, int]:
     """Seeds of the prepare- and loss-stage :class:`~vca_gen.utils.rng.RowStream` of global batch
     ``batch`` (``first``/``count``/``total`` only checked here; the streams take the rows)."""
     if not 0 <= first <= first + count <= total:
@@ -138,13 +139,15 @@ class Trainer:
         self.out_dir = Path(t.output_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
         self.lock = None
-        self._stop_signal: Optional[int] = None
+        self._stop_signal: int | None = None
         tracker = cfg.logging.tracker
         if accelerator is None:
             accelerator = Accelerator(
                 mixed_precision=resolve_mixed_precision(t.mixed_precision),
                 log_with=None if tracker == "none" else tracker,
-                project_config=ProjectConfiguration(project_dir=str(self.out_dir), logging_dir=str(self.out_dir / "logs")),
+                project_config=ProjectConfiguration(
+                    project_dir=str(self.out_dir), logging_dir=str(self.out_dir / "logs")
+                ),
                 kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(t.timeout_s)))],
             )
         self.acc = accelerator
@@ -156,12 +159,19 @@ class Trainer:
 
         # ---- batch geometry
         self.local_batch, self.micro_batch = batch_geometry(
-            int(t.global_batch_size), accelerator.num_processes, t.micro_batch_size)
+            int(t.global_batch_size), accelerator.num_processes, t.micro_batch_size
+        )
 
         # ---- data (errors here happen before anything is written)
         self.dataset, self.normalizer = build_dataset_for(cfg)
-        self.loader = build_loader(OmegaConf.to_object(cfg.data), self.dataset, int(t.global_batch_size),
-                                   accelerator.num_processes, accelerator.process_index, device=self.device)
+        self.loader = build_loader(
+            OmegaConf.to_object(cfg.data),
+            self.dataset,
+            int(t.global_batch_size),
+            accelerator.num_processes,
+            accelerator.process_index,
+            device=self.device,
+        )
         self.vae = None
         if cfg.data.kind == "images" and cfg.data.vae is not None:
             from vca_gen.data.vae import load_vae
@@ -185,12 +195,23 @@ class Trainer:
         self.ema = EMA(self.model, float(t.ema_decay)).to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.torch_optimizer = torch.optim.AdamW(
-            self.params, lr=float(t.lr), betas=tuple(t.betas), eps=float(t.eps), weight_decay=float(t.weight_decay),
-            **({"fused": True} if self.device.type == "cuda" else {}))
+            self.params,
+            lr=float(t.lr),
+            betas=tuple(t.betas),
+            eps=float(t.eps),
+            weight_decay=float(t.weight_decay),
+            **({"fused": True} if self.device.type == "cuda" else {}),
+        )
         self.optimizer = self.torch_optimizer
         self.step = 0  # applied optimizer updates
-        self.counters: Dict[str, int] = {"nonfinite_total": 0, "nonfinite_consecutive": 0, "optimizer_steps": 0,
-                                         "batches": 0, "overflow_total": 0, "overflow_consecutive": 0}
+        self.counters: dict[str, int] = {
+            "nonfinite_total": 0,
+            "nonfinite_consecutive": 0,
+            "optimizer_steps": 0,
+            "batches": 0,
+            "overflow_total": 0,
+            "overflow_consecutive": 0,
+        }
 
         # ---- run lock and the one resume decision (main process), checked by every process
         try:
@@ -225,7 +246,7 @@ class Trainer:
                 with contextlib.suppress(OSError):
                     self.out_dir.rmdir()  # only if empty: nothing was written
 
-    def _decide_resume(self) -> Optional[Path]:
+    def _decide_resume(self) -> Path | None:
         """Main process: lock the run dir, pick the checkpoint to resume (verified, with fallback)."""
         t = self.cfg.train
         self._acquire_lock()
@@ -236,21 +257,25 @@ class Trainer:
             raise ConfigError(
                 f"{self.out_dir} already holds checkpoints up to {existing.name}, and train.resume={t.resume} would "
                 f"start a different run there and overwrite/prune them; use train.resume=auto to continue it, or a "
-                f"new train.output_dir")
+                f"new train.output_dir"
+            )
         return chosen
 
-    def _agree_on_resume(self) -> Optional[Path]:
+    def _agree_on_resume(self) -> Path | None:
         """One decision, broadcast: the main process decides (and locks); every process checks it
         can read exactly that checkpoint; any failure stops every process with the same error."""
         from accelerate.utils import broadcast_object_list, gather_object
 
         multi = self.acc.num_processes > 1
-        message: List[Any] = [None, None, None]  # [error text, checkpoint path, its checksums]
+        message: list[Any] = [None, None, None]  # [error text, checkpoint path, its checksums]
         if self.acc.is_main_process:
             try:
                 chosen = self._decide_resume()
-                message = [None, None if chosen is None else str(chosen),
-                           None if chosen is None else ckpt.read_checksums(chosen)]
+                message = [
+                    None,
+                    None if chosen is None else str(chosen),
+                    None if chosen is None else ckpt.read_checksums(chosen),
+                ]
             except UserError as e:
                 if not multi:
                     raise
@@ -274,9 +299,11 @@ class Trainer:
         bad = [(r, p) for r, p in verdicts if p is not None]
         if bad:
             raise ckpt.CheckpointError(
-                "; ".join(f"rank {r} cannot read the checkpoint chosen by the main process, {path}: {p}"
-                          for r, p in bad)
-                + ". Every process must see the same files (shared storage, fully synced) before training can resume")
+                "; ".join(
+                    f"rank {r} cannot read the checkpoint chosen by the main process, {path}: {p}" for r, p in bad
+                )
+                + ". Every process must see the same files (shared storage, fully synced) before training can resume"
+            )
         return path
 
     # ------------------------------------------------------------------ checkpoint I/O
@@ -307,11 +334,16 @@ class Trainer:
         import yaml
 
         saved = yaml.safe_load(config_yaml) or {}
-        diffs = [f"{key}: checkpoint {a!r} vs now {b!r}" for key, (a, b) in run_defining_diff(saved, to_container(self.cfg)).items()]
+        diffs = [
+            f"{key}: checkpoint {a!r} vs now {b!r}"
+            for key, (a, b) in run_defining_diff(saved, to_container(self.cfg)).items()
+        ]
         if diffs:
             raise ckpt.CheckpointError(
-                f"{path} was saved by a different run: " + "; ".join(diffs)
-                + ". Resume with the checkpoint's settings, or start a new train.output_dir")
+                f"{path} was saved by a different run: "
+                + "; ".join(diffs)
+                + ". Resume with the checkpoint's settings, or start a new train.output_dir"
+            )
 
     def _load_unchecked(self, path: Path) -> None:
         self._check_same_experiment(path, (path / "config.yaml").read_text())
@@ -324,11 +356,14 @@ class Trainer:
         self.counters.update({k: int(v) for k, v in state.get("counters", {}).items()})
         if "batches" not in state.get("counters", {}):  # written before skipped batches were counted apart
             self.counters["batches"] = self.step + self.counters["nonfinite_total"]
-        if int(state.get("global_batch_size", self.cfg.train.global_batch_size)) != int(self.cfg.train.global_batch_size):
+        if int(state.get("global_batch_size", self.cfg.train.global_batch_size)) != int(
+            self.cfg.train.global_batch_size
+        ):
             raise ConfigError(
                 f"{path} was trained with global_batch_size={state['global_batch_size']}, the config says "
                 f"{self.cfg.train.global_batch_size}: the data position would not carry over; keep the batch size "
-                f"or start a new output_dir")
+                f"or start a new output_dir"
+            )
         self.loader.load_state_dict(state["data"])
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
@@ -339,7 +374,7 @@ class Trainer:
         else:  # training randomness does not use these streams; keep them reproducible anyway
             ckpt.restore_rng_state(rng["states"][rank % int(rng["world_size"])])
 
-    def save(self) -> Optional[Path]:
+    def save(self) -> Path | None:
         """Checkpoint the current step (main process writes; all processes must call)."""
         from accelerate.utils import gather_object
 
@@ -359,9 +394,15 @@ class Trainer:
             if self.scaler is not None:  # fp16 loss scaling
                 state["grad_scaler"] = {k: v for k, v in self.scaler.state_dict().items()}
             path = ckpt.save_checkpoint(
-                self.ckpt_root, self.step, model_state=self.model.state_dict(), ema_state=self.ema.state_dict(),
-                optimizer_state=self.optimizer.state_dict(), rng_states=rng_states, state=state,
-                config_yaml=to_yaml(self.cfg), decoder=self.decoder_spec,
+                self.ckpt_root,
+                self.step,
+                model_state=self.model.state_dict(),
+                ema_state=self.ema.state_dict(),
+                optimizer_state=self.optimizer.state_dict(),
+                rng_states=rng_states,
+                state=state,
+                config_yaml=to_yaml(self.cfg),
+                decoder=self.decoder_spec,
             )
             ckpt.prune_checkpoints(self.ckpt_root, int(self.cfg.train.keep_last), int(self.cfg.train.milestone_every))
         self.acc.wait_for_everyone()
@@ -378,7 +419,7 @@ class Trainer:
         y = drop_labels(y, float(self.cfg.model.class_dropout_prob), int(self.cfg.model.num_classes), stream)
         return x, y
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, Any]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         """One global batch on this process's share: forward/backward, then the optimizer update
         unless the loss or gradient is not finite. Returns ``loss`` and ``grad_norm`` as device
         tensors (read them only when logging), ``lr``, ``skipped`` (0/1), ``applied`` and ``stop``
@@ -417,8 +458,9 @@ class Trainer:
         grad_norm = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros((), device=self.device)
         if t.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(self.params, float(t.grad_clip), grad_norm)
-        loss_ok, grad_ok, stop = torch.stack([torch.isfinite(loss_mean), torch.isfinite(grad_norm),
-                                              packed[1] > 0]).tolist()  # the step's one host sync
+        loss_ok, grad_ok, stop = torch.stack(
+            [torch.isfinite(loss_mean), torch.isfinite(grad_norm), packed[1] > 0]
+        ).tolist()  # the step's one host sync
         applied = loss_ok and grad_ok
         c = self.counters
         if applied:
@@ -438,20 +480,29 @@ class Trainer:
         self.torch_optimizer.zero_grad(set_to_none=True)
         c["batches"] += 1
         if c["nonfinite_consecutive"] >= int(t.max_nonfinite) or c["overflow_consecutive"] >= MAX_OVERFLOW_STREAK:
-            what = (f"{c['nonfinite_consecutive']} consecutive steps had a non-finite loss or gradient"
-                    if c["nonfinite_consecutive"] >= int(t.max_nonfinite) else
-                    f"{c['overflow_consecutive']} consecutive fp16 steps overflowed")
+            what = (
+                f"{c['nonfinite_consecutive']} consecutive steps had a non-finite loss or gradient"
+                if c["nonfinite_consecutive"] >= int(t.max_nonfinite)
+                else f"{c['overflow_consecutive']} consecutive fp16 steps overflowed"
+            )
             raise NonFiniteLossError(
                 f"stopping at step {self.step} (batch {c['batches']}): {what} (last loss {float(loss_mean)}, grad "
                 f"norm {float(grad_norm)}); the last checkpoint in {self.ckpt_root} is intact. Lower train.lr, set "
                 f"train.grad_clip, add train.warmup_steps or use train.mixed_precision=no/bf16 "
-                f"(train.max_nonfinite={t.max_nonfinite})")
-        return {"loss": loss_mean.detach(), "grad_norm": grad_norm.detach(), "lr": lr,
-                "skipped": 0.0 if applied else 1.0, "applied": applied, "stop": bool(stop)}
+                f"(train.max_nonfinite={t.max_nonfinite})"
+            )
+        return {
+            "loss": loss_mean.detach(),
+            "grad_norm": grad_norm.detach(),
+            "lr": lr,
+            "skipped": 0.0 if applied else 1.0,
+            "applied": applied,
+            "stop": bool(stop),
+        }
 
     # ------------------------------------------------------------------ periodic work
     @torch.no_grad()
-    def sample_grid(self) -> Optional[Path]:
+    def sample_grid(self) -> Path | None:
         """EMA samples of ``train.grid`` → ``<output_dir>/samples/step_XXXXXXXX.png`` (main process)."""
         if not self.acc.is_main_process:
             return None
@@ -461,14 +512,15 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def in_loop_fid(self) -> Optional[float]:
+    def in_loop_fid(self) -> float | None:
         """``train.fid``: every process samples and embeds its share; the main process scores."""
         from accelerate.utils import gather_object
 
         if self.fid is None:
             self.fid = InLoopFID(self.cfg, self.device)
-        feats = self.fid.features(self.ema.model, self.objective, self.decoder, self.acc.process_index,
-                                  self.acc.num_processes)
+        feats = self.fid.features(
+            self.ema.model, self.objective, self.decoder, self.acc.process_index, self.acc.num_processes
+        )
         gathered = gather_object([feats])
         value = None
         if self.acc.is_main_process:
@@ -485,7 +537,7 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ signals
-    def _install_stop_handlers(self) -> Dict[int, Any]:
+    def _install_stop_handlers(self) -> dict[int, Any]:
         """SIGTERM / SIGUSR1 / SIGINT → finish the step, checkpoint, stop (main thread only)."""
         if threading.current_thread() is not threading.main_thread():
             return {}
@@ -501,12 +553,12 @@ class Trainer:
         return previous
 
     @staticmethod
-    def _restore_handlers(previous: Dict[int, Any]) -> None:
+    def _restore_handlers(previous: dict[int, Any]) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     # ------------------------------------------------------------------ loop
-    def run(self) -> Dict[str, Any]:
+    def run(self) -> dict[str, Any]:
         """Train until ``train.max_steps`` applied updates, or until a stop signal; returns a summary
         (final step, counters, last logged scalars, ``stopped_by``: the signal name or None)."""
         try:
@@ -518,7 +570,7 @@ class Trainer:
         finally:
             self.close()
 
-    def _run(self) -> Dict[str, Any]:
+    def _run(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         t = self.cfg.train
@@ -527,11 +579,16 @@ class Trainer:
             self.acc.init_trackers(self.cfg.logging.project, config=flat_hparams(to_container(self.cfg)))
         if self.resumed_from is not None:
             self.acc.print(f"resumed from {self.resumed_from} at step {self.step}")
-        bar = tqdm(total=int(t.max_steps), initial=self.step, disable=not self.acc.is_local_main_process,
-                   desc=self.cfg.name, dynamic_ncols=True)
+        bar = tqdm(
+            total=int(t.max_steps),
+            initial=self.step,
+            disable=not self.acc.is_local_main_process,
+            desc=self.cfg.name,
+            dynamic_ncols=True,
+        )
         zero = torch.zeros((), device=self.device)
-        window: Dict[str, Any] = {"loss": zero, "grad_norm": zero, "n": 0}  # on the device until logged
-        last: Dict[str, float] = {}
+        window: dict[str, Any] = {"loss": zero, "grad_norm": zero, "n": 0}  # on the device until logged
+        last: dict[str, float] = {}
         tic, tic_step = time.perf_counter(), self.step
         data = iter(self.loader)
         saved_batches = self.counters["batches"] if self.resumed_from is not None else -1
@@ -543,8 +600,12 @@ class Trainer:
                 if self._stop_signal is not None and not announced:
                     announced = True
                     name = signal.Signals(self._stop_signal).name
-                    print(f"[rank {self.acc.process_index}] got {name}: finishing this step, then writing a "
-                          f"checkpoint and stopping (exit {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
+                    print(
+                        f"[rank {self.acc.process_index}] got {name}: finishing this step, then writing a "
+                        f"checkpoint and stopping (exit {EXIT_PREEMPTED})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 x, y = next(data)
                 stats = self.train_step(x, y)
                 if stats["applied"]:
@@ -557,7 +618,9 @@ class Trainer:
                         n = max(window["n"], 1)
                         loss_sum, gn_sum = torch.stack([window["loss"], window["grad_norm"]]).tolist()
                         last = {
-                            "loss": loss_sum / n, "grad_norm": gn_sum / n, "lr": stats["lr"],
+                            "loss": loss_sum / n,
+                            "grad_norm": gn_sum / n,
+                            "lr": stats["lr"],
                             "steps_per_sec": (self.step - tic_step) / dt,
                             "images_per_sec": (self.step - tic_step) * int(t.global_batch_size) / dt,
                             "nonfinite_total": float(self.counters["nonfinite_total"]),
@@ -578,8 +641,11 @@ class Trainer:
                 if sleep > 0:
                     time.sleep(sleep)
                 if stats["stop"] and self.step < int(t.max_steps):
-                    stopped_by = (signal.Signals(self._stop_signal).name if self._stop_signal is not None
-                                  else "a signal to another process")
+                    stopped_by = (
+                        signal.Signals(self._stop_signal).name
+                        if self._stop_signal is not None
+                        else "a signal to another process"
+                    )
                     break
             if saved_batches != self.counters["batches"]:
                 self.save()
@@ -587,13 +653,21 @@ class Trainer:
             bar.close()
             self.acc.end_training()
         if stopped_by is not None:
-            self.acc.print(f"stopped by {stopped_by} at step {self.step}; checkpoint "
-                           f"{self.ckpt_root / ckpt.step_dir_name(self.step)} written; re-run the same command to "
-                           f"continue (exit {EXIT_PREEMPTED})")
-        return {"step": self.step, "counters": dict(self.counters), "last": last, "output_dir": str(self.out_dir),
-                "is_main_process": self.acc.is_main_process, "stopped_by": stopped_by}
+            self.acc.print(
+                f"stopped by {stopped_by} at step {self.step}; checkpoint "
+                f"{self.ckpt_root / ckpt.step_dir_name(self.step)} written; re-run the same command to "
+                f"continue (exit {EXIT_PREEMPTED})"
+            )
+        return {
+            "step": self.step,
+            "counters": dict(self.counters),
+            "last": last,
+            "output_dir": str(self.out_dir),
+            "is_main_process": self.acc.is_main_process,
+            "stopped_by": stopped_by,
+        }
 
 
-def train(cfg: DictConfig, accelerator=None) -> Dict[str, Any]:
+def train(cfg: DictConfig, accelerator=None) -> dict[str, Any]:
     """Build a :class:`Trainer` for ``cfg`` and run it."""
     return Trainer(cfg, accelerator).run()

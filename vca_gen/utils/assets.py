@@ -6,6 +6,7 @@ default ``~/.cache/vca_gen/assets``). ``scripts/fetch_assets.py`` writes to the 
 Experiment configs ship inside the package (``vca_gen/configs``; ``configs/`` in a checkout is a
 link to it), so an installed package finds them from any directory.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,8 +1,10 @@
 """Tiny value checks used by every config's ``check``: each raises ``ValueError`` naming the key,
 the value and what is accepted (the experiment turns it into a ConfigError)."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def choice(key: str, value: Any, accepted: Sequence[Any]) -> None:

@@ -11,9 +11,10 @@ before ``cond − uncond`` (which cancels) is scaled by ``scale``, and the guide
 in fp32: every sampler casts the model output to its own (fp32) state dtype anyway, so nothing
 is rounded back to bf16 after the amplification. fp32 / fp64 outputs: unchanged, bit for bit.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -28,7 +29,7 @@ def cfg_forward(
     cfg_scale: float,
     null_label: int,
     pred_channels: int,
-    guide_channels: Optional[int] = None,
+    guide_channels: int | None = None,
 ) -> torch.Tensor:
     """Guided prediction for inputs ``x`` (B, C, H, W), times ``t`` (B,), labels ``y`` (B,).
 
@@ -51,8 +52,11 @@ def cfg_forward(
 
 
 def guided_model_fn(
-    model_fn: ModelFn, cfg_scale: float, null_label: Optional[int], pred_channels: int,
-    guide_channels: Optional[int] = None,
+    model_fn: ModelFn,
+    cfg_scale: float,
+    null_label: int | None,
+    pred_channels: int,
+    guide_channels: int | None = None,
 ) -> ModelFn:
     """``model_fn`` wrapped with :func:`cfg_forward` (returns ``model_fn`` itself at scale 1, where
     ``null_label`` may be None)."""

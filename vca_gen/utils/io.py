@@ -17,15 +17,17 @@ the directory entry is fsync'ed.
   checked before any slow work), :func:`make_parent_dir` / :func:`make_dir` (create it, with
   the same errors).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Mapping, Optional
+from typing import IO, Any
 
 from vca_gen.errors import UserError
 
@@ -39,7 +41,7 @@ class OutputDirError(UserError, OSError):
     """An output's folder cannot be created or written (a file in the way, no permission)."""
 
 
-def sha256_file(path: str | os.PathLike, h: Optional["hashlib._Hash"] = None, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, h: hashlib._Hash | None = None, chunk: int = 1 << 22) -> str:
     """Hex sha256 of a file's bytes; with ``h`` given, feed that running hash instead and return it."""
     h = hashlib.sha256() if h is None else h
     with open(path, "rb") as f:
@@ -172,8 +174,9 @@ def _named(paths: Mapping[str, Any] | Iterable[Any]) -> list[tuple[str, Path]]:
     return [(str(name), Path(p)) for name, p in items if p is not None]
 
 
-def refuse_input_as_output(outputs: Mapping[str, Any] | Iterable[Any],
-                           inputs: Mapping[str, Any] | Iterable[Any]) -> None:
+def refuse_input_as_output(
+    outputs: Mapping[str, Any] | Iterable[Any], inputs: Mapping[str, Any] | Iterable[Any]
+) -> None:
     """Raise :class:`UnsafeWriteError` if an output is the same file (or folder) as an input, or
     two outputs are one file. ``outputs`` / ``inputs``: ``{"--json-out": path, ...}`` (the names
     appear in the message) or plain iterables of paths; ``None`` values are skipped. Always
@@ -182,13 +185,16 @@ def refuse_input_as_output(outputs: Mapping[str, Any] | Iterable[Any],
     for i, (oname, o) in enumerate(outs):
         for iname, p in ins:
             if same_file(o, p):
-                raise UnsafeWriteError(f"{oname} {o} is the same path as the input {iname} {p}; writing there "
-                                       f"would destroy the input (this is refused even with --overwrite); choose "
-                                       f"another output path")
-        for oname2, o2 in outs[i + 1:]:
+                raise UnsafeWriteError(
+                    f"{oname} {o} is the same path as the input {iname} {p}; writing there "
+                    f"would destroy the input (this is refused even with --overwrite); choose "
+                    f"another output path"
+                )
+        for oname2, o2 in outs[i + 1 :]:
             if same_file(o, o2):
-                raise UnsafeWriteError(f"{oname} {o} and {oname2} {o2} are the same path; give each output "
-                                       f"its own path")
+                raise UnsafeWriteError(
+                    f"{oname} {o} and {oname2} {o2} are the same path; give each output its own path"
+                )
 
 
 def refuse_overwrite(path: str | os.PathLike, overwrite: bool, what: str, flag: str = "--overwrite") -> None:
@@ -198,8 +204,9 @@ def refuse_overwrite(path: str | os.PathLike, overwrite: bool, what: str, flag: 
     if p.is_dir():
         raise UnsafeWriteError(f"{what} {p} is an existing folder; give the path of a file to write")
     if (p.exists() or p.is_symlink()) and not overwrite:
-        raise UnsafeWriteError(f"{what} {p} already exists and was left untouched; pass {flag} to replace it, "
-                               f"or choose another path")
+        raise UnsafeWriteError(
+            f"{what} {p} already exists and was left untouched; pass {flag} to replace it, or choose another path"
+        )
 
 
 def check_output_path(path: str | os.PathLike, what: str) -> Path:
@@ -215,11 +222,15 @@ def check_output_path(path: str | os.PathLike, what: str) -> Path:
     while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise OutputDirError(f"cannot create the folder {parent} for {what} {p}: {probe} exists and is not a "
-                             f"folder; choose an output path under a folder")
+        raise OutputDirError(
+            f"cannot create the folder {parent} for {what} {p}: {probe} exists and is not a "
+            f"folder; choose an output path under a folder"
+        )
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputDirError(f"cannot write {what} {p}: no permission to "
-                             f"{'write in' if probe == parent else 'create folders in'} {probe}")
+        raise OutputDirError(
+            f"cannot write {what} {p}: no permission to "
+            f"{'write in' if probe == parent else 'create folders in'} {probe}"
+        )
     return p
 
 
@@ -230,11 +241,12 @@ def make_dir(path: str | os.PathLike, what: str) -> Path:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
-        raise OutputDirError(f"cannot create the folder {p} for {what}: {e.filename or p} exists and is not a "
-                             f"folder; choose another path") from e
+        raise OutputDirError(
+            f"cannot create the folder {p} for {what}: {e.filename or p} exists and is not a "
+            f"folder; choose another path"
+        ) from e
     except PermissionError as e:
-        raise OutputDirError(f"cannot create the folder {p} for {what}: permission denied "
-                             f"({e.filename or p})") from e
+        raise OutputDirError(f"cannot create the folder {p} for {what}: permission denied ({e.filename or p})") from e
     return p
 
 

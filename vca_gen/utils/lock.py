@@ -30,6 +30,7 @@ two processes that both find the same stale lock cannot both win. A lock file th
 ``UNREADABLE_GRACE_S`` old. :meth:`RunLock.release` (and leaving the ``with`` block) removes the
 file only if it is still ours (same token and pid); a forked child never releases its parent's lock.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,7 +46,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 from vca_gen.errors import UserError
 
@@ -60,7 +61,7 @@ _ACQUIRE_ATTEMPTS = 20
 class RunDirLockedError(UserError):
     """The run directory is locked by another live run (the message names the holder)."""
 
-    def __init__(self, message: str, directory: Path, holder: Optional[Dict[str, Any]]):
+    def __init__(self, message: str, directory: Path, holder: dict[str, Any] | None):
         super().__init__(message)
         self.directory = directory
         self.holder = holder
@@ -70,7 +71,7 @@ class StaleLockWarning(UserWarning):
     """A lock left by a dead process (or an old one from another host, or forced) was taken over."""
 
 
-def lock_path(directory: Union[str, os.PathLike]) -> Path:
+def lock_path(directory: str | os.PathLike) -> Path:
     return Path(directory) / LOCK_NAME
 
 
@@ -78,21 +79,21 @@ def _now_iso(t: float) -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _boot_id() -> Optional[str]:
+def _boot_id() -> str | None:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
     except OSError:
         return None
 
 
-def _proc_stat(pid: int) -> Optional[tuple]:
+def _proc_stat(pid: int) -> tuple | None:
     """(state, start time in clock ticks) of ``pid`` from /proc, or None when unavailable."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # "pid (comm) state ppid ... starttime(22nd field)"; comm may contain spaces and parentheses
-    rest = raw[raw.rfind(")") + 2:].split()
+    rest = raw[raw.rfind(")") + 2 :].split()
     try:
         return rest[0], int(rest[19])
     except (IndexError, ValueError):
@@ -122,7 +123,7 @@ def _age_text(seconds: float) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
-def read_lock(directory: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+def read_lock(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The holder's record in ``<directory>/.lock``; None if there is no lock; ``{}`` if unreadable."""
     try:
         text = lock_path(directory).read_text()
@@ -137,15 +138,17 @@ def read_lock(directory: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
     return info if isinstance(info, dict) else {}
 
 
-def describe_holder(info: Dict[str, Any], now: Optional[float] = None) -> str:
-    """"pid 1234 on host node7 (training) since 2025-01-02T03:04:05Z (2 h 3 min ago), command: ..."."""
+def describe_holder(info: dict[str, Any], now: float | None = None) -> str:
+    """ "pid 1234 on host node7 (training) since 2025-01-02T03:04:05Z (2 h 3 min ago), command: ..."."""
     now = time.time() if now is None else now
     since = str(info.get("started", "?"))
     t0 = info.get("started_unix")
     if isinstance(t0, (int, float)):
         since += f" ({_age_text(now - t0)} ago)"
-    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')} ({info.get('purpose', '?')}) "
-            f"since {since}, command: {info.get('command', '?')}")
+    return (
+        f"pid {info.get('pid', '?')} on host {info.get('host', '?')} ({info.get('purpose', '?')}) "
+        f"since {since}, command: {info.get('command', '?')}"
+    )
 
 
 class RunLock:
@@ -160,13 +163,13 @@ class RunLock:
 
     def __init__(
         self,
-        directory: Union[str, os.PathLike],
+        directory: str | os.PathLike,
         purpose: str,
         *,
         force: bool = False,
-        stale_after_s: Optional[float] = DEFAULT_STALE_AFTER_S,
-        heartbeat_s: Optional[float] = None,
-        command: Optional[str] = None,
+        stale_after_s: float | None = DEFAULT_STALE_AFTER_S,
+        heartbeat_s: float | None = None,
+        command: str | None = None,
     ):
         if not str(purpose).strip():
             raise ValueError("RunLock needs a purpose, e.g. 'training', 'sampling', 'extraction'")
@@ -179,18 +182,18 @@ class RunLock:
         self.stale_after_s = None if stale_after_s is None else float(stale_after_s)
         self.heartbeat_s = heartbeat_s
         self.command = command if command is not None else shlex.join(sys.argv)
-        self.info: Optional[Dict[str, Any]] = None  # our record while held
-        self.taken_over: Optional[Dict[str, Any]] = None  # the record we replaced, if any
-        self._owner_pid: Optional[int] = None
-        self._stop: Optional[threading.Event] = None
-        self._thread: Optional[threading.Thread] = None
+        self.info: dict[str, Any] | None = None  # our record while held
+        self.taken_over: dict[str, Any] | None = None  # the record we replaced, if any
+        self._owner_pid: int | None = None
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ public API
     @property
     def held(self) -> bool:
         return self.info is not None and self._owner_pid == os.getpid()
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         if self.held:
             raise RuntimeError(f"{self.path} is already held by this RunLock")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -210,12 +213,16 @@ class RunLock:
             self._break(info, reason)
         last = read_lock(self.directory)
         if last == {}:
-            msg = (f"run directory {self.directory} is locked: {self.path} exists but cannot be read as a lock "
-                   f"record (being written, or left by a crash); it counts as stale once it is "
-                   f"{UNREADABLE_GRACE_S:.0f} s old, or remove it / use the force option")
+            msg = (
+                f"run directory {self.directory} is locked: {self.path} exists but cannot be read as a lock "
+                f"record (being written, or left by a crash); it counts as stale once it is "
+                f"{UNREADABLE_GRACE_S:.0f} s old, or remove it / use the force option"
+            )
         else:
-            msg = (f"could not lock run directory {self.directory}: {self.path} kept changing while trying "
-                   f"({_ACQUIRE_ATTEMPTS} attempts); another process is competing for it")
+            msg = (
+                f"could not lock run directory {self.directory}: {self.path} kept changing while trying "
+                f"({_ACQUIRE_ATTEMPTS} attempts); another process is competing for it"
+            )
         raise RunDirLockedError(msg, self.directory, last)
 
     def release(self) -> None:
@@ -229,9 +236,12 @@ class RunLock:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         elif current is not None:
-            warnings.warn(f"not removing {self.path}: it is no longer ours (now held by "
-                          f"{describe_holder(current) if current else 'an unreadable record'})", StaleLockWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"not removing {self.path}: it is no longer ours (now held by "
+                f"{describe_holder(current) if current else 'an unreadable record'})",
+                StaleLockWarning,
+                stacklevel=2,
+            )
 
     def refresh(self) -> None:
         """Mark the lock as alive now (file mtime); keeps a lock on shared storage from looking stale."""
@@ -239,7 +249,7 @@ class RunLock:
             with contextlib.suppress(FileNotFoundError):
                 os.utime(self.path, None)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -249,14 +259,20 @@ class RunLock:
         return f"RunLock({str(self.directory)!r}, {self.purpose!r}, held={self.held})"
 
     # ------------------------------------------------------------------ internals
-    def _record(self) -> Dict[str, Any]:
+    def _record(self) -> dict[str, Any]:
         now = time.time()
         pid = os.getpid()
         stat = _proc_stat(pid)
         return {
-            "pid": pid, "host": socket.gethostname(), "purpose": self.purpose, "started": _now_iso(now),
-            "command": self.command, "started_unix": now, "token": secrets.token_hex(16),
-            "boot_id": _boot_id(), "pid_start": stat[1] if stat else None,
+            "pid": pid,
+            "host": socket.gethostname(),
+            "purpose": self.purpose,
+            "started": _now_iso(now),
+            "command": self.command,
+            "started_unix": now,
+            "token": secrets.token_hex(16),
+            "boot_id": _boot_id(),
+            "pid_start": stat[1] if stat else None,
         }
 
     def _try_create(self) -> bool:
@@ -278,7 +294,7 @@ class RunLock:
         self._owner_pid = record["pid"]
         return True
 
-    def _age(self, info: Dict[str, Any]) -> Optional[float]:
+    def _age(self, info: dict[str, Any]) -> float | None:
         """Seconds since the lock was written or last refreshed (None if the file vanished)."""
         try:
             mtime = self.path.stat().st_mtime
@@ -288,7 +304,7 @@ class RunLock:
         last = max(mtime, float(t0)) if isinstance(t0, (int, float)) else mtime
         return time.time() - last
 
-    def _takeover_reason(self, info: Dict[str, Any]) -> Optional[str]:
+    def _takeover_reason(self, info: dict[str, Any]) -> str | None:
         """Why ``info``'s lock may be taken over, or None if it stands."""
         if self.force:
             return "force was given"
@@ -314,22 +330,27 @@ class RunLock:
                     return f"process {pid} on this host is a different process now (pid reused)"
             return None
         if self.stale_after_s is not None and age > self.stale_after_s:
-            return (f"it is from another host ({host}) and was last refreshed {_age_text(age)} ago, longer than "
-                    f"the staleness window of {_age_text(self.stale_after_s)}")
+            return (
+                f"it is from another host ({host}) and was last refreshed {_age_text(age)} ago, longer than "
+                f"the staleness window of {_age_text(self.stale_after_s)}"
+            )
         return None
 
-    def _locked_error(self, info: Dict[str, Any]) -> RunDirLockedError:
+    def _locked_error(self, info: dict[str, Any]) -> RunDirLockedError:
         holder = describe_holder(info)
         if info.get("host") == socket.gethostname():
             hint = "wait for it to finish or stop it"
         else:
-            window = "never" if self.stale_after_s is None else f"after {_age_text(self.stale_after_s)} without a refresh"
-            hint = (f"it runs on another host, so it cannot be checked from here; it counts as stale {window}. "
-                    f"If that process is gone, remove {self.path} or use the force option")
-        return RunDirLockedError(f"run directory {self.directory} is locked by {holder}; {hint}",
-                                 self.directory, info)
+            window = (
+                "never" if self.stale_after_s is None else f"after {_age_text(self.stale_after_s)} without a refresh"
+            )
+            hint = (
+                f"it runs on another host, so it cannot be checked from here; it counts as stale {window}. "
+                f"If that process is gone, remove {self.path} or use the force option"
+            )
+        return RunDirLockedError(f"run directory {self.directory} is locked by {holder}; {hint}", self.directory, info)
 
-    def _break(self, info: Dict[str, Any], reason: str) -> None:
+    def _break(self, info: dict[str, Any], reason: str) -> None:
         """Remove the stale lock ``info`` (only if it is still that one), serialised by .lock.break."""
         brk = self.directory / BREAK_NAME
         try:
@@ -351,8 +372,11 @@ class RunLock:
                 self.path.unlink()
                 self.taken_over = info
                 what = describe_holder(info) if info else "an unreadable lock record"
-                warnings.warn(f"taking over the lock of run directory {self.directory} held by {what}: {reason}",
-                              StaleLockWarning, stacklevel=4)
+                warnings.warn(
+                    f"taking over the lock of run directory {self.directory} held by {what}: {reason}",
+                    StaleLockWarning,
+                    stacklevel=4,
+                )
         except FileNotFoundError:
             pass
         finally:
@@ -368,8 +392,12 @@ class RunLock:
             while not stop.wait(period):
                 self.refresh()
 
-        self._thread = threading.Thread(target=beat, args=(self._stop, float(self.heartbeat_s)),
-                                        name=f"RunLock heartbeat {self.directory}", daemon=True)
+        self._thread = threading.Thread(
+            target=beat,
+            args=(self._stop, float(self.heartbeat_s)),
+            name=f"RunLock heartbeat {self.directory}",
+            daemon=True,
+        )
         self._thread.start()
 
     def _stop_heartbeat(self) -> None:
@@ -380,5 +408,13 @@ class RunLock:
         self._stop = self._thread = None
 
 
-__all__ = ["RunLock", "RunDirLockedError", "StaleLockWarning", "read_lock", "lock_path", "describe_holder",
-           "LOCK_NAME", "DEFAULT_STALE_AFTER_S"]
+__all__ = [
+    "RunLock",
+    "RunDirLockedError",
+    "StaleLockWarning",
+    "read_lock",
+    "lock_path",
+    "describe_holder",
+    "LOCK_NAME",
+    "DEFAULT_STALE_AFTER_S",
+]

@@ -12,6 +12,7 @@ its seed. A *generator spec* is one of:
   process and every micro-batch split sees the same values for the same global row, with one
   kernel launch per draw whatever the batch size (training).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -59,7 +60,7 @@ class RowStream:
         g = torch.Generator(device=device if device is not None else "cpu")
         g.manual_seed(self.seed_of(self.draws))
         self.draws += 1
-        return fn((self.total, *shape[1:]), generator=g, device=g.device, dtype=dtype)[self.start:self.stop]
+        return fn((self.total, *shape[1:]), generator=g, device=g.device, dtype=dtype)[self.start : self.stop]
 
     def __repr__(self) -> str:
         return f"RowStream(seed={self.seed}, rows=[{self.start}, {self.stop}) of {self.total}, draws={self.draws})"

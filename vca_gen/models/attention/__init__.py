@@ -9,6 +9,7 @@ those two layers load into any kind.
 - ``vca``: Visual-Contrast Attention, see :mod:`vca_gen.models.attention.vca`.
 - ``diff``: DIFF Transformer attention, see :mod:`vca_gen.models.attention.diff`.
 """
+
 from __future__ import annotations
 
 from typing import Any

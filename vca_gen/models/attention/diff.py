@@ -16,9 +16,8 @@ The projections are DiT's ``qkv`` / ``proj``; extra parameters are only 4d (λ) 
 Under bf16 autocast the two attention outputs are upcast and subtracted with the fp32 λ, and the
 RMSNorm runs in fp32, before the result is cast back to the compute dtype.
 """
-from __future__ import annotations
 
-from typing import Tuple
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
@@ -34,7 +33,7 @@ class DiffAttention(nn.Module):
 
     OPTIONS: dict = {}
 
-    def __init__(self, dim: int, num_heads: int, grid_size: Tuple[int, int], layer_idx: int = 0):
+    def __init__(self, dim: int, num_heads: int, grid_size: tuple[int, int], layer_idx: int = 0):
         super().__init__()
         d = check_heads(dim, num_heads)
         if num_heads % 2 == 0:
@@ -42,8 +41,10 @@ class DiffAttention(nn.Module):
         elif d % 2 == 0:
             self.num_heads, self.head_dim = num_heads, d // 2
         else:
-            raise ValueError(f"diff attention needs an even num_heads or an even head dim; got {num_heads} heads "
-                             f"of size {d} (hidden size {dim})")
+            raise ValueError(
+                f"diff attention needs an even num_heads or an even head dim; got {num_heads} heads "
+                f"of size {d} (hidden size {dim})"
+            )
         d = self.head_dim  # values have 2d
         self.grid_size = tuple(grid_size)
         self.lambda_init = lambda_init_fn(layer_idx)
@@ -68,5 +69,7 @@ class DiffAttention(nn.Module):
         return self.proj(o.transpose(1, 2).reshape(B, N, C))
 
     def extra_repr(self) -> str:
-        return (f"diff_heads={self.num_heads}, qk_dim={self.head_dim}, v_dim={2 * self.head_dim}, "
-                f"grid={self.grid_size}, lambda_init={self.lambda_init:.4f}")
+        return (
+            f"diff_heads={self.num_heads}, qk_dim={self.head_dim}, v_dim={2 * self.head_dim}, "
+            f"grid={self.grid_size}, lambda_init={self.lambda_init:.4f}"
+        )

@@ -12,6 +12,7 @@ fp32 (bf16/fp16 operands are upcast; fp32/fp64 operands go through the same expr
 before, bit for bit). The callers feed the result to :class:`RMSNorm` in fp32 and cast back to
 their compute dtype afterwards.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,7 +1,8 @@
 """Multi-head self-attention (DiT / timm) on a fused SDPA kernel, and the head-size check."""
+
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -18,9 +19,9 @@ def check_heads(dim: int, num_heads: int) -> int:
 class MHSA(nn.Module):
     """Multi-head self-attention with a fused SDPA kernel; DiT-compatible ``qkv`` / ``proj``."""
 
-    OPTIONS: Dict[str, Any] = {}
+    OPTIONS: dict[str, Any] = {}
 
-    def __init__(self, dim: int, num_heads: int, grid_size: Tuple[int, int], layer_idx: int = 0):
+    def __init__(self, dim: int, num_heads: int, grid_size: tuple[int, int], layer_idx: int = 0):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = check_heads(dim, num_heads)

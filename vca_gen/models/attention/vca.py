@@ -36,11 +36,12 @@ Precision under bf16 autocast: λ stays fp32; ``V̂⁺ − λ¹V̂⁻`` and the 
 accumulator over ``[V̂; −λ²V̂]``, whose second half is the bf16 V̂ times the fp32 λ², rounded once.
 The attention products themselves run in the compute dtype; fp32 / fp64 results are unchanged.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Tuple, cast
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -64,7 +65,9 @@ _CHOICES = {
 
 def _check_choice(name: str, value: str) -> None:
     if value not in _CHOICES[name]:
-        raise ValueError(f"VCA option {name}={value!r} is not valid; choose one of {', '.join(map(repr, _CHOICES[name]))}")
+        raise ValueError(
+            f"VCA option {name}={value!r} is not valid; choose one of {', '.join(map(repr, _CHOICES[name]))}"
+        )
 
 
 class VCAttention(nn.Module):
@@ -82,7 +85,7 @@ class VCAttention(nn.Module):
         self,
         dim: int,
         num_heads: int,
-        grid_size: Tuple[int, int],
+        grid_size: tuple[int, int],
         layer_idx: int = 0,
         num_contrast_tokens: int = 64,
         stage2_softmax: str = "joint",
@@ -91,11 +94,17 @@ class VCAttention(nn.Module):
         stages: str = "both",
     ):
         super().__init__()
-        for name, value in (("stage2_softmax", stage2_softmax), ("contrast_tokens", contrast_tokens), ("stages", stages)):
+        for name, value in (
+            ("stage2_softmax", stage2_softmax),
+            ("contrast_tokens", contrast_tokens),
+            ("stages", stages),
+        ):
             _check_choice(name, value)
         if stages == "stage1" and stage2_softmax != "joint":
-            raise ValueError("VCA option stage2_softmax applies only to a differential Stage II "
-                             "(stages='both' or 'stage2'); with stages='stage1' leave it at 'joint'")
+            raise ValueError(
+                "VCA option stage2_softmax applies only to a differential Stage II "
+                "(stages='both' or 'stage2'); with stages='stage1' leave it at 'joint'"
+            )
         if not isinstance(dwconv, bool):
             raise ValueError(f"VCA option dwconv must be True or False, got {dwconv!r}")
         n = int(num_contrast_tokens)
@@ -103,12 +112,15 @@ class VCAttention(nn.Module):
         if n != num_contrast_tokens or n < 1 or s * s != n:
             raise ValueError(
                 f"num_contrast_tokens must be a perfect square (s*s pooled grid), got {num_contrast_tokens!r}; "
-                f"e.g. 16, 36, 49, 64, 100")
+                f"e.g. 16, 36, 49, 64, 100"
+            )
         gh, gw = grid_size
         if contrast_tokens == "pooled" and (s > gh or s > gw):
             warnings.warn(
                 f"VCA: {s}x{s}={n} contrast tokens exceed the {gh}x{gw} token grid in one dimension; "
-                "adaptive pooling will replicate tokens", stacklevel=3)
+                "adaptive pooling will replicate tokens",
+                stacklevel=3,
+            )
         self.num_heads = num_heads
         self.head_dim = d = check_heads(dim, num_heads)
         self.grid_size = (gh, gw)
@@ -199,7 +211,9 @@ class VCAttention(nn.Module):
         return self.proj(o)
 
     def extra_repr(self) -> str:
-        return (f"heads={self.num_heads}, head_dim={self.head_dim}, grid={self.grid_size}, "
-                f"n={self.num_contrast_tokens}, stages={self.stages}, stage2_softmax={self.stage2_softmax}, "
-                f"contrast_tokens={self.contrast_tokens}, dwconv={self.dwc is not None}, "
-                f"lambda_init={self.lambda_init:.4f}")
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, grid={self.grid_size}, "
+            f"n={self.num_contrast_tokens}, stages={self.stages}, stage2_softmax={self.stage2_softmax}, "
+            f"contrast_tokens={self.contrast_tokens}, dwconv={self.dwc is not None}, "
+            f"lambda_init={self.lambda_init:.4f}"
+        )

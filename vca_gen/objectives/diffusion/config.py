@@ -1,4 +1,5 @@
 """Config of DiT's Gaussian diffusion objective (the ``objective.diffusion`` section)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from vca_gen.utils.checks import choice, in_range, positive
 DIFFUSION_SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 FIXED_VARIANCES = ("large", "small")
 
+
 @dataclass
 class DiffusionConfig:
     """DiT's Gaussian diffusion (improved-DDPM ``create_gaussian_diffusion`` as DiT calls it).
@@ -18,7 +20,8 @@ class DiffusionConfig:
     Dhariwal's squared-cosine ᾱ, β capped at 0.999). ``fixed_variance`` is used when the model
     outputs ``in_channels`` (no learned σ): "large" (β_t, improved-DDPM/DiT's default) or "small"
     (posterior β̃_t). ``rescale_vb`` multiplies the VLB term by T/1000 (improved-DDPM's
-    RESCALED_MSE; DiT uses plain MSE, the same at T = 1000). ``sampler``: "ddpm" | "ddim" | "dpm-solver++". ``sample_steps`` uses
+    RESCALED_MSE; DiT uses plain MSE, the same at T = 1000). ``sampler``: "ddpm" | "ddim" |
+    "dpm-solver++". ``sample_steps`` uses
     improved-DDPM's ``space_timesteps`` syntax ("250", "10,10,10", "ddim50") or an int.
     """
 
@@ -52,6 +55,7 @@ class DiffusionConfig:
             else:
                 space_timesteps(int(self.num_timesteps), int(steps) if steps.isdigit() else steps)
         except ValueError as e:
-            raise ValueError(f"{prefix}.sample_steps={self.sample_steps!r} is not valid; accepted: a step count, "
-                             f"a respacing such as '10,10,10' or 'ddim50' ({e})") from None
-
+            raise ValueError(
+                f"{prefix}.sample_steps={self.sample_steps!r} is not valid; accepted: a step count, "
+                f"a respacing such as '10,10,10' or 'ddim50' ({e})"
+            ) from None

@@ -11,10 +11,10 @@ Indices ``t`` are positions in *this* chain (0..K-1); a respaced chain keeps ``t
 * fixed "large": σ² = β_t (β̃_1 at t = 0), improved-DDPM/DiT's choice without learned σ;
 * fixed "small": σ² = β̃_t (posterior variance, clipped at t = 0).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ VARIANCE_TYPES = ("learned_range", "large", "small")
 
 
 def resolve_variance(in_channels: int, out_channels: int, fixed_variance: str = "large") -> str:
-    """"learned_range" for 2·C outputs, ``fixed_variance`` for C outputs, else a clear error."""
+    """ "learned_range" for 2·C outputs, ``fixed_variance`` for C outputs, else a clear error."""
     if fixed_variance not in ("large", "small"):
         raise ValueError(f"unknown fixed_variance {fixed_variance!r}; accepted: large, small")
     if out_channels == 2 * in_channels:
@@ -66,7 +66,9 @@ def extract(arr: np.ndarray | torch.Tensor, t: torch.Tensor, like: torch.Tensor)
 class GaussianDiffusion:
     """Discrete-time diffusion with β of shape (K,) and the original-index map ``timestep_map``."""
 
-    def __init__(self, betas: np.ndarray, timestep_map: Optional[np.ndarray] = None, original_num_timesteps: Optional[int] = None):
+    def __init__(
+        self, betas: np.ndarray, timestep_map: np.ndarray | None = None, original_num_timesteps: int | None = None
+    ):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D array with values in (0, 1]")
@@ -112,7 +114,7 @@ class GaussianDiffusion:
         return gather(self.table(name, t.device), t, like)
 
     # -- respacing --------------------------------------------------------------------------
-    def respaced(self, use_timesteps: list[int]) -> "GaussianDiffusion":
+    def respaced(self, use_timesteps: list[int]) -> GaussianDiffusion:
         """Chain over the kept original steps (ᾱ unchanged there, β recomputed)."""
         key = tuple(sorted(set(int(k) for k in use_timesteps)))
         chain = self._respaced.get(key)
@@ -146,7 +148,9 @@ class GaussianDiffusion:
         return (e("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x_start) / e("sqrt_recipm1_alphas_cumprod", t, x_t)
 
     # -- reverse step ------------------------------------------------------------------------
-    def p_mean_variance(self, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, variance: str, clip_denoised: bool = False) -> dict:
+    def p_mean_variance(
+        self, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, variance: str, clip_denoised: bool = False
+    ) -> dict:
         """Mean / log-variance of p(x_{t-1} | x_t) from the raw model output.
 
         ``model_output``: (B, C, ...) ε, or (B, 2C, ...) [ε, v] when ``variance == "learned_range"``.

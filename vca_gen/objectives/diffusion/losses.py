@@ -1,4 +1,5 @@
 """Likelihood terms of the variational bound (natural log; callers convert to bits)."""
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,9 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     The bins at the ends extend to ∓∞ (so the 256 probabilities sum to one).
     """
     if not (x.shape == means.shape == log_scales.shape):
-        raise ValueError(f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}")
+        raise ValueError(
+            f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}"
+        )
     centered = x - means
     inv_std = torch.exp(-log_scales)
     cdf_plus = approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))

@@ -1,16 +1,17 @@
 """DiT's diffusion objective behind the :class:`vca_gen.objectives.base.Objective` interface."""
+
 from __future__ import annotations
 
-from typing import Optional, Union, cast
+from typing import cast
 
 import torch
 
+from vca_gen.objectives.base import Objective, SampleOutput
+from vca_gen.objectives.diffusion.config import DIFFUSION_SAMPLERS, DiffusionConfig
 from vca_gen.objectives.diffusion.gaussian import GaussianDiffusion, resolve_variance
 from vca_gen.objectives.diffusion.respace import space_timesteps
 from vca_gen.objectives.diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_pp_sample
 from vca_gen.objectives.diffusion.schedule import beta_schedule
-from vca_gen.objectives.base import Objective, SampleOutput
-from vca_gen.objectives.diffusion.config import DIFFUSION_SAMPLERS, DiffusionConfig
 from vca_gen.utils import rng
 
 # steps used when sample(sampler=X) differs from the configured sampler and steps=None
@@ -30,7 +31,7 @@ class DiffusionObjective(Objective):
     kind = "diffusion"
     samplers = DIFFUSION_SAMPLERS
 
-    def __init__(self, cfg: Optional[DiffusionConfig] = None):
+    def __init__(self, cfg: DiffusionConfig | None = None):
         cfg = cfg or DiffusionConfig()
         self.cfg = cfg
         resolve_variance(1, 1, cfg.fixed_variance)  # validates fixed_variance
@@ -46,7 +47,9 @@ class DiffusionObjective(Objective):
         resolve_variance(in_channels, out_channels, self.cfg.fixed_variance)
 
     # -- training ----------------------------------------------------------------------------
-    def training_losses(self, model_fn, x: torch.Tensor, y: torch.Tensor, generator=None, t: Optional[torch.Tensor] = None) -> dict:
+    def training_losses(
+        self, model_fn, x: torch.Tensor, y: torch.Tensor, generator=None, t: torch.Tensor | None = None
+    ) -> dict:
         """Hybrid loss for a batch ``x`` (B, C, H, W); ``t`` (B,) long drawn uniformly if not given.
 
         Returns ``loss`` (B,), ``mse`` (B,), ``vb`` (B,) (zeros for fixed variance), ``t`` (B,).
@@ -73,7 +76,7 @@ class DiffusionObjective(Objective):
         return {"loss": mse + vb, "mse": mse, "vb": vb, "t": t}
 
     # -- sampling ----------------------------------------------------------------------------
-    def _check_steps(self, sampler: str, steps: Union[int, str]) -> Union[list, int]:
+    def _check_steps(self, sampler: str, steps: int | str) -> list | int:
         if sampler == "dpm-solver++":
             try:
                 n = int(steps)
@@ -91,12 +94,12 @@ class DiffusionObjective(Objective):
         model_fn,
         noise: torch.Tensor,
         labels: torch.Tensor,
-        sampler: Optional[str] = None,
-        steps: Union[int, str, None] = None,
+        sampler: str | None = None,
+        steps: int | str | None = None,
         cfg_scale: float = 1.0,
-        guide_channels: Optional[int] = None,
+        guide_channels: int | None = None,
         generator=None,
-        null_label: Optional[int] = None,
+        null_label: int | None = None,
         progress: bool = False,
         **sampler_options,
     ) -> SampleOutput:

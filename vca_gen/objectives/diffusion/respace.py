@@ -4,14 +4,13 @@ A respaced chain keeps a subset S of the original steps and redefines
 ``β'_k = 1 − ᾱ_{s_k} / ᾱ_{s_{k-1}}`` so that ᾱ on the kept steps is unchanged. The model is
 still called with the *original* index ``s_k`` (``timestep_map[k]``), without any rescaling.
 """
-from __future__ import annotations
 
-from typing import Union
+from __future__ import annotations
 
 import numpy as np
 
 
-def space_timesteps(num_timesteps: int, section_counts: Union[str, int, list]) -> list[int]:
+def space_timesteps(num_timesteps: int, section_counts: str | int | list) -> list[int]:
     """Sorted list of original timesteps to keep.
 
     ``section_counts``: ``"ddimN"`` → the integer stride ``i`` (smallest first) such that

@@ -9,9 +9,11 @@
 Fresh noise at every stochastic step comes from :mod:`vca_gen.utils.rng`, so with per-sample
 generators sample i depends only on generator i.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -28,8 +30,15 @@ def _steps(n: int, progress: bool):
     return it
 
 
-def _predict(diffusion: GaussianDiffusion, model_fn: Callable, x: torch.Tensor, i: int, labels: torch.Tensor,
-             fixed_variance: str, clip_denoised: bool):
+def _predict(
+    diffusion: GaussianDiffusion,
+    model_fn: Callable,
+    x: torch.Tensor,
+    i: int,
+    labels: torch.Tensor,
+    fixed_variance: str,
+    clip_denoised: bool,
+):
     """One model call at respaced step ``i``: the step's timestep tensor (B,) and p(x_{t-1} | x_t)."""
     t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
     model_out = model_fn(x, diffusion.model_time(t), labels)

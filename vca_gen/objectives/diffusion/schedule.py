@@ -1,4 +1,5 @@
 """Noise schedules β_1..β_T (float64, as improved-DDPM keeps them)."""
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ def beta_schedule(name: str, num_timesteps: int, beta_start: float = 1e-4, beta_
             raise ValueError(f"linear schedule needs 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
         return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
     if name == "cosine":
+
         def alpha_bar(s: float) -> float:
             return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
 

@@ -1,4 +1,5 @@
 """SiT's interpolant transport: paths, predictions, losses, ODE / SDE samplers (t = 0 noise, t = 1 data)."""
+
 from vca_gen.objectives.flow.objective import FLOW_SAMPLERS, FlowObjective
 from vca_gen.objectives.flow.path import PATHS, PREDICTIONS, GVPPath, LinearPath, Path, VPPath, make_path
 from vca_gen.objectives.flow.samplers import ADAPTIVE_METHODS
@@ -6,6 +7,20 @@ from vca_gen.objectives.flow.sde import DIFFUSION_FORMS, LAST_STEPS, diffusion_c
 from vca_gen.objectives.flow.transport import LOSS_WEIGHTS, Transport, default_eps
 
 __all__ = [
-    "FlowObjective", "FLOW_SAMPLERS", "Path", "LinearPath", "GVPPath", "VPPath", "make_path", "PATHS", "PREDICTIONS",
-    "ADAPTIVE_METHODS", "DIFFUSION_FORMS", "LAST_STEPS", "diffusion_coefficient", "Transport", "LOSS_WEIGHTS", "default_eps",
+    "FlowObjective",
+    "FLOW_SAMPLERS",
+    "Path",
+    "LinearPath",
+    "GVPPath",
+    "VPPath",
+    "make_path",
+    "PATHS",
+    "PREDICTIONS",
+    "ADAPTIVE_METHODS",
+    "DIFFUSION_FORMS",
+    "LAST_STEPS",
+    "diffusion_coefficient",
+    "Transport",
+    "LOSS_WEIGHTS",
+    "default_eps",
 ]

@@ -1,8 +1,8 @@
 """Config of SiT's interpolant-transport objective (the ``objective.flow`` section)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from vca_gen.objectives.flow.path import PATHS, PREDICTIONS
 from vca_gen.objectives.flow.samplers import ADAPTIVE_METHODS
@@ -11,6 +11,7 @@ from vca_gen.objectives.flow.transport import LOSS_WEIGHTS
 from vca_gen.utils.checks import choice, in_range, positive
 
 FLOW_SAMPLERS = ("sde", "ode", "euler", "heun")
+
 
 @dataclass
 class FlowConfig:
@@ -29,8 +30,8 @@ class FlowConfig:
     path: str = "linear"
     prediction: str = "velocity"
     loss_weight: str = "none"
-    train_eps: Optional[float] = None
-    sample_eps: Optional[float] = None
+    train_eps: float | None = None
+    sample_eps: float | None = None
     vp_beta_min: float = 0.1
     vp_beta_max: float = 20.0
     sampler: str = "sde"
@@ -54,13 +55,17 @@ class FlowConfig:
                 in_range(f"{prefix}.{key}", value, 0.0, 0.5, "[)")
         positive(f"{prefix}.vp_beta_min", self.vp_beta_min)
         if not self.vp_beta_max > self.vp_beta_min:
-            raise ValueError(f"{prefix}.vp_beta_max={self.vp_beta_max!r} is not valid; accepted: a number > "
-                             f"vp_beta_min={self.vp_beta_min}")
+            raise ValueError(
+                f"{prefix}.vp_beta_max={self.vp_beta_max!r} is not valid; accepted: a number > "
+                f"vp_beta_min={self.vp_beta_min}"
+            )
         choice(f"{prefix}.sampler", self.sampler, FLOW_SAMPLERS)
         low = 2 if self.sampler == "sde" else 0 if self.sampler == "ode" else 1
         if not isinstance(self.sample_steps, int) or self.sample_steps < low:
-            raise ValueError(f"{prefix}.sample_steps={self.sample_steps!r} is not valid; accepted: an integer >= {low} "
-                             f"for the {self.sampler} sampler")
+            raise ValueError(
+                f"{prefix}.sample_steps={self.sample_steps!r} is not valid; accepted: an integer >= {low} "
+                f"for the {self.sampler} sampler"
+            )
         choice(f"{prefix}.diffusion_form", self.diffusion_form, DIFFUSION_FORMS)
         positive(f"{prefix}.diffusion_norm", self.diffusion_norm)
         choice(f"{prefix}.last_step", self.last_step, LAST_STEPS)
@@ -69,4 +74,3 @@ class FlowConfig:
         positive(f"{prefix}.atol", self.atol)
         positive(f"{prefix}.rtol", self.rtol)
         choice(f"{prefix}.ode_method", self.ode_method, ADAPTIVE_METHODS)
-

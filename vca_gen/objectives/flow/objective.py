@@ -1,16 +1,15 @@
 """SiT's transport objective behind the :class:`vca_gen.objectives.base.Objective` interface."""
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 
+from vca_gen.objectives.base import Objective, SampleOutput
+from vca_gen.objectives.flow.config import FLOW_SAMPLERS, FlowConfig
 from vca_gen.objectives.flow.path import make_path
 from vca_gen.objectives.flow.samplers import ADAPTIVE_METHODS, _Model, euler_sample, heun_sample, ode_sample, sde_sample
 from vca_gen.objectives.flow.sde import check_diffusion_form, check_last_step
 from vca_gen.objectives.flow.transport import Transport
-from vca_gen.objectives.base import Objective, SampleOutput
-from vca_gen.objectives.flow.config import FLOW_SAMPLERS, FlowConfig
 
 # steps used when sample(sampler=X) differs from the configured sampler and steps=None
 SAMPLER_DEFAULT_STEPS = {"sde": 250, "ode": 0, "euler": 100, "heun": 50}
@@ -33,12 +32,13 @@ class FlowObjective(Objective):
     kind = "flow"
     samplers = FLOW_SAMPLERS
 
-    def __init__(self, cfg: Optional[FlowConfig] = None):
+    def __init__(self, cfg: FlowConfig | None = None):
         cfg = cfg or FlowConfig()
         self.cfg = cfg
         self.path = make_path(cfg.path, cfg.vp_beta_min, cfg.vp_beta_max)
-        self.transport = Transport(self.path, str(cfg.prediction).lower(), str(cfg.loss_weight).lower(),
-                                   cfg.train_eps, cfg.sample_eps)
+        self.transport = Transport(
+            self.path, str(cfg.prediction).lower(), str(cfg.loss_weight).lower(), cfg.train_eps, cfg.sample_eps
+        )
         self.default_sampler = self.check_sampler(cfg.sampler)
         self.default_steps = int(cfg.sample_steps)
         self._check_steps(self.default_sampler, self.default_steps)
@@ -54,7 +54,9 @@ class FlowObjective(Objective):
                 f"accepted: {in_channels} or {2 * in_channels} (second half ignored)"
             )
 
-    def training_losses(self, model_fn, x: torch.Tensor, y: torch.Tensor, generator=None, t: Optional[torch.Tensor] = None) -> dict:
+    def training_losses(
+        self, model_fn, x: torch.Tensor, y: torch.Tensor, generator=None, t: torch.Tensor | None = None
+    ) -> dict:
         """``loss`` (B,) and ``t`` (B,) for data ``x`` (B, C, H, W)."""
         return self.transport.training_losses(model_fn, x, y, generator, t)
 
@@ -71,9 +73,20 @@ class FlowObjective(Objective):
             raise ValueError(f"steps must be >= {low} for the {name} sampler, got {steps!r}")
         return n
 
-    def sample(self, model_fn, noise: torch.Tensor, labels: torch.Tensor, sampler: Optional[str] = None,
-               steps: Union[int, str, None] = None, cfg_scale: float = 1.0, guide_channels: Optional[int] = None,
-               generator=None, null_label: Optional[int] = None, progress: bool = False, **sampler_options) -> SampleOutput:
+    def sample(
+        self,
+        model_fn,
+        noise: torch.Tensor,
+        labels: torch.Tensor,
+        sampler: str | None = None,
+        steps: int | str | None = None,
+        cfg_scale: float = 1.0,
+        guide_channels: int | None = None,
+        generator=None,
+        null_label: int | None = None,
+        progress: bool = False,
+        **sampler_options,
+    ) -> SampleOutput:
         """Integrate from t0 (x = ``noise``) to t1 (data).
 
         ``sampler``: "sde" | "ode" | "euler" | "heun" (None = configured). Options (default from
@@ -99,7 +112,9 @@ class FlowObjective(Objective):
                 if last != "none" and not 0 < size < 1:
                     raise ValueError(f"last_step_size must be in (0, 1), got {size}")
                 t0, t1 = tr.interval(eval=True, sde=True, diffusion_form=form, last_step_size=size)
-                x = sde_sample(m, noise, t0, t1, steps, form, float(opt["diffusion_norm"]), last, size, generator, progress)
+                x = sde_sample(
+                    m, noise, t0, t1, steps, form, float(opt["diffusion_norm"]), last, size, generator, progress
+                )
             else:
                 t0, t1 = tr.interval(eval=True)
                 if name == "ode":

@@ -10,6 +10,7 @@ parameterisations are exact closed forms of the same two facts ``x = α x̂₁ +
 The determinant ``α' σ − α σ'`` is 1 (Linear), π/2 (GVP), α·(dlogα/dt)/σ (VP): finite on [0, 1),
 so velocity ↔ noise/score is defined at t = 0 (pure noise) but not at t = 1 where σ = 0.
 """
+
 from __future__ import annotations
 
 import math

@@ -10,9 +10,10 @@ Time runs from t0 (≈0, noise) to t1 (≈1, data).
   steps), then a last step at t1: "mean" x + f(x)·h, "tweedie" x̂₁ = (x − σ x̂₀)/α, "euler"
   x + v·h, or "none" (NFE = steps − 1 + [last step]).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -38,8 +39,10 @@ class _Model:
             tb = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
         out = self.fn(x, tb, self.y)
         if out.shape[1] not in (self.c, 2 * self.c):
-            raise ValueError(f"flow objective: model outputs {out.shape[1]} channels for {self.c} input channels; "
-                             f"accepted: {self.c} or {2 * self.c} (second half ignored)")
+            raise ValueError(
+                f"flow objective: model outputs {out.shape[1]} channels for {self.c} input channels; "
+                f"accepted: {self.c} or {2 * self.c} (second half ignored)"
+            )
         return out[:, : self.c].to(x.dtype), tb  # bf16 under autocast → the sampler's dtype
 
     def velocity(self, x, t):
@@ -77,8 +80,9 @@ def heun_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, steps: int, pr
     return x
 
 
-def ode_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, method: str = "dopri5",
-               atol: float = 1e-6, rtol: float = 1e-3) -> torch.Tensor:
+def ode_sample(
+    m: _Model, x: torch.Tensor, t0: float, t1: float, method: str = "dopri5", atol: float = 1e-6, rtol: float = 1e-3
+) -> torch.Tensor:
     from torchdiffeq import odeint
 
     if method not in ADAPTIVE_METHODS:
@@ -90,9 +94,19 @@ def ode_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, method: str = "
     return odeint(lambda t, z: m.velocity(z, t), x, ts, method=method, atol=atol, rtol=rtol, options=options)[-1]
 
 
-def sde_sample(m: _Model, x: torch.Tensor, t0: float, t1: float, steps: int, diffusion_form: str = "sigma",
-               diffusion_norm: float = 1.0, last_step: str = "mean", last_step_size: float = 0.04,
-               generator: GeneratorSpec = None, progress=False) -> torch.Tensor:
+def sde_sample(
+    m: _Model,
+    x: torch.Tensor,
+    t0: float,
+    t1: float,
+    steps: int,
+    diffusion_form: str = "sigma",
+    diffusion_norm: float = 1.0,
+    last_step: str = "mean",
+    last_step_size: float = 0.04,
+    generator: GeneratorSpec = None,
+    progress=False,
+) -> torch.Tensor:
     """Euler–Maruyama x ← x + [v + w s]·dt + √(2 w dt)·z, then the last step."""
     path, pred_kind = m.tr.path, m.tr.prediction
     last_step = check_last_step(last_step)

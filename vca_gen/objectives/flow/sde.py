@@ -10,6 +10,7 @@ decreasing                 ¼ (norm · cos(πt) + 1)²
 increasing-decreasing      norm · sin²(πt)   (SiT's intended formula; its dict key has a typo)
 =========================  ==================================
 """
+
 from __future__ import annotations
 
 import math

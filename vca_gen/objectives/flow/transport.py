@@ -6,9 +6,8 @@ Training (SiT ``Transport.training_losses``): t ~ U[t0, t1], x₀ ~ N(0, I), x_t
 * noise:    ``mean w·(ε̂ − x₀)²``;  score: ``mean w·(σ ŝ + x₀)²``;
   with w = 1 ("none"), (w_SBDM/σ)² ("velocity") or w_SBDM/σ² ("likelihood"), w_SBDM = (α'/α)σ² − σσ'.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -31,8 +30,14 @@ def default_eps(path: str, prediction: str) -> tuple[float, float]:
 class Transport:
     """``path`` + ``prediction`` + ``loss_weight`` with SiT's endpoint epsilons."""
 
-    def __init__(self, path: Path, prediction: str = "velocity", loss_weight: str = "none",
-                 train_eps: Optional[float] = None, sample_eps: Optional[float] = None):
+    def __init__(
+        self,
+        path: Path,
+        prediction: str = "velocity",
+        loss_weight: str = "none",
+        train_eps: float | None = None,
+        sample_eps: float | None = None,
+    ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; accepted: {', '.join(PREDICTIONS)}")
         if loss_weight not in LOSS_WEIGHTS:
@@ -46,7 +51,9 @@ class Transport:
         self.path, self.prediction, self.loss_weight = path, prediction, loss_weight
 
     # -- intervals (SiT's check_interval) ----------------------------------------------------
-    def interval(self, eval: bool, sde: bool = False, diffusion_form: str = "sbdm", last_step_size: float = 0.0) -> tuple[float, float]:
+    def interval(
+        self, eval: bool, sde: bool = False, diffusion_form: str = "sbdm", last_step_size: float = 0.0
+    ) -> tuple[float, float]:
         """(t0, t1) for training (``eval=False``) or sampling, as SiT's ``check_interval``.
 
         Sampling with the "sbdm" diffusion on Linear/GVP starts at ``max(eps, 1e-3)``: its
@@ -66,7 +73,9 @@ class Transport:
         return t0, t1
 
     # -- training loss -----------------------------------------------------------------------
-    def training_losses(self, model_fn, x1: torch.Tensor, y: torch.Tensor, generator=None, t: Optional[torch.Tensor] = None) -> dict:
+    def training_losses(
+        self, model_fn, x1: torch.Tensor, y: torch.Tensor, generator=None, t: torch.Tensor | None = None
+    ) -> dict:
         """Per-sample loss (B,) for data ``x1`` (B, C, ...); ``t`` (B,) drawn in the train interval."""
         b, c = x1.shape[:2]
         t0, t1 = self.interval(eval=False)
@@ -76,8 +85,10 @@ class Transport:
         xt, ut = self.path.plan(t, x0, x1)
         out = model_fn(xt, t, y)
         if out.shape[1] not in (c, 2 * c):
-            raise ValueError(f"flow objective: model outputs {out.shape[1]} channels for {c} input channels; "
-                             f"accepted: {c} or {2 * c} (second half ignored)")
+            raise ValueError(
+                f"flow objective: model outputs {out.shape[1]} channels for {c} input channels; "
+                f"accepted: {c} or {2 * c} (second half ignored)"
+            )
         if out.shape[0] != b or out.shape[2:] != x1.shape[2:]:
             raise ValueError(f"model output {tuple(out.shape)} does not match input {tuple(x1.shape)}")
         pred = out[:, :c]
