@@ -90,6 +90,7 @@ class Decoder:
     def vae(self) -> torch.nn.Module | None:
         """The VAE module (loaded on first access), ``None`` in pixel space."""
         if self._vae is None and self.spec.latent:
+            assert self.vae_id is not None  # spec.latent: spec.vae is set, so is vae_id
             self._vae = load_vae(self.vae_id, subfolder=self.subfolder, device=self.device)
         return self._vae
 
@@ -105,10 +106,12 @@ class Decoder:
         return int(h) * f, int(w) * f, 3  # uint8 samples are RGB (one channel is replicated)
 
     def check_channels(self, latent_channels: int) -> None:
-        if self.spec.latent and int(self.vae.config.latent_channels) != int(latent_channels):
+        if not self.spec.latent:
+            return
+        vae: Any = self.vae  # a diffusers AutoencoderKL (its config is untyped)
+        if int(vae.config.latent_channels) != int(latent_channels):
             raise DecoderError(
-                f"the VAE {self.vae_id} has {self.vae.config.latent_channels} latent channels, the "
-                f"model {latent_channels}"
+                f"the VAE {self.vae_id} has {vae.config.latent_channels} latent channels, the model {latent_channels}"
             )
 
     @torch.no_grad()
@@ -116,7 +119,10 @@ class Decoder:
         x = x.float()
         if not self.spec.latent:
             return x.clamp(-1, 1)
-        return decode(self.vae, x, as_normalizer(self.spec.normalizer), batch_size=self.batch_size)
+        normalizer = self.spec.normalizer
+        if normalizer is None:
+            raise DecoderError(f"the decoder description of VAE {self.vae_id} has no latent normalizer")
+        return decode(self.vae, x, as_normalizer(normalizer), batch_size=self.batch_size)
 
 
 __all__ = ["DecoderSpec", "Decoder", "DecoderError", "SPEC_FILE"]

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vca_gen.data.config import image_channels, uses_latents
 from vca_gen.data.decoder import Decoder, DecoderSpec
 from vca_gen.data.vae import LatentNormalizer
 from vca_gen.errors import ConfigError
+from vca_gen.experiment.typed import plain
 from vca_gen.models import create_model
 from vca_gen.models.attention import attention_options
 from vca_gen.objectives import Objective, build_objective
@@ -45,7 +46,7 @@ def model_kwargs(model_cfg: Any) -> dict[str, Any]:
         if m[key] is not None:
             kw[key] = m[key]
     opts = m.attention_options
-    opts = OmegaConf.to_container(opts, resolve=True) if isinstance(opts, DictConfig) else dict(opts or {})
+    opts = plain(opts) if isinstance(opts, DictConfig) else dict(opts or {})
     accepted = attention_options(m.attention)
     kw.update({k: v for k, v in opts.items() if k in accepted})
     return kw

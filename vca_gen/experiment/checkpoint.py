@@ -44,7 +44,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -93,7 +93,8 @@ def step_dir_name(step: int) -> str:
 # ----------------------------------------------------------------------------- RNG state
 def capture_rng_state() -> dict[str, Any]:
     """This process's RNG states as tensors and plain numbers (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
+    # the stubs' first overload says dict; the default (legacy=True) returns the legacy tuple
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     py_state = random.getstate()
     out: dict[str, Any] = {
         "torch_cpu": torch.get_rng_state(),
@@ -373,9 +374,10 @@ def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], source
     expected = module.state_dict()
     problems = state_dict_mismatch(expected, state)
     if problems:
+        name = getattr(module, "name", None)
         raise CheckpointError(
             f"{source} does not fit this model ({type(module).__name__}"
-            f"{' ' + module.name if isinstance(getattr(module, 'name', None), str) else ''}): "
+            f"{' ' + name if isinstance(name, str) else ''}): "
             + "; ".join(problems)
             + ". Was it saved from a different model config (name, attention, learn_sigma, sizes)?"
         )

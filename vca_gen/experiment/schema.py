@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vca_gen.data.config import DataConfig
 from vca_gen.errors import ConfigError
+from vca_gen.experiment.typed import data_config, merged, plain
 from vca_gen.experiment.validate import MIXED_PRECISION, TRACKERS, check_experiment  # noqa: F401
 from vca_gen.objectives import ObjectiveConfig
 
@@ -163,7 +164,7 @@ def _check_keys(user: Any, schema: type, prefix: str, source: str) -> None:
                 f"'{prefix or '<top level>'}': {', '.join(fields)}"
             )
         sub = hints.get(key)
-        if dataclasses.is_dataclass(sub) and value is not None:
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub) and value is not None:
             _check_keys(value, sub, full, source)
 
 
@@ -195,10 +196,10 @@ def compose_yaml(path: Path | str, _seen: Sequence[Path] = ()) -> DictConfig:
     data = _read_yaml(path)
     bases = data.pop(BASE_KEY, [])
     bases = [bases] if isinstance(bases, str) else list(bases or [])
-    merged = OmegaConf.create()
+    base = OmegaConf.create()
     for b in bases:
-        merged = OmegaConf.merge(merged, compose_yaml(path.parent / b, (*_seen, path)))
-    return OmegaConf.merge(merged, OmegaConf.create(data))
+        base = merged(base, compose_yaml(path.parent / b, (*_seen, path)))
+    return merged(base, OmegaConf.create(data))
 
 
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:
@@ -268,7 +269,7 @@ def config_from_container(user: Any, source: str = "<config>") -> DictConfig:
         train["mixed_precision"] = "no"  # YAML 1.1 reads a bare `no` as false
     schema = OmegaConf.structured(ExperimentConfig)
     try:
-        cfg = OmegaConf.merge(schema, user)
+        cfg = merged(schema, user)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
@@ -292,7 +293,7 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> DictConfig:
     if overrides:
         ov = parse_overrides(overrides)
         _check_keys(OmegaConf.to_container(ov), ExperimentConfig, "", "command-line override")
-        composed = OmegaConf.merge(composed, ov)
+        composed = merged(composed, ov)
     return config_from_container(composed, source=str(path))
 
 
@@ -307,7 +308,7 @@ def config_from_yaml_text(text: str, source: str = "<yaml>") -> DictConfig:
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """Plain resolved dict (JSON/YAML serialisable)."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    return plain(cfg)
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -334,4 +335,6 @@ __all__ = [
     "to_container",
     "to_yaml",
     "to_json",
+    "data_config",
+    "plain",
 ]

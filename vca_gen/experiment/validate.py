@@ -20,11 +20,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vca_gen.data.config import model_in_channels, model_input_size, validate_data_config
 from vca_gen.errors import ConfigError
 from vca_gen.experiment.build import build_model
+from vca_gen.experiment.typed import data_config, plain
 from vca_gen.models import ATTENTION_KINDS, list_models, parse_model_name
 from vca_gen.models.attention import attention_options
 from vca_gen.objectives import OBJECTIVE_KINDS, build_objective
@@ -52,9 +53,7 @@ def resolve_attention_options(m: DictConfig) -> None:
     Keys of another kind are dropped (they do not get in the way of switching kinds); a key no
     kind accepts is an error listing every kind's options."""
     opts = m.attention_options
-    given: dict[str, Any] = (
-        OmegaConf.to_container(opts, resolve=True) if isinstance(opts, DictConfig) else dict(opts or {})
-    )
+    given: dict[str, Any] = plain(opts) if isinstance(opts, DictConfig) else dict(opts or {})
     owner = {key: kind for kind in ATTENTION_KINDS for key in attention_options(kind)}
     unknown = sorted(k for k in given if k not in owner)
     if unknown:
@@ -77,7 +76,7 @@ def _check_model(exp: DictConfig) -> None:
             f"model.class_dropout_prob={m.class_dropout_prob!r} is not valid; accepted: a number in [0, 1)"
         )
     positive("model.num_classes", m.num_classes)
-    data_obj = OmegaConf.to_object(exp.data)
+    data_obj = data_config(exp)
     for key, derived in (("input_size", model_input_size(data_obj)), ("in_channels", model_in_channels(data_obj))):
         given = m[key]
         if given is not None and given != derived:
@@ -115,8 +114,9 @@ def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> 
         )
     if s.sampler is not None:
         choice(f"{section}.sampler", s.sampler, objective.samplers)
-    steps, options = parse_steps(s.steps), OmegaConf.to_container(s.options, resolve=True)
+    steps, options = parse_steps(s.steps), plain(s.options)
     c, null = int(exp.model.in_channels), int(exp.model.num_classes)
+    err: ConfigError | None
     for key, value, opts in (("steps", s.steps, {}), ("options", options, options)):
         try:
             objective.check_sample_args(s.sampler, steps, float(s.cfg_scale), None, opts, c, null)
@@ -166,7 +166,7 @@ def _check_option_values(section: str, objective, options: dict[str, Any]) -> No
     if not updates:
         return
     try:
-        dataclasses.replace(cfg, **updates).check(prefix=prefix)
+        dataclasses.replace(typing.cast(Any, cfg), **updates).check(prefix=prefix)
     except ValueError as e:
         msg = str(e)
         for name, key in names.items():
@@ -219,7 +219,7 @@ def _check_train(exp: DictConfig, objective) -> None:
 
 def check_experiment(exp: DictConfig) -> None:
     """Validate and resolve a composed, typed experiment in place (raises :class:`ConfigError`)."""
-    _user(validate_data_config, OmegaConf.to_object(exp.data))
+    _user(validate_data_config, data_config(exp))
     _user(_check_model, exp)
     choice_ = _user
     choice_(choice, "objective.kind", exp.objective.kind, OBJECTIVE_KINDS)

@@ -228,14 +228,14 @@ def _check_fast(fast: FastInception, layers: torch.nn.Module, device: torch.devi
 @contextlib.contextmanager
 def exact_fp32(device: torch.device):
     """Autocast off and TF32 off (restored afterwards): metric features are computed in true fp32."""
-    cuda = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = cuda[0].allow_tf32, cuda[1].allow_tf32
-    cuda[0].allow_tf32 = cuda[1].allow_tf32 = False
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         with torch.autocast(device_type=device.type, enabled=False):
             yield
     finally:
-        cuda[0].allow_tf32, cuda[1].allow_tf32 = saved
+        matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @dataclass

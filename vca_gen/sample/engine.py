@@ -310,7 +310,8 @@ def _decide(spec: RunSpec, plan: ShardPlan, state):
     Returns (pending shards, the RunLock held by the main process or None)."""
     out = Path(spec.out_dir)
     multi = state.num_processes > 1
-    lock, error, decision = None, None, {"error": None}
+    lock, error = None, None
+    decision: dict[str, Any] = {"error": None}
     if state.is_main_process:
         try:
             make_dir(out, "the sampling output (--out)")

@@ -51,7 +51,7 @@ class Loaded:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        m = self.model
+        m: Any = self.model  # nn.Module attributes read as ints
         return int(m.in_channels), int(m.input_size), int(m.input_size)
 
     @property
@@ -175,9 +175,10 @@ def autocast(device: torch.device, precision: str):
 
 def check_sampler_args(loaded: Loaded, sampler, steps, cfg_scale, guide_channels, options: dict) -> str:
     """Validate sampler, steps and options before anything is written; returns the sampler name."""
+    net: Any = loaded.model
     try:
         return loaded.objective.check_sample_args(
-            sampler, steps, cfg_scale, guide_channels, options, loaded.latent_shape[0], int(loaded.model.num_classes)
+            sampler, steps, cfg_scale, guide_channels, options, loaded.latent_shape[0], int(net.num_classes)
         )
     except ValueError as e:
         raise SamplingError(str(e)) from None
@@ -199,7 +200,8 @@ def image_maker(
     """``make_images(indices, labels, generators) -> (uint8 (B, H, W, 3), nfe)``: noise from
     ``generators`` (one per sample), the objective's sampler, then the decoder."""
     device = torch.device(device)
-    options, null = dict(options or {}), int(model.num_classes)
+    net: Any = model
+    options, null = dict(options or {}), int(net.num_classes)
     steps = parse_steps(steps)
 
     @torch.no_grad()  # not inference_mode: it would switch off autocast's weight cache (see load)

@@ -14,6 +14,9 @@ import copy
 import torch
 import torch.nn as nn
 
+# (live model, shadow params, live params, shadow buffers, live buffers)
+_Bound = tuple[nn.Module, list[nn.Parameter], list[nn.Parameter], list[torch.Tensor], list[torch.Tensor]]
+
 
 class EMA:
     """fp32 exponential moving average of ``model``'s parameters (see module docstring)."""
@@ -24,7 +27,7 @@ class EMA:
         self.decay = float(decay)
         self.model = copy.deepcopy(model).float().eval()
         self.model.requires_grad_(False)
-        self._bound = None  # (live model, shadow params, live params, shadow buffers, live buffers)
+        self._bound: _Bound | None = None  # (live model, shadow params, live params, shadow buffers, live buffers)
 
     def _lists(self, model: nn.Module):
         """Matched parameter / buffer lists, built once per live model (an update is then one

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
+from vca_gen.experiment.schema import plain
 from vca_gen.metrics import InceptionFeatureExtractor, load_reference
 from vca_gen.metrics.evaluation import fid_between
 from vca_gen.metrics.statistics import statistics_from_features
@@ -49,7 +50,7 @@ def _maker(exp: DictConfig, section: DictConfig, model, objective, decoder, devi
         sampler=section.sampler,
         steps=section.steps,
         cfg_scale=float(section.cfg_scale),
-        options=OmegaConf.to_container(section.options, resolve=True),
+        options=plain(section.options),
     )
 
 

@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from vca_gen.experiment.schema import ConfigError
+from vca_gen.experiment.schema import ConfigError, data_config
 
 
 def resolve_mixed_precision(mode: str) -> str:
@@ -29,7 +29,7 @@ def build_dataset_for(cfg: DictConfig):
     """
     from vca_gen.data.factory import build_dataset, latent_normalizer
 
-    data_cfg = OmegaConf.to_object(cfg.data)
+    data_cfg = data_config(cfg)
     try:
         dataset = build_dataset(data_cfg)
         normalizer = getattr(dataset, "normalizer", None) if data_cfg.kind == "latents" else latent_normalizer(data_cfg)

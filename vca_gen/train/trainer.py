@@ -51,10 +51,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vca_gen.data.decoder import Decoder
 from vca_gen.data.factory import build_loader
@@ -62,8 +62,8 @@ from vca_gen.data.sampler import mix_seed
 from vca_gen.errors import UserError
 from vca_gen.experiment import checkpoint as ckpt
 from vca_gen.experiment.build import build_model, build_objective_for, class_names, decoder_spec
-from vca_gen.experiment.schema import ConfigError, run_defining_diff, to_container, to_yaml
-from vca_gen.models.official import load_matching, read_checkpoint_file
+from vca_gen.experiment.schema import ConfigError, data_config, run_defining_diff, to_container, to_yaml
+from vca_gen.models.official import MatchReport, load_matching, read_checkpoint_file
 from vca_gen.train.ema import EMA
 from vca_gen.train.evaluation import InLoopFID, save_grid
 from vca_gen.train.helpers import (
@@ -75,6 +75,9 @@ from vca_gen.train.helpers import (
     resolve_mixed_precision,
 )
 from vca_gen.utils import rng
+
+if TYPE_CHECKING:
+    from vca_gen.utils.lock import RunLock
 
 SEED_STREAM_STEP = 7  # seed stream tag of the training randomness
 STAGE_PREPARE, STAGE_LOSS = 0, 1  # the two RowStreams of a batch
@@ -138,7 +141,7 @@ class Trainer:
         t = cfg.train
         self.out_dir = Path(t.output_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
-        self.lock = None
+        self.lock: RunLock | None = None
         self._stop_signal: int | None = None
         tracker = cfg.logging.tracker
         if accelerator is None:
@@ -165,7 +168,7 @@ class Trainer:
         # ---- data (errors here happen before anything is written)
         self.dataset, self.normalizer = build_dataset_for(cfg)
         self.loader = build_loader(
-            OmegaConf.to_object(cfg.data),
+            data_config(cfg),
             self.dataset,
             int(t.global_batch_size),
             accelerator.num_processes,
@@ -188,7 +191,7 @@ class Trainer:
         self.model = build_model(cfg)
         self.objective = build_objective_for(cfg)
         self.objective.check_model(self.model)
-        self.init_report = None
+        self.init_report: MatchReport | None = None
         check_batch_shape(self.dataset, cfg, self.vae is not None)
         disable_internal_label_dropout(self.model)
         self.model.to(self.device).train()
@@ -290,7 +293,7 @@ class Trainer:
         path = None if message[1] is None else Path(message[1])
         problem = None
         if path is not None and not self.acc.is_main_process:
-            hidden = ()
+            hidden: tuple[str, ...] = ()
             hook = os.environ.get(HIDE_CKPT_ENV, "")
             if hook.partition(":")[0] == str(self.acc.process_index):
                 hidden = (hook.partition(":")[2],)

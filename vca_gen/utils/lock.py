@@ -231,6 +231,7 @@ class RunLock:
         if not self.held:
             return  # never acquired, already released, or a forked child
         mine, self.info = self.info, None
+        assert mine is not None  # self.held
         current = read_lock(self.directory)
         if current and current.get("token") == mine["token"] and current.get("pid") == mine["pid"]:
             with contextlib.suppress(FileNotFoundError):
