@@ -106,3 +106,43 @@ def test_in_loop_fid_batches_are_dealt_round_robin():
         assert flat == list(range(50))
         starts = sorted(b[0] for p in parts for b in p)
         assert starts == list(range(0, 50, 8))  # the same batch boundaries whatever the process count
+
+
+@pytest.mark.slow
+def test_in_loop_fid_two_processes_equal_one(tmp_path, inception_weights):
+    """Every process samples and embeds its share; the gathered FID equals the 1-process value."""
+    import os
+
+    from test_training_common import launch_direct, wait_all, write_yaml
+
+    ref = tmp_path / "ref.npz"
+    from vca_gen.metrics import InceptionFeatureExtractor, compute_statistics, save_statistics
+
+    fx = InceptionFeatureExtractor(mode="clean", weights=inception_weights)
+    rng = np.random.default_rng(1)
+    save_statistics(compute_statistics(rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), fx), ref)
+    fid = {
+        "every": 1,
+        "num_samples": 30,
+        "ref": str(ref),
+        "seed": 5,
+        "batch_size": 10,
+        "sampler": "ddim",
+        "steps": "ddim3",
+    }
+    values = {}
+    for n in (1, 2):
+        # a vanishing learning rate: the 1- and 2-process weights agree far below what FID can see,
+        # so any difference would come from how the evaluation is shared out
+        d = tiny_dict(tmp_path / f"run{n}", max_steps=1, ckpt_every=0, lr=1e-12, warmup_steps=0, fid=fid)
+        procs = launch_direct(
+            write_yaml(tmp_path / f"c{n}.yaml", d),
+            n,
+            {"VCA_GEN_INCEPTION": str(inception_weights), **os.environ.copy()},
+        )
+        outs = wait_all(procs)
+        assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+        lines = (tmp_path / f"run{n}" / "fid.jsonl").read_text().splitlines()
+        assert len(lines) == 1  # written once, by the main process
+        values[n] = json.loads(lines[0])["fid"]
+    assert math.isfinite(values[1]) and abs(values[1] - values[2]) < 1e-6, values

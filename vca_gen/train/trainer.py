@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import signal
 import sys
@@ -531,6 +532,16 @@ class Trainer:
             value = self.fid.score(gathered, (side, side))
             self.acc.log({"eval/fid": value}, step=self.step)
             self.acc.print(f"step {self.step}: in-loop FID ({self.cfg.train.fid.num_samples} samples) {value:.4f}")
+            record = self.out_dir / "fid.jsonl"  # one line per evaluation, full precision
+            before = record.read_text() if record.is_file() else ""
+            line = {
+                "step": self.step,
+                "fid": value,
+                "num_samples": int(self.cfg.train.fid.num_samples),
+                "seed": int(self.cfg.train.fid.seed),
+                "reference": str(self.cfg.train.fid.ref),
+            }
+            ckpt.atomic_write_text(record, before + json.dumps(line) + "\n")
         return value
 
     def _write_run_files(self) -> None:
