@@ -49,7 +49,7 @@ from vca_gen.data.config import DEFAULT_SCALE_FACTOR, DEFAULT_VAE
 from vca_gen.data.images import ImageFolderDataset, UnreadableImageError, to_tensor_pm1
 from vca_gen.data.latents import FORMAT, MANIFEST, VERSION, sha256_file, shard_name, write_json_atomic
 from vca_gen.data.vae import encode_moments, load_vae, parse_dtype, vae_downsample_factor
-from vca_gen.errors import UserError
+from vca_gen.errors import UserError, report
 from vca_gen.utils.io import sha256_file as _sha256
 
 PARAMS = "extract_params.json"
@@ -386,15 +386,15 @@ def extract(
     """Run (or resume) an extraction on this process's share of the shards; the main process returns
     the manifest, other ranks ``None``. Works single-process or under ``accelerate launch``."""
     if not timeout_s > 0:
-        raise ValueError(f"--timeout-s must be > 0, got {timeout_s}")
+        raise ExtractionError(f"--timeout-s must be > 0, got {timeout_s}")
     state = _distributed_state(timeout_s)
     if store_dtype not in STORE_DTYPES:
-        raise ValueError(f"--store-dtype {store_dtype!r} is not valid; accepted: {list(STORE_DTYPES)}")
+        raise ExtractionError(f"--store-dtype {store_dtype!r} is not valid; accepted: {list(STORE_DTYPES)}")
     for name, v in (("image-size", image_size), ("batch-size", batch_size), ("shard-size", shard_size)):
         if int(v) <= 0:
-            raise ValueError(f"--{name} must be a positive integer, got {v}")
+            raise ExtractionError(f"--{name} must be a positive integer, got {v}")
     if not scale_factor > 0:
-        raise ValueError(f"--scale-factor must be > 0, got {scale_factor}")
+        raise ExtractionError(f"--scale-factor must be > 0, got {scale_factor}")
     folder = ImageFolderDataset(images, image_size, random_flip=False, strict=True)
     outp = Path(out)
     import diffusers  # noqa: F401 - imported by every rank now: the main-first wait is only the load itself
@@ -404,7 +404,7 @@ def extract(
     )
     down = vae_downsample_factor(model)
     if image_size % down:
-        raise ValueError(f"--image-size {image_size} is not divisible by the VAE down-sampling factor {down}")
+        raise ExtractionError(f"--image-size {image_size} is not divisible by the VAE down-sampling factor {down}")
     vae_info = {
         "id": vae,
         "subfolder": vae_subfolder,
@@ -539,8 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             skip_unreadable=args.skip_unreadable,
             timeout_s=args.timeout_s,
         )
-    except (FileNotFoundError, NotADirectoryError, ValueError, OSError, UnreadableImageError, UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:
+        report("extract_latents.py", e)
         return 2
     if manifest is not None:
         print(

@@ -34,6 +34,14 @@ MAX_SUBSTITUTIONS = 32  # consecutive unreadable files tolerated before giving u
 COUNTER_SLOTS = 1024  # per-process unreadable counters (DataLoader workers per dataset instance)
 
 
+class ImageFolderError(UserError, ValueError):
+    """An image folder that cannot be used (no class sub-folders, no images)."""
+
+
+class ImageFolderMissing(UserError, FileNotFoundError):
+    """An image folder that does not exist or is not a directory."""
+
+
 class UnreadableImageError(UserError, RuntimeError):
     """An image file could not be decoded."""
 
@@ -73,14 +81,14 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
     root = Path(root)
     accepted = ", ".join(IMAGE_EXTENSIONS)
     if not root.exists():
-        raise FileNotFoundError(
+        raise ImageFolderMissing(
             f"image folder {root} does not exist (expected {root}/<class_name>/<image> with extensions {accepted})"
         )
     if not root.is_dir():
-        raise NotADirectoryError(f"image folder {root} is not a directory")
+        raise ImageFolderMissing(f"image folder {root} is not a directory")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
-        raise ValueError(
+        raise ImageFolderError(
             f"image folder {root} has no class sub-folders (expected {root}/<class_name>/<image> "
             f"with extensions {accepted})"
         )
@@ -92,7 +100,7 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
                     samples.append((os.path.join(dirpath, f), ci))
     if not samples:
-        raise ValueError(
+        raise ImageFolderError(
             f"image folder {root} has class sub-folders {classes[:5]}{'...' if len(classes) > 5 else ''} "
             f"but no image files with extensions {accepted}"
         )

@@ -276,7 +276,7 @@ def main(argv=None) -> int:
     try:
         s = LatentStore(args.store, verify="eager")
     except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"python -m vca_gen.data.latents: error: {e}", file=sys.stderr)
         return 1
     m = s.manifest
     print(

@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n in names
             for k in kinds
         ]
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:  # a model name / size / option the registry rejects
+        print(f"python -m vca_gen.models.summary: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
