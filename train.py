@@ -73,7 +73,20 @@ def main(argv=None) -> int:
             print(f"finished at step {summary['step']}; run directory {summary['output_dir']}")
         return 0
 
-    return cli_boundary("train.py", work)
+    try:
+        return cli_boundary("train.py", work)
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Tear the process group down before the interpreter exits: left to interpreter shutdown (e.g.
+    after every rank stopped on the same user error), gloo's threads can abort the process (SIGABRT)
+    instead of letting it exit with its status."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
