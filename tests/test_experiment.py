@@ -332,6 +332,14 @@ BAD = [
         "accepted: a multiple of model.num_classes",
     ),
     _case("diffusion", "train.fid.cfg_scale=abc", "'train.fid.cfg_scale'", "'abc'", "accepted: a number"),
+    _case("diffusion", "train.fid.cfg_scale=-2", "train.fid.cfg_scale=-2.0", "accepted: a finite number >= 0"),
+    _case("flow", "train.grid.cfg_scale=nan", "train.grid.cfg_scale=nan", "accepted: a finite number >= 0"),
+    _case(
+        "diffusion",
+        "data.kind=animal_mnist data.vae=stabilityai/sd-vae-ft-ema",
+        "data.vae='stabilityai/sd-vae-ft-ema' with data.kind='animal_mnist'",
+        "accepted: data.vae=null",
+    ),
     _case(
         "diffusion",
         "model.class_dropout_prob=0 train.fid.cfg_scale=1.5",
@@ -591,4 +599,25 @@ def test_missing_data_path_is_a_one_line_error(kind, needle, tmp_path, capsys):
     }
     cfg = write_yaml(tmp_path / "c.yaml", d)
     _assert_refused(capsys, ["--config", str(cfg)], [f"data (kind={kind}, path=", needle, "no_data"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_dataset_smaller_than_one_global_batch_is_refused_before_training(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(3):  # 3 images, global batch 4
+        (tmp_path / "data" / "cls").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(tmp_path / "data" / "cls" / f"{i}.png")
+    d = tiny_dict(tmp_path / "run", max_steps=1, ckpt_every=1)
+    d["data"] = {"kind": "images", "path": str(tmp_path / "data"), "image_size": 32, "num_workers": 0, "vae": None}
+    assert d["train"]["global_batch_size"] == 4
+    cfg = write_yaml(tmp_path / "c.yaml", d)
+    _assert_refused(
+        capsys,
+        ["--config", str(cfg)],
+        [
+            "has 3 items, fewer than one global batch (train.global_batch_size=4",
+            "accepted: train.global_batch_size <= 3",
+        ],
+    )
     assert not (tmp_path / "run").exists()

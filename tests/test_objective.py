@@ -149,6 +149,35 @@ def test_null_label_must_be_known_for_guidance():
         obj.sample(bare, x, torch.zeros(3, dtype=torch.long), steps="3")
 
 
+@pytest.mark.parametrize("kind", ["diffusion", "flow"])
+@pytest.mark.parametrize("scale", [-0.5, float("nan"), float("inf")])
+def test_cfg_scale_must_be_finite_and_non_negative(kind, scale):
+    obj = build_objective({"kind": kind})
+    with pytest.raises(ValueError, match=r"cfg_scale=.* is not valid; accepted: a finite number >= 0"):
+        obj.check_sample_args(cfg_scale=scale, null_label=5)
+    assert obj.check_sample_args(cfg_scale=0.0, null_label=5)  # unconditional sampling is allowed
+
+
+@pytest.mark.parametrize(
+    "sampler, options, needle",
+    [
+        ("sde", {"diffusion_norm": 0}, "diffusion_norm=0.0 is not valid; accepted: a number > 0"),
+        ("sde", {"diffusion_norm": "x"}, "diffusion_norm='x' is not valid; accepted: a number"),
+        ("ode", {"atol": -1e-6}, "atol=-1e-06 is not valid; accepted: a number > 0"),
+        ("ode", {"rtol": 0}, "rtol=0.0 is not valid; accepted: a number > 0"),
+        ("ode", {"ode_method": "rk4"}, "ode_method='rk4' is not valid; accepted: dopri5"),
+    ],
+)
+def test_flow_sampler_options_are_checked_before_the_first_step(sampler, options, needle):
+    """sample.py passes --sampler-option values straight to the sampler: each is checked there."""
+    obj = build_objective({"kind": "flow"})
+    with pytest.raises(ValueError) as e:
+        obj.check_sample_args(sampler=sampler, steps=10, options=options)
+    assert needle in str(e.value)
+    good = {"sde": {"diffusion_norm": 2.0}, "ode": {"atol": 1e-5, "rtol": 1e-4, "ode_method": "dopri5"}}[sampler]
+    assert obj.check_sample_args(sampler=sampler, steps=10, options=good) == sampler
+
+
 def test_check_model_uses_channel_attributes():
     build_objective(None).check_model(ToyModel(4, True))
     build_objective({"kind": "flow"}).check_model(ToyModel(4, True))

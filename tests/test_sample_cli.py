@@ -195,6 +195,7 @@ def test_sample_count_must_balance_classes(capsys, export, tmp_path, n, msg):
         (["--sampler-option", "eta"], "expected KEY=VALUE"),
         (["--vae", "stabilityai/sd-vae-ft-mse"], "pixel space"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--cfg-scale", "-1"], "cfg_scale=-1.0 is not valid; accepted: a finite number >= 0"),
     ],
 )
 def test_bad_sampler_settings_write_nothing(capsys, export, tmp_path, extra, msg):

@@ -359,3 +359,27 @@ def test_micro_sweep_end_to_end_through_submitit_local(
     assert json.loads((results / "cells" / "vca__seed1.json").read_text()) == tampered
     rc, out, _ = run_cli(["status", path], capsys)
     assert "stale committed result" in out
+
+
+def test_an_attempt_killed_without_notice_is_counted_in_the_cell_time(tmp_path):
+    """A stage whose sweep died (SIGKILL: no end event) is closed on the next attempt with the
+    seconds from its start to the last write to its logs, and the cell time includes them."""
+    from types import SimpleNamespace
+
+    from vca_gen.sweep.cells import Stage, read_events, run_stage, stage_minutes
+
+    cell = tmp_path / "cell"
+    (cell / "logs").mkdir(parents=True)
+    started = time.mktime(time.strptime("2026-01-02T03:04:05", "%Y-%m-%dT%H:%M:%S"))
+    (cell / "stages.jsonl").write_text(
+        json.dumps({"time": "2026-01-02T03:04:05", "stage": "train", "kind": "train", "event": "start"}) + "\n"
+    )
+    for name, offset in (("train.stdout", 30), ("train.stderr", 123)):  # the last log write: 123 s in
+        (cell / "logs" / name).write_text("progress\n")
+        os.utime(cell / "logs" / name, (started + offset, started + offset))
+    stage = Stage("train", "train", None, [sys.executable, "-c", "pass"], str(cell / "train.json"))
+    assert run_stage(SimpleNamespace(cell_dir=str(cell), key="k", variant="v", seed=0), stage) == 0
+    events = read_events(cell)
+    assert [e["event"] for e in events] == ["start", "interrupted", "start", "done"]
+    assert events[1]["seconds"] == 123.0
+    assert stage_minutes(events, "train") == pytest.approx((123.0 + events[3]["seconds"]) / 60)

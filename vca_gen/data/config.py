@@ -8,7 +8,7 @@
   [-1, 1] ``(3, S, S)``; when ``vae`` is set the trainer encodes them on the fly
   (``vca_gen.data.vae.encode_latents``), otherwise the model runs in pixel space.
 * ``"animal_mnist"`` – the offline demo set (``path`` = asset folder, default ``<assets>/animal_mnist``);
-  items are ``(1, 32, 32)`` in [-1, 1] (pixel space unless ``vae`` is set).
+  items are ``(1, 32, 32)`` in [-1, 1], always in pixel space (``vae`` must be None).
 
 ``model_in_channels(cfg)`` / ``model_input_size(cfg)`` give the model's ``in_channels`` and
 ``input_size`` for a data config (latents: ``latent_channels`` and ``image_size // vae_downsample``;
@@ -71,6 +71,11 @@ def validate_data_config(cfg: DataConfig) -> None:
     if cfg.kind == "latents" and cfg.image_size % cfg.vae_downsample:
         raise ValueError(
             f"data.image_size={cfg.image_size} is not divisible by data.vae_downsample={cfg.vae_downsample}"
+        )
+    if cfg.kind == "animal_mnist" and cfg.vae is not None:
+        raise ValueError(
+            f"data.vae={cfg.vae!r} with data.kind='animal_mnist': Animal-MNIST is grayscale (1 channel) and an "
+            f"image VAE encodes 3-channel images; accepted: data.vae=null (the model runs in pixel space)"
         )
     if cfg.kind == "animal_mnist" and cfg.image_size < 28:
         raise ValueError(f"data.image_size={cfg.image_size}: Animal-MNIST images are 28x28, need image_size >= 28")

@@ -15,6 +15,7 @@ one override (``model.attention=mhsa``) is never blocked by another kind's optio
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 import warnings
 from pathlib import Path
@@ -107,6 +108,11 @@ def _check_model(exp: DictConfig) -> None:
 def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> None:
     """Grid / FID sampling settings, checked by the sampler itself (no model is evaluated)."""
     positive(f"{section}.every", s.every, allow_zero=True)
+    if not math.isfinite(float(s.cfg_scale)) or float(s.cfg_scale) < 0:
+        raise ConfigError(
+            f"{section}.cfg_scale={s.cfg_scale!r} is not valid; accepted: a finite number >= 0 "
+            f"(1 = no guidance, 0 = unconditional, > 1 = classifier-free guidance)"
+        )
     if float(s.cfg_scale) != 1.0 and float(exp.model.class_dropout_prob) <= 0:
         raise ConfigError(
             f"{section}.cfg_scale={s.cfg_scale}: guidance needs a model trained with label dropout "

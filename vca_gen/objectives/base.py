@@ -20,6 +20,7 @@ so the number of network forward passes over B samples is ``nfe`` at scale 1 and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -116,6 +117,11 @@ class Objective:
             raise ValueError(f"noise must be (B, C, ...), got shape {tuple(noise.shape)}")
         if labels.shape[:1] != noise.shape[:1]:
             raise ValueError(f"labels {tuple(labels.shape)} do not match the batch of noise {tuple(noise.shape)}")
+        if not math.isfinite(float(cfg_scale)) or float(cfg_scale) < 0:
+            raise ValueError(
+                f"cfg_scale={cfg_scale!r} is not valid; accepted: a finite number >= 0 "
+                f"(1 = no guidance, 0 = unconditional, > 1 = classifier-free guidance)"
+            )
         if float(cfg_scale) != 1.0 and null_label is None:
             null_label = infer_null_label(model_fn)
             if null_label is None:

@@ -10,7 +10,7 @@ Layout of a cell under ``output_dir/cells/<variant>__seed<k>/exp-<experiment has
         sample.json            stage output: sample.py's summary line
         score.json             stage output: evaluate_fid.py --json-out
     logs/<stage>.stdout|.stderr  every attempt appended, with a header line
-    stages.jsonl               one line per stage event (start, done, skipped, failed; seconds, exit code)
+    stages.jsonl               one line per stage event (start, done, skipped, failed, interrupted; seconds, exit code)
     failure.json               the last failure (stage, exit code, last lines of stderr); removed on success
 
 A stage whose output JSON exists is skipped; an unfinished one is re-run with its command's own resume
@@ -170,9 +170,27 @@ def read_events(cell_dir: Path | str) -> list[dict[str, Any]]:
     return out
 
 
+ENDED = ("done", "failed", "interrupted")  # events that close an attempt and carry its seconds
+
+
 def stage_minutes(events: list[dict[str, Any]], kind: str) -> float:
-    """Minutes spent in finished attempts (done or failed) of stages of ``kind``."""
-    return sum(e.get("seconds", 0.0) for e in events if e.get("kind") == kind and e["event"] in ("done", "failed")) / 60
+    """Minutes spent in every attempt (done, failed, or interrupted and resumed) of stages of ``kind``."""
+    return sum(e.get("seconds", 0.0) for e in events if e.get("kind") == kind and e["event"] in ENDED) / 60
+
+
+def _close_interrupted_attempt(cell: Path, stage: Stage, logs: tuple[Path, ...]) -> None:
+    """A previous attempt of ``stage`` that started and never ended (the sweep was killed, even by
+    SIGKILL) is closed with an ``interrupted`` event: its seconds run from its start event to the
+    last write to the stage's logs (the commands write progress as they go)."""
+    mine = [e for e in read_events(cell) if e.get("stage") == stage.name]
+    if not mine or mine[-1]["event"] != "start":
+        return
+    try:
+        started = time.mktime(time.strptime(mine[-1]["time"], "%Y-%m-%dT%H:%M:%S"))
+    except (KeyError, ValueError):
+        return
+    ended = max((p.stat().st_mtime for p in logs if p.is_file()), default=started)
+    _event(cell, stage=stage.name, kind=stage.kind, event="interrupted", seconds=round(max(0.0, ended - started), 1))
 
 
 def read_json(path: Path | str) -> dict | None:
@@ -285,6 +303,7 @@ def run_stage(plan, stage: Stage, env: dict[str, str] | None = None) -> int:
             "-c",
             f"import sys; sys.stderr.write('forced failure ({FAIL_STAGE_ENV})\\n'); sys.exit(9)",
         ]
+    _close_interrupted_attempt(cell, stage, (out_log, err_log))
     _event(cell, stage=stage.name, kind=stage.kind, event="start")
     t0 = time.perf_counter()
     with open(out_log, "a") as fo, open(err_log, "a") as fe:

@@ -37,6 +37,13 @@ def build_dataset_for(cfg: DictConfig):
         raise ConfigError(f"data (kind={data_cfg.kind}, path={data_cfg.path}): {e}") from e
     if len(dataset) == 0:
         raise ConfigError(f"data (kind={data_cfg.kind}, path={data_cfg.path}) has no items")
+    batch = int(cfg.train.global_batch_size)
+    if len(dataset) < batch:
+        raise ConfigError(
+            f"data (kind={data_cfg.kind}, path={data_cfg.path}) has {len(dataset)} items, fewer than one global "
+            f"batch (train.global_batch_size={batch}; each epoch drops its last incomplete batch); accepted: "
+            f"train.global_batch_size <= {len(dataset)}, or more data"
+        )
     return dataset, normalizer
 
 

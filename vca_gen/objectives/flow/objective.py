@@ -10,6 +10,7 @@ from vca_gen.objectives.flow.path import make_path
 from vca_gen.objectives.flow.samplers import ADAPTIVE_METHODS, _Model, euler_sample, heun_sample, ode_sample, sde_sample
 from vca_gen.objectives.flow.sde import check_diffusion_form, check_last_step
 from vca_gen.objectives.flow.transport import Transport
+from vca_gen.utils.checks import choice, positive
 
 # steps used when sample(sampler=X) differs from the configured sampler and steps=None
 SAMPLER_DEFAULT_STEPS = {"sde": 250, "ode": 0, "euler": 100, "heun": 50}
@@ -19,6 +20,14 @@ _OPTIONS = {
     "euler": set(),
     "heun": set(),
 }
+
+
+def _number(key: str, value) -> float:
+    """A sampler option as a float, or a ``ValueError`` naming it."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} is not valid; accepted: a number") from None
 
 
 class FlowObjective(Objective):
@@ -107,6 +116,7 @@ class FlowObjective(Objective):
         with torch.no_grad():
             if name == "sde":
                 form = check_diffusion_form(opt["diffusion_form"])
+                positive("diffusion_norm", _number("diffusion_norm", opt["diffusion_norm"]))
                 last = check_last_step(opt["last_step"])
                 size = 0.0 if last == "none" else float(opt["last_step_size"])
                 if last != "none" and not 0 < size < 1:
@@ -118,6 +128,9 @@ class FlowObjective(Objective):
             else:
                 t0, t1 = tr.interval(eval=True)
                 if name == "ode":
+                    for key in ("atol", "rtol"):
+                        positive(key, _number(key, opt[key]))
+                    choice("ode_method", opt["ode_method"], ADAPTIVE_METHODS)
                     x = ode_sample(m, noise, t0, t1, opt["ode_method"], float(opt["atol"]), float(opt["rtol"]))
                 elif name == "euler":
                     x = euler_sample(m, noise, t0, t1, steps, progress)
