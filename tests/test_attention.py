@@ -107,8 +107,15 @@ def ref_vca(x, P, grid, h, n, lambda_init, stages, stage2_softmax, dwconv, contr
     return o @ P["proj.weight"].T + P["proj.bias"]
 
 
-def ref_diff(x, P, h, lambda_init):
-    """h/2 differential heads with q/k halves of size C/h (odd h: h heads with halves of C/(2h))."""
+def value_conv_ref(o, v, P, grid):
+    """``o + DWConv3x3(v)`` with the naive convolution above (o, v: (B, N, C))."""
+    B, N, C = v.shape
+    return o + depthwise3x3(v.reshape(B, *grid, C), P["dwc.weight"], P["dwc.bias"]).reshape(B, N, C)
+
+
+def ref_diff(x, P, h, lambda_init, grid=None):
+    """h/2 differential heads with q/k halves of size C/h (odd h: h heads with halves of C/(2h));
+    with ``grid``, the value depthwise convolution is added before the projection."""
     B, N, C = x.shape
     if h % 2:
         h, d = 2 * h, C // (2 * h)
@@ -125,10 +132,13 @@ def ref_diff(x, P, h, lambda_init):
         )
         o = A @ v[..., 2 * i * d : (2 * i + 2) * d]
         heads.append((1 - lambda_init) * rms(o, P["subln.weight"]))
-    return torch.cat(heads, -1) @ P["proj.weight"].T + P["proj.bias"]
+    o = torch.cat(heads, -1)
+    if grid is not None:
+        o = value_conv_ref(o, v, P, grid)
+    return o @ P["proj.weight"].T + P["proj.bias"]
 
 
-def ref_mhsa(x, P, h):
+def ref_mhsa(x, P, h, grid=None):
     C = x.shape[-1]
     d = C // h
     qkv = x @ P["qkv.weight"].T + P["qkv.bias"]
@@ -143,6 +153,8 @@ def ref_mhsa(x, P, h):
         ],
         -1,
     )
+    if grid is not None:
+        o = value_conv_ref(o, qkv[..., 2 * C :], P, grid)
     return o @ P["proj.weight"].T + P["proj.bias"]
 
 
@@ -195,6 +207,52 @@ def test_diff_and_mhsa_match_float64_reference(grid, h):
     )
     mhsa = randomize_(build_attention("mhsa", C, h, grid, layer_idx)).double()
     torch.testing.assert_close(mhsa(x), ref_mhsa(x, params64(mhsa), h), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("h", [4, 3])
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
+def test_diff_and_mhsa_with_dwconv_match_float64_reference(grid, h):
+    """The value depthwise conv on MHSA / DIFF: plain float64 attention plus the naive convolution."""
+    C, layer_idx = 24, 2
+    x = torch.randn(2, grid[0] * grid[1], C, dtype=torch.float64)
+    diff = randomize_(build_attention("diff", C, h, grid, layer_idx, dwconv=True)).double()
+    P = params64(diff)
+    assert P["dwc.weight"].shape == (C, 1, 3, 3) and P["dwc.bias"].shape == (C,)
+    torch.testing.assert_close(diff(x), ref_diff(x, P, h, lambda_init_ref(layer_idx), grid=grid), rtol=1e-9, atol=1e-10)
+    mhsa = randomize_(build_attention("mhsa", C, h, grid, layer_idx, dwconv=True)).double()
+    torch.testing.assert_close(mhsa(x), ref_mhsa(x, params64(mhsa), h, grid=grid), rtol=1e-9, atol=1e-10)
+    # the convolution is really there: without it the outputs differ
+    assert (mhsa(x) - ref_mhsa(x, params64(mhsa), h)).abs().max() > 1e-3
+    # fp32 path agrees to fp32 accuracy
+    torch.testing.assert_close(
+        mhsa.float()(x.float()).double(), ref_mhsa(x, params64(mhsa), h, grid=grid), rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("kind", ["mhsa", "diff"])
+def test_dwconv_off_is_the_plain_layer_bit_for_bit(kind):
+    """``dwconv=False`` (the default) builds the same parameters from the same RNG draws, so the
+    weights and outputs equal the plain layer's bit for bit, and adds no key."""
+    grid, C, h = (4, 4), 24, 4
+    torch.manual_seed(0)
+    plain = build_attention(kind, C, h, grid, 1)
+    torch.manual_seed(0)
+    off = build_attention(kind, C, h, grid, 1, dwconv=False)
+    assert list(plain.state_dict()) == list(off.state_dict())
+    assert not any(k.startswith("dwc") for k in off.state_dict())
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, off.state_dict()[k]), k
+    x = torch.randn(2, 16, C)
+    assert torch.equal(plain(x), off(x))
+    torch.manual_seed(0)
+    on = build_attention(kind, C, h, grid, 1, dwconv=True)
+    assert set(on.state_dict()) - set(plain.state_dict()) == {"dwc.weight", "dwc.bias"}
+
+
+def test_every_kind_accepts_dwconv_with_its_default():
+    assert {k: attention_options(k)["dwconv"] for k in ATTENTION_KINDS} == {"mhsa": False, "vca": True, "diff": False}
+    with pytest.raises(ValueError, match="dwconv must be true or false"):
+        build_attention("mhsa", 16, 2, (4, 4), 0, dwconv="yes")
 
 
 @pytest.mark.parametrize("opts", list(vca_combos()), ids=lambda o: "-".join(str(v) for v in o.values()))
@@ -251,7 +309,7 @@ def test_factory_errors_name_valid_choices():
         build_attention("linear", 16, 2, (4, 4), 0)
     with pytest.raises(ValueError, match="num_contrast_tokens"):
         build_attention("vca", 16, 2, (4, 4), 0, n_tokens=4)
-    with pytest.raises(ValueError, match="none"):
+    with pytest.raises(ValueError, match=r"valid options \(defaults\): dwconv=False"):
         build_attention("mhsa", 16, 2, (4, 4), 0, num_contrast_tokens=4)
     with pytest.raises(ValueError, match="perfect square"):
         build_attention("vca", 16, 2, (4, 4), 0, num_contrast_tokens=10)

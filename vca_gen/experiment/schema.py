@@ -174,6 +174,31 @@ def _type_hints(schema: type) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- composition
+def _kind_set_by(layer: Any) -> str | None:
+    """The attention kind a layer (one file, or the whole override list) states, else None."""
+    model = layer.get("model") if isinstance(layer, Mapping) else None
+    kind = model.get("attention") if isinstance(model, Mapping) else None
+    return kind if isinstance(kind, str) else None
+
+
+def merge_layer(composed: DictConfig, layer: DictConfig) -> DictConfig:
+    """``layer`` merged over ``composed``; a layer that switches ``model.attention`` to another kind
+    first drops the ``model.attention_options`` of the layers before it.
+
+    So options belong to the kind they were written for: ``_base_/vca.yaml``'s ``dwconv: true`` never
+    turns a later ``model.attention=mhsa`` into MHSA+conv, while options stated in the same layer as the
+    switch, or after it (``model.attention=mhsa model.attention_options.dwconv=true``), apply to the new kind.
+    """
+    new = _kind_set_by(layer)
+    model = composed.get("model")
+    if new is not None and isinstance(model, Mapping):
+        old = model.get("attention") or ModelConfig.attention
+        if new != old and "attention_options" in model:
+            composed = composed.copy()
+            del composed.model["attention_options"]
+    return merged(composed, layer)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -198,8 +223,8 @@ def compose_yaml(path: Path | str, _seen: Sequence[Path] = ()) -> DictConfig:
     bases = [bases] if isinstance(bases, str) else list(bases or [])
     base = OmegaConf.create()
     for b in bases:
-        base = merged(base, compose_yaml(path.parent / b, (*_seen, path)))
-    return merged(base, OmegaConf.create(data))
+        base = merge_layer(base, compose_yaml(path.parent / b, (*_seen, path)))
+    return merge_layer(base, OmegaConf.create(data))
 
 
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:
@@ -293,7 +318,7 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> DictConfig:
     if overrides:
         ov = parse_overrides(overrides)
         _check_keys(OmegaConf.to_container(ov), ExperimentConfig, "", "command-line override")
-        composed = merged(composed, ov)
+        composed = merge_layer(composed, ov)
     return config_from_container(composed, source=str(path))
 
 
@@ -330,6 +355,7 @@ __all__ = [
     "config_from_yaml_text",
     "config_from_container",
     "compose_yaml",
+    "merge_layer",
     "parse_overrides",
     "run_defining_diff",
     "to_container",

@@ -9,7 +9,8 @@ fails here, under ``--print-config`` too, and never after hours of training.
 :func:`check_experiment` also *resolves* the experiment in place: ``model.input_size`` and
 ``model.in_channels`` are derived from the data, and ``model.attention_options`` is reduced to the
 options of the attention kind in use (filled with that kind's defaults), so switching the kind by
-one override (``model.attention=mhsa``) is never blocked by another kind's options.
+one override (``model.attention=mhsa``) is never blocked by another kind's options (and never
+inherits them: ``schema.merge_layer`` drops the options of earlier layers when a layer switches kind).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from vca_gen.errors import ConfigError
 from vca_gen.experiment.build import build_model
 from vca_gen.experiment.typed import data_config, plain
 from vca_gen.models import ATTENTION_KINDS, list_models, parse_model_name
-from vca_gen.models.attention import attention_options
+from vca_gen.models.attention import attention_options, resolve_options
 from vca_gen.objectives import OBJECTIVE_KINDS, build_objective
 from vca_gen.objectives.base import parse_steps
 from vca_gen.utils.checks import choice, positive
@@ -51,20 +52,21 @@ def _user(fn, *args, **kwargs):
 def resolve_attention_options(m: DictConfig) -> None:
     """``model.attention_options`` → exactly the options of ``model.attention`` (with defaults).
 
-    Keys of another kind are dropped (they do not get in the way of switching kinds); a key no
-    kind accepts is an error listing every kind's options."""
+    Keys only another kind accepts are dropped (they do not get in the way of switching kinds; the
+    options inherited from before a switch are already gone, see ``schema.merge_layer``); a key no kind
+    accepts is an error listing every kind's options. Late options at their default are not recorded
+    (:func:`vca_gen.models.attention.resolve_options`)."""
     opts = m.attention_options
     given: dict[str, Any] = plain(opts) if isinstance(opts, DictConfig) else dict(opts or {})
-    owner = {key: kind for kind in ATTENTION_KINDS for key in attention_options(kind)}
-    unknown = sorted(k for k in given if k not in owner)
+    accepted = {kind: attention_options(kind) for kind in ATTENTION_KINDS}
+    unknown = sorted(k for k in given if not any(k in a for a in accepted.values()))
     if unknown:
-        per_kind = "; ".join(f"{k}: {', '.join(attention_options(k)) or 'none'}" for k in ATTENTION_KINDS)
+        per_kind = "; ".join(f"{k}: {', '.join(a) or 'none'}" for k, a in accepted.items())
         raise ConfigError(
             f"model.attention_options: unknown option(s) {unknown}; accepted per attention kind: {per_kind}"
         )
-    mine = attention_options(m.attention)
-    mine.update({k: v for k, v in given.items() if owner[k] == m.attention})
-    m.attention_options = mine
+    mine = {k: v for k, v in given.items() if k in accepted[m.attention]}
+    m.attention_options = _user(resolve_options, m.attention, mine)
 
 
 def _check_model(exp: DictConfig) -> None:

@@ -8,6 +8,12 @@ those two layers load into any kind.
 - ``mhsa``: multi-head self-attention (DiT / timm), fused ``F.scaled_dot_product_attention``.
 - ``vca``: Visual-Contrast Attention, see :mod:`vca_gen.models.attention.vca`.
 - ``diff``: DIFF Transformer attention, see :mod:`vca_gen.models.attention.diff`.
+
+Every kind takes the option ``dwconv`` (the value depthwise convolution of
+:mod:`vca_gen.models.attention.dwconv`): on by default for ``vca``, off for ``mhsa`` and ``diff``.
+A kind's ``OPTIONS`` dict is its schema (name -> default); ``LATE_OPTIONS`` names the options it gained
+after experiments were recorded without them, which :func:`resolve_options` records only when set to
+something other than their default (so every experiment recorded before keeps its meaning and hash).
 """
 
 from __future__ import annotations
@@ -39,6 +45,17 @@ def _attention_class(kind: str) -> Any:
     if kind not in kinds:
         raise ValueError(f"unknown attention kind {kind!r}; valid kinds: {', '.join(ATTENTION_KINDS)}")
     return kinds[kind]
+
+
+def resolve_options(kind: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``kind`` as an experiment records them: its defaults updated by ``given`` (which
+    must hold only options of ``kind``), without the late options that are at their default."""
+    check_attention_options(kind, given)
+    cls = _attention_class(kind)
+    out = dict(cls.OPTIONS)
+    out.update(given)
+    late: frozenset[str] = getattr(cls, "LATE_OPTIONS", frozenset())
+    return {k: v for k, v in out.items() if not (k in late and v == cls.OPTIONS[k] and type(v) is type(cls.OPTIONS[k]))}
 
 
 def check_attention_options(kind: str, options: dict[str, Any]) -> None:

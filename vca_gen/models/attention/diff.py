@@ -13,6 +13,8 @@ differential heads whose query/key halves have size d/2 and whose value has size
 parameter budget; λ vectors of size d/2). ``num_heads`` must then have an even head dim.
 Both softmaxes run as fused SDPA calls over 2·(h/2) heads (one call per half of the value).
 The projections are DiT's ``qkv`` / ``proj``; extra parameters are only 4d (λ) + 2d (gain).
+Option ``dwconv`` (default off): add the value depthwise convolution shared by every kind
+(:mod:`vca_gen.models.attention.dwconv`, on the full C-channel value map) before ``proj``.
 Under bf16 autocast the two attention outputs are upcast and subtracted with the fp32 λ, and the
 RMSNorm runs in fp32, before the result is cast back to the compute dtype.
 """
@@ -24,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vca_gen.models.attention.differential import DifferentialLambda, RMSNorm, differential, lambda_init_fn
+from vca_gen.models.attention.dwconv import add_value_conv, value_conv
 from vca_gen.models.attention.mhsa import check_heads
 
 
@@ -31,9 +34,10 @@ class DiffAttention(nn.Module):
     """Differential attention: ``num_heads // 2`` heads of value size ``2·dim/num_heads`` (even
     ``num_heads``) or ``num_heads`` heads of value size ``dim/num_heads`` (odd ``num_heads``)."""
 
-    OPTIONS: dict = {}
+    OPTIONS: dict = {"dwconv": False}
+    LATE_OPTIONS: frozenset[str] = frozenset({"dwconv"})  # see MHSA.LATE_OPTIONS
 
-    def __init__(self, dim: int, num_heads: int, grid_size: tuple[int, int], layer_idx: int = 0):
+    def __init__(self, dim: int, num_heads: int, grid_size: tuple[int, int], layer_idx: int = 0, dwconv: bool = False):
         super().__init__()
         d = check_heads(dim, num_heads)
         if num_heads % 2 == 0:
@@ -46,30 +50,33 @@ class DiffAttention(nn.Module):
                 f"of size {d} (hidden size {dim})"
             )
         d = self.head_dim  # values have 2d
-        self.grid_size = tuple(grid_size)
+        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.lambda_init = lambda_init_fn(layer_idx)
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
         self.lambda_ = DifferentialLambda(d, self.lambda_init)
         self.subln = RMSNorm(2 * d)
+        self.dwc = value_conv(dim, dwconv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         hd, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).split(C, dim=-1)  # each (B, N, C)
+        q, k, v_tok = self.qkv(x).split(C, dim=-1)  # each (B, N, C)
         q = q.reshape(B, N, 2 * hd, d).transpose(1, 2)  # (B, 2hd, N, d): chunks 2i, 2i+1 -> head i
         k = k.reshape(B, N, 2 * hd, d).transpose(1, 2)
         # Value of head i (2d) in two d-halves, each shared by the head's two softmaxes, so that
         # SDPA keeps equal q/k/v head sizes and its fused O(N)-memory kernel (as DIFF's flash code).
-        v = v.reshape(B, N, hd, 1, 2, d).expand(B, N, hd, 2, 2, d).reshape(B, N, 2 * hd, 2, d)
+        v = v_tok.reshape(B, N, hd, 1, 2, d).expand(B, N, hd, 2, 2, d).reshape(B, N, 2 * hd, 2, d)
         o = torch.cat([F.scaled_dot_product_attention(q, k, v[..., j, :].transpose(1, 2)) for j in range(2)], dim=-1)
         o = o.unflatten(1, (hd, 2))  # (B, hd, 2, N, 2d)
         # softmax1·V − λ·softmax2·V from the upcast attention outputs, λ and RMSNorm in fp32
         o = self.subln(differential(o[:, :, 0], o[:, :, 1], self.lambda_()), scale=1.0 - self.lambda_init).to(o.dtype)
-        return self.proj(o.transpose(1, 2).reshape(B, N, C))
+        o = o.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj(add_value_conv(o, v_tok, self.dwc, self.grid_size))
 
     def extra_repr(self) -> str:
         return (
             f"diff_heads={self.num_heads}, qk_dim={self.head_dim}, v_dim={2 * self.head_dim}, "
             f"grid={self.grid_size}, lambda_init={self.lambda_init:.4f}"
+            + (", dwconv=True" if self.dwc is not None else "")
         )

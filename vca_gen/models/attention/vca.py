@@ -13,7 +13,8 @@ Per block, x (B, N, C) on an H x W grid, h heads of size d = C/h, n = s² contra
    the 2n tokens (``stage2_softmax="joint"``, computed as ``SDPA(Q, T, [V̂; −λ² V̂])``) or two
    separate n-way softmaxes over t⁺ and t⁻ (``"separate"``);
    ``O = (1 − λ_init)·RMSNorm((S⁺ − λ² S⁻) V̂)`` (B, h, N, d).
-5. Merge heads; add ``dwconv`` (depthwise 3x3, bias) of v as a (B, C, H, W) map (``dwconv=True``).
+5. Merge heads; add ``dwconv`` (depthwise 3x3, bias) of v as a (B, C, H, W) map (``dwconv=True``,
+   the layer every kind shares: :mod:`vca_gen.models.attention.dwconv`).
 6. ``proj``.
 
 Ablations (``stages``):
@@ -54,6 +55,7 @@ from vca_gen.models.attention.differential import (
     differential,
     lambda_init_fn,
 )
+from vca_gen.models.attention.dwconv import add_value_conv, value_conv
 from vca_gen.models.attention.mhsa import check_heads
 
 _CHOICES = {
@@ -105,8 +107,6 @@ class VCAttention(nn.Module):
                 "VCA option stage2_softmax applies only to a differential Stage II "
                 "(stages='both' or 'stage2'); with stages='stage1' leave it at 'joint'"
             )
-        if not isinstance(dwconv, bool):
-            raise ValueError(f"VCA option dwconv must be True or False, got {dwconv!r}")
         n = int(num_contrast_tokens)
         s = math.isqrt(max(n, 0))
         if n != num_contrast_tokens or n < 1 or s * s != n:
@@ -140,7 +140,7 @@ class VCAttention(nn.Module):
         self.norm1 = RMSNorm(d) if diff1 else None
         self.lambda2 = DifferentialLambda(d, self.lambda_init) if diff2 else None
         self.norm2 = RMSNorm(d) if diff2 else None
-        self.dwc = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=True) if dwconv else None
+        self.dwc = value_conv(dim, dwconv)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         """(B, M, C) -> (B, h, M, d)."""
@@ -204,11 +204,8 @@ class VCAttention(nn.Module):
                 )
             o = cast(RMSNorm, self.norm2)(o, scale=1.0 - self.lambda_init).to(cdt)
 
-        o = o.transpose(1, 2).reshape(B, N, C)
-        if self.dwc is not None:
-            vmap = v_tok.reshape(B, gh, gw, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last view
-            o = o + self.dwc(vmap).permute(0, 2, 3, 1).reshape(B, N, C)
-        return self.proj(o)
+        o = o.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj(add_value_conv(o, v_tok, self.dwc, self.grid_size))
 
     def extra_repr(self) -> str:
         return (
