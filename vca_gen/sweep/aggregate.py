@@ -3,7 +3,9 @@
 Per variant, metric and scored step: n, mean, sample std (n − 1), min, max and the 95% Student-t
 interval ``mean ± t(0.975, n − 1) · std / √n`` (none for n < 2). Against the baseline variant: the
 paired per-seed differences ``variant − baseline`` over the seeds both have, with the same interval
-and a flag when it contains 0 (no difference shown at 95%).
+and a flag when it contains 0 (no difference shown at 95%). The sweep's named ``comparisons`` (``a − b``)
+get the same paired statistics at the final checkpoint and at every step both variants scored.
+Thread counts: per variant and overall, the torch thread counts its cells trained and sampled with.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[s
     return {"n": n, "mean": mean, "std": std, "min": min(v), "max": max(v), "ci": ci}
 
 
+def _threads(per_cell) -> dict[str, Any]:
+    """``{"counts": sorted thread counts seen, "unrecorded": cells without a record}`` over cell records."""
+    counts, unrecorded = set(), 0
+    for t in per_cell:
+        vals = [x for x in (t or {}).values() if x is not None]
+        if not vals:
+            unrecorded += 1
+        for x in vals:
+            counts.update(x if isinstance(x, list) else [x])
+    return {"counts": sorted(counts), "unrecorded": unrecorded}
+
+
 def load_results(plans: Sequence[CellPlan]) -> dict[str, dict[str, Any]]:
     """Result records of the cells whose committed result matches their hashes, by cell key."""
     return {p.key: read_json(p.result_file) or {} for p in plans if committed_state(p) == "done"}
@@ -68,6 +82,14 @@ def aggregate(sweep: Sweep, plans: Sequence[CellPlan], ref_identity: dict[str, A
                 out[p.seed] = float(x)
         return out
 
+    def paired(a: str, step_a: int, b: str, step_b: int, m: str) -> dict[str, Any]:
+        mine, base = values(a, m, step_a), values(b, m, step_b)
+        common = sorted(set(mine) & set(base))
+        d = summarize([mine[s] - base[s] for s in common])
+        d["seeds"] = common
+        d["contains_zero"] = None if d["ci"] is None else bool(d["ci"][0] <= 0.0 <= d["ci"][1])
+        return d
+
     variants: dict[str, Any] = {}
     for v, vplans in by_variant.items():
         bname = sweep.baseline_of(v)
@@ -89,13 +111,7 @@ def aggregate(sweep: Sweep, plans: Sequence[CellPlan], ref_identity: dict[str, A
                 by_step[str(s)] = {**summarize(list(vals.values())), "values": {str(k): x for k, x in vals.items()}}
             entry["metrics"][m] = {"final": by_step[str(final)], "by_step": by_step}
             if v != bname and base_plans:
-                mine, base = values(v, m, final), values(bname, m, base_plans[0].max_steps)
-                common = sorted(set(mine) & set(base))
-                diffs = [mine[s] - base[s] for s in common]
-                d = summarize(diffs)
-                d["seeds"] = common
-                d["contains_zero"] = None if d["ci"] is None else bool(d["ci"][0] <= 0.0 <= d["ci"][1])
-                entry["paired"][m] = d
+                entry["paired"][m] = paired(v, final, bname, base_plans[0].max_steps, m)
         minutes = {
             k: [records[p.key][k] for p in vplans if p.key in records and records[p.key].get(k) is not None]
             for k in ("train_minutes", "sample_minutes", "score_minutes")
@@ -109,11 +125,33 @@ def aggregate(sweep: Sweep, plans: Sequence[CellPlan], ref_identity: dict[str, A
                 "score_minutes": records[p.key].get("score_minutes"),
                 "device": records[p.key].get("device"),
                 "git_commit": records[p.key].get("git_commit"),
+                "threads": records[p.key].get("threads"),
+                "reused_from": p.reused_from,
             }
             for p in vplans
             if p.key in records
         }
+        entry["threads"] = _threads(c["threads"] for c in entry["cells"].values())
         variants[v] = entry
+    comparisons = []
+    for c in sweep.comparisons:
+        if c.a not in by_variant or c.b not in by_variant:
+            continue
+        pa, pb = by_variant[c.a][0], by_variant[c.b][0]
+        comparisons.append(
+            {
+                "name": c.name,
+                "a": c.a,
+                "b": c.b,
+                "metrics": {
+                    m: {
+                        "final": paired(c.a, pa.max_steps, c.b, pb.max_steps, m),
+                        "by_step": {str(s): paired(c.a, s, c.b, s, m) for s in sorted(set(pa.steps) & set(pb.steps))},
+                    }
+                    for m in names
+                },
+            }
+        )
     incomplete = []
     for p in plans:
         if p.key not in records:
@@ -157,7 +195,10 @@ def aggregate(sweep: Sweep, plans: Sequence[CellPlan], ref_identity: dict[str, A
             "protocol_hash": plans[0].protocol_hash if plans else None,
         },
         "reference_note": sweep.reference_note,
+        "threads": _threads(c["threads"] for e in variants.values() for c in e["cells"].values()),
+        "reused": sorted({str(p.reused_from) for p in plans if p.reused_from and p.key in records}),
         "variants": variants,
+        "comparisons": comparisons,
         "incomplete": incomplete,
         "cells_total": len(plans),
         "cells_done": len(records),

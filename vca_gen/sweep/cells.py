@@ -13,6 +13,10 @@ Layout of a cell under ``output_dir/cells/<variant>__seed<k>/exp-<experiment has
     stages.jsonl               one line per stage event (start, done, skipped, failed, interrupted; seconds, exit code)
     failure.json               the last failure (stage, exit code, last lines of stderr); removed on success
 
+Every stage's process runs with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set to the cell's thread count
+(``execution.threads``, else this process's ``torch.get_num_threads()``), recorded on each ``start`` event
+and in the result file: CPU training reproduces bit for bit only at the same thread count.
+
 A stage whose output JSON exists is skipped; an unfinished one is re-run with its command's own resume
 (training ``train.resume=auto``, sampling's shards). A changed experiment (or protocol) gets a new
 ``exp-`` (or ``eval-``) folder, so nothing stale is reused. A finished cell writes
@@ -252,6 +256,7 @@ def result_record(plan, events: list[dict[str, Any]]) -> dict[str, Any]:
         "sample_minutes": round(stage_minutes(events, "sample"), 3),
         "score_minutes": round(stage_minutes(events, "score"), 3),
         "processes": plan.processes,
+        "threads": {k: stage_threads(events, k) for k in ("train", "sample", "score")},
         "git_commit": g["commit"],
         "git_dirty": g["dirty"],
         "host": socket.gethostname(),
@@ -287,6 +292,32 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cell_threads(plan) -> int:
+    """The torch thread count the cell's stages run with: ``execution.threads``, else this process's."""
+    if getattr(plan, "threads", None):
+        return int(plan.threads)
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def stage_env(plan, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a stage's process: ``env`` (default: this one's) with the thread count pinned."""
+    out = dict(os.environ if env is None else env)
+    n = str(cell_threads(plan))
+    out.update({k: n for k in THREAD_VARS})
+    return out
+
+
+def stage_threads(events: list[dict[str, Any]], kind: str) -> int | list[int] | None:
+    """Thread count(s) of every attempt of stages of ``kind`` (one int when they agree; None if unrecorded)."""
+    seen = sorted({int(e["threads"]) for e in events if e.get("kind") == kind and e.get("threads") is not None})
+    return None if not seen else seen[0] if len(seen) == 1 else seen
+
+
 def run_stage(plan, stage: Stage, env: dict[str, str] | None = None) -> int:
     """Run one stage's command, logs appended; writes the stage's output JSON or ``failure.json``."""
     cell = Path(plan.cell_dir)
@@ -304,7 +335,8 @@ def run_stage(plan, stage: Stage, env: dict[str, str] | None = None) -> int:
             f"import sys; sys.stderr.write('forced failure ({FAIL_STAGE_ENV})\\n'); sys.exit(9)",
         ]
     _close_interrupted_attempt(cell, stage, (out_log, err_log))
-    _event(cell, stage=stage.name, kind=stage.kind, event="start")
+    env = stage_env(plan, env)
+    _event(cell, stage=stage.name, kind=stage.kind, event="start", threads=int(env[THREAD_VARS[0]]))
     t0 = time.perf_counter()
     with open(out_log, "a") as fo, open(err_log, "a") as fe:
         fo.write(header)
@@ -395,6 +427,8 @@ __all__ = [
     "read_events",
     "read_json",
     "repo_root",
+    "stage_env",
+    "stage_threads",
     "eval_dir",
     "step_name",
 ]

@@ -7,6 +7,10 @@ it returns one :class:`CellPlan` (plain data, pickled to submitit jobs) per vari
   compares, ``schema.run_defining_diff``, plus ``train.max_steps``; paths excluded);
 - protocol hash: sha256 of the evaluation protocol (batch sizes excluded) and the reference's identity
   (the statistics file's sha256, or the recipe).
+
+A cell with no result file of its own whose experiment and protocol hashes match a committed cell of a
+sweep named under ``reuse`` takes that file as its result (``CellPlan.result_file`` points there;
+``reused_from`` names the sweep): nothing is copied or recomputed.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class CellPlan:
     processes: int
     index: int
     repo: str
+    threads: int | None = None  # torch threads of each stage (None: the running process's count)
+    reused_from: str | None = None  # the sweep whose committed cell file this cell reuses
 
     @property
     def key(self) -> str:
@@ -98,16 +104,17 @@ def select(sweep: Sweep, only: str | None, seeds: str | None) -> tuple[list[str]
         if bad:
             raise SweepError(f"--only {only}: {bad} not variant(s) of {sweep.path}; accepted: {', '.join(variants)}")
         variants = [v for v in variants if v in wanted]
-    chosen = list(sweep.seeds)
+    every = sorted({s for v in sweep.variants for s in sweep.seeds_of(v)})
+    chosen = list(every)
     if seeds:
         try:
             wanted_s = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
             raise SweepError(f"--seeds {seeds}: accepted: comma-separated integers") from None
-        bad_s = [s for s in wanted_s if s not in sweep.seeds]
+        bad_s = [s for s in wanted_s if s not in every]
         if bad_s or not wanted_s:
             raise SweepError(
-                f"--seeds {seeds}: {bad_s} not in the sweep's seeds {sweep.seeds} (add seeds to the "
+                f"--seeds {seeds}: {bad_s} not in the sweep's seeds {every} (add seeds to the "
                 f"file so the report covers them)"
             )
         chosen = [s for s in chosen if s in wanted_s]
@@ -226,6 +233,26 @@ def reference_path(sweep: Sweep) -> Path:
     return sweep.output_dir / "reference" / f"ref_{tag}.npz"
 
 
+def reusable_cells(sweep: Sweep) -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(experiment hash, protocol hash): (result file, sweep name)}`` of the committed cells of the
+    sweeps in ``sweep.reuse`` (their result files only: nothing is recomputed or validated again)."""
+    from vca_gen.sweep.cells import read_json
+    from vca_gen.sweep.spec import load_sweep
+
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for path in sweep.reuse:
+        try:
+            other = load_sweep(path)
+        except SweepError as e:
+            raise SweepError(f"reuse: {path}: {e}") from None
+        for f in sorted((other.results_dir / "cells").glob("*.json")):
+            rec = read_json(f) or {}
+            key = (rec.get("experiment_hash"), rec.get("protocol_hash"))
+            if all(isinstance(k, str) for k in key):
+                out.setdefault((str(key[0]), str(key[1])), (str(f), other.name))
+    return out
+
+
 def validate(
     sweep: Sweep,
     variants: Sequence[str] | None = None,
@@ -238,12 +265,12 @@ def validate(
 
     ev, warnings = sweep.evaluate, []
     names = list(variants) if variants is not None else list(sweep.variants)
-    chosen_seeds = list(seeds) if seeds is not None else list(sweep.seeds)
+    chosen_seeds = list(seeds) if seeds is not None else sorted({s for v in sweep.variants for s in sweep.seeds_of(v)})
     resolutions, exps = {}, {}
     for v in sweep.variants:  # every variant is validated, even when --only picks some
         var = sweep.variants[v]
         try:
-            exp = load_config(var.base, sweep.cell_overrides(v, sweep.seeds[0]))
+            exp = load_config(var.base, sweep.cell_overrides(v, sweep.seeds_of(v)[0]))
         except ConfigError as e:
             raise SweepError(f"variant {v!r} (base {var.base.name}): {e}") from None
         _check_evaluation(ev, exp, v)
@@ -254,12 +281,13 @@ def validate(
         warnings.append(warn)
     ref_id = ev.reference.identity()
     p_hash = protocol_hash(ev, ref_id)
+    reusable = reusable_cells(sweep)
     cells, index = [], 0
     for v in names:
         var, exp0 = sweep.variants[v], exps[v]
         steps = _scored_steps(ev, exp0, v)
         milestone = math.gcd(int(exp0.train.milestone_every), *steps)
-        for s in chosen_seeds:
+        for s in [s for s in sweep.seeds_of(v) if s in chosen_seeds]:
             overrides = sweep.cell_overrides(v, s)
             try:
                 exp = load_config(var.base, overrides)
@@ -267,6 +295,10 @@ def validate(
                 raise SweepError(f"variant {v!r}, seed {s}: {e}") from None
             e_hash = experiment_hash(to_container(exp))
             cell_dir = sweep.output_dir / "cells" / cell_key(v, s) / f"exp-{e_hash[:12]}"
+            result_file, reused_from = sweep.results_dir / "cells" / f"{cell_key(v, s)}.json", None
+            if not result_file.is_file() and (e_hash, p_hash) in reusable:
+                found, reused_from = reusable[e_hash, p_hash]
+                result_file = Path(found)
             managed = [
                 format_override("train.output_dir", str(cell_dir / "train")),
                 "train.resume=auto",
@@ -285,12 +317,14 @@ def validate(
                     max_steps=int(exp.train.max_steps),
                     steps=steps,
                     cell_dir=str(cell_dir),
-                    result_file=str(sweep.results_dir / "cells" / f"{cell_key(v, s)}.json"),
+                    result_file=str(result_file),
                     evaluate=dataclasses.asdict(ev),
                     reference_path=str(reference_path(sweep)),
                     processes=sweep.execution.processes,
                     index=index,
                     repo=str(repo_root()),
+                    threads=sweep.execution.threads,
+                    reused_from=reused_from,
                 )
             )
             index += 1
@@ -306,4 +340,5 @@ __all__ = [
     "protocol_hash",
     "cell_key",
     "reference_path",
+    "reusable_cells",
 ]

@@ -57,13 +57,32 @@ def plot_curves(res: dict[str, Any], metric: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _comparison_rows(res: dict[str, Any], metric: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (c["name"], c["metrics"][metric]["final"])
+        for c in res.get("comparisons", [])
+        if c["metrics"][metric]["final"]["n"]
+    ]
+
+
 def plot_bars(res: dict[str, Any], metric: str, path: Path) -> Path | None:
-    """Final-checkpoint metric per variant: mean with its 95% interval; reference numbers as markers."""
+    """Final-checkpoint metric per variant: mean with its 95% interval; reference numbers as markers.
+    With named comparisons, a second panel shows each paired difference with its 95% interval."""
     plt = _plt()
     names = [v for v, e in res["variants"].items() if e["metrics"][metric]["final"]["n"]]
     if not names:
         return None
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.8))
+    comps = _comparison_rows(res, metric)
+    width = max(4.0, 0.9 * len(names) + 2)
+    if comps:
+        fig, (ax, ax2) = plt.subplots(
+            1,
+            2,
+            figsize=(width + max(4.0, 0.9 * len(comps) + 2), 3.8),
+            gridspec_kw={"width_ratios": [len(names) + 1, len(comps) + 1]},
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(width, 3.8))
     means = [res["variants"][v]["metrics"][metric]["final"]["mean"] for v in names]
     lo, hi = [], []
     for v, m in zip(names, means):
@@ -79,6 +98,18 @@ def plot_bars(res: dict[str, Any], metric: str, path: Path) -> Path | None:
     ax.set(ylabel=LABELS[metric], title=f"{LABELS[metric]} at the final checkpoint")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
+    if comps:
+        ds = [d["mean"] for _, d in comps]
+        err = [
+            [m - d["ci"][0] if d["ci"] else 0.0 for m, (_, d) in zip(ds, comps)],
+            [d["ci"][1] - m if d["ci"] else 0.0 for m, (_, d) in zip(ds, comps)],
+        ]
+        colors = ["tab:gray" if d["contains_zero"] in (True, None) else "tab:green" for _, d in comps]
+        ax2.bar(range(len(comps)), ds, yerr=err, capsize=4, color=colors, alpha=0.8)
+        ax2.axhline(0.0, color="black", lw=0.8)
+        ax2.set_xticks(range(len(comps)), [n for n, _ in comps], rotation=30, ha="right")
+        ax2.set(ylabel=f"Δ {LABELS[metric]} (paired)", title="comparisons (95% CI; green: excludes 0)")
+        ax2.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
 
@@ -100,7 +131,29 @@ def _protocol_lines(res: dict[str, Any]) -> list[str]:
         f"- {p['num_samples']} samples per checkpoint (sample i: label i mod classes, seed {p['seed']} + i)",
         f"- reference: {ref_txt}; feature mode {p['mode'] or 'the reference’s'}",
         f"- metrics: {', '.join(res['metrics'])}; protocol hash `{(p['protocol_hash'] or '')[:12]}`",
-    ]
+        _threads_line(res),
+    ] + (
+        [f"- cells reused from the committed results of: {', '.join(f'`{r}`' for r in res['reused'])} (not copied)"]
+        if res.get("reused")
+        else []
+    )
+
+
+def _threads_line(res: dict[str, Any]) -> str:
+    t = res.get("threads") or {"counts": [], "unrecorded": 0}
+    counts, unrec = t["counts"], t["unrecorded"]
+    if counts:
+        txt = (
+            f"- torch threads: the cells trained, sampled and scored with {' and '.join(map(str, counts))} "
+            f"thread{'s' if counts != [1] else ''} per process; CPU results reproduce bit for bit only at that count"
+        )
+        if len(counts) > 1:
+            txt += " (the cells differ: see results.json)"
+    else:
+        txt = "- torch threads: not recorded"
+    if unrec and counts:
+        txt += f"; {unrec} cell(s) finished before thread counts were recorded"
+    return txt
 
 
 def write_report(res: dict[str, Any], results_dir: Path) -> Path:
@@ -164,6 +217,40 @@ def write_report(res: dict[str, Any], results_dir: Path) -> Path:
             ref = e["reference"].get(m)
             lines.append(f"| {v} | {_f(ref, sp)} | {mean} | {ci} | {f['n']} | {dtxt} | {dci} | {note} |")
         lines.append("")
+    if res.get("comparisons"):
+        for m in res["metrics"]:
+            sp = _spec(m)
+            lines += [
+                f"## Comparisons ({LABELS[m]}, paired over shared seeds)",
+                "",
+                "| comparison | checkpoint | Δ mean ± std | 95% CI of Δ | n | note |",
+                "| --- | --- | ---: | ---: | ---: | --- |",
+            ]
+            for c in res["comparisons"]:
+                rows = [("final", c["metrics"][m]["final"])]
+                rows += [
+                    (f"step {s}", d) for s, d in sorted(c["metrics"][m]["by_step"].items(), key=lambda kv: int(kv[0]))
+                ]
+                seen_final = False
+                for label, d in rows:
+                    if label == "final":
+                        seen_final = True
+                    elif seen_final and len(rows) == 2:
+                        continue  # one shared step: the final row says it all
+                    if not d["n"]:
+                        lines.append(f"| {c['name']} | {label} | – | – | 0 | no common seeds done |")
+                        continue
+                    mean = f"{_f(d['mean'], sp)} ± {_f(d['std'], sp)}" if d["std"] is not None else _f(d["mean"], sp)
+                    ci = f"[{_f(d['ci'][0], sp)}, {_f(d['ci'][1], sp)}]" if d["ci"] else "–"
+                    note = (
+                        "interval contains 0: no difference shown"
+                        if d["contains_zero"]
+                        else "interval excludes 0"
+                        if d["contains_zero"] is False
+                        else f"n = {d['n']}: no interval"
+                    )
+                    lines.append(f"| {c['name']} | {label} | {mean} | {ci} | {d['n']} | {note} |")
+            lines.append("")
     lines += [
         "## FID by checkpoint (mean over seeds)",
         "",

@@ -9,8 +9,11 @@ Keys (``*`` required)::
       mhsa: {model.attention: mhsa}
       vca-stage1: {model.attention: vca, model.attention_options.stages: stage1}
       sit_s2-vca: {base: sit_s2_vca.yaml}        # optional per-variant experiment file
+      vca-nodw: {model.attention_options.dwconv: false, seeds: [0, 1]}   # optional per-variant seeds
     baseline*: mhsa               # a variant: paired differences are taken against it
     baselines: {sit_s2-vca: sit_s2-mhsa}         # optional per-variant baselines (default: baseline)
+    comparisons: ["vca - mhsa-dw", "mhsa-dw - mhsa"]   # more paired differences (A − B over shared seeds)
+    reuse: [toy_flow.yaml]        # other sweep files whose committed cells this one reuses (same hashes)
     seeds*: [0, 1, 2]             # one cell per variant x seed
     seed_keys: [train.seed, data.seed]           # experiment keys set to the cell's seed
     evaluate*:                    # one protocol for every cell
@@ -33,17 +36,19 @@ Keys (``*`` required)::
       backend: local              # local | submitit
       processes: 1                # per cell: 1 = python train.py, P > 1 = accelerate launch --num_processes P
       parallel: 1                 # cells at a time on this machine (local backend, submitit_cluster local)
+      threads: null               # torch threads per stage (OMP_NUM_THREADS); null: this process's count
       submitit_cluster: auto      # local (submitit's LocalExecutor) | slurm | auto (slurm when available)
       slurm: {partition: null, gpus_per_node: 0, cpus_per_task: 8, timeout_min: 4320, mem_gb: null,
               array_parallelism: 64, additional_parameters: {}}
-    references: {mhsa: {fid: 67.2}}   # numbers shown beside the measured ones (a bare number = fid)
+    references: {mhsa: {fid: 67.2}}   # numbers shown beside the measured ones (bare number = fid; null: none)
     reference_note: "..."             # free text printed with them
     output_dir: runs/sweeps/<name>    # run directories (big, git-ignored); relative to the current directory
     results_dir: docs/results/<name>  # small result files meant to be committed
 
 Validation (:func:`vca_gen.sweep.plan.validate`) raises :class:`SweepError` (a ``UserError``: ``sweep.py: error: ...``,
 exit 2) and creates nothing: unknown keys; duplicate keys anywhere; bad variant names; no or
-duplicate seeds; a baseline that is not a variant; every cell's experiment composed with
+duplicate seeds; a baseline that is not a variant; a comparison naming something that is not a variant,
+or two variants that share no seed; a reused sweep file that does not load; every cell's experiment composed with
 ``load_config`` (an override key no experiment has names the variant); checkpoints that will not
 exist; the evaluation settings checked by the objective's own ``check_sample_args``; the reference
 (mode, resolution against ``data.image_size``, stored features for KID / PR).
@@ -73,6 +78,8 @@ TOP_KEYS = (
     "variants",
     "baseline",
     "baselines",
+    "comparisons",
+    "reuse",
     "seeds",
     "seed_keys",
     "evaluate",
@@ -99,7 +106,7 @@ EVAL_KEYS = (
     "metrics",
 )
 RECIPE_KEYS = ("source", "num_images", "mode", "balanced")
-EXEC_KEYS = ("backend", "processes", "parallel", "submitit_cluster", "slurm")
+EXEC_KEYS = ("backend", "processes", "parallel", "threads", "submitit_cluster", "slurm")
 SLURM_KEYS = (
     "partition",
     "gpus_per_node",
@@ -193,6 +200,7 @@ class Execution:
     backend: str = "local"
     processes: int = 1
     parallel: int = 1
+    threads: int | None = None  # torch threads of every stage's process (None: this process's count)
     submitit_cluster: str = "auto"
     slurm: dict[str, Any] = field(default_factory=dict)
 
@@ -202,6 +210,19 @@ class Variant:
     name: str
     base: Path
     overrides: dict[str, Any]
+    seeds: list[int] | None = None  # None: the sweep's seeds
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A paired difference ``a − b`` over the seeds both variants have (written ``"a - b"``)."""
+
+    a: str
+    b: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.a} - {self.b}"
 
 
 @dataclass
@@ -221,9 +242,15 @@ class Sweep:
     output_dir: Path
     results_dir: Path
     baselines: dict[str, str] = field(default_factory=dict)
+    comparisons: list[Comparison] = field(default_factory=list)
+    reuse: list[Path] = field(default_factory=list)  # other sweep files whose committed cells are reused
 
     def baseline_of(self, variant: str) -> str:
         return self.baselines.get(variant, self.baseline)
+
+    def seeds_of(self, variant: str) -> list[int]:
+        own = self.variants[variant].seeds
+        return list(own) if own is not None else list(self.seeds)
 
     def cell_overrides(self, variant: str, seed: int) -> list[str]:
         """The cell's experiment overrides (``key=value``): sweep-wide, the variant's, then the seed keys."""
@@ -379,6 +406,7 @@ def _parse_execution(value: Any) -> Execution:
         backend=x.get("backend", "local"),
         processes=_int(x.get("processes", 1), "execution.processes", 1),
         parallel=_int(x.get("parallel", 1), "execution.parallel", 1),
+        threads=None if x.get("threads") is None else _int(x.get("threads"), "execution.threads", 1),
         submitit_cluster=x.get("submitit_cluster", "auto"),
         slurm=dict(_mapping(x.get("slurm"), "execution.slurm", SLURM_KEYS)),
     )
@@ -391,9 +419,91 @@ def _parse_execution(value: Any) -> Execution:
     return ex
 
 
+def _seeds(value: Any, where: str) -> list[int]:
+    seeds = value if isinstance(value, list) else [value]
+    if not seeds:
+        raise SweepError(f"{where} is empty; accepted: a non-empty list of integers >= 0")
+    for s in seeds:
+        _int(s, f"{where}[]")
+    dups = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dups:
+        raise SweepError(f"{where}={seeds}: seed(s) {dups} appear more than once; each seed is one cell per variant")
+    return list(seeds)
+
+
+_MINUS = (" - ", " − ")
+
+
+def _parse_comparisons(value: Any, seeds: dict[str, list[int]]) -> list[Comparison]:
+    """``["a - b", ...]`` → comparisons; each side a variant, the two sharing at least one seed."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SweepError(f'comparisons must be a list like ["vca - mhsa"], got {type(value).__name__} {value!r}')
+    out: list[Comparison] = []
+    accepted = ", ".join(seeds)
+    for item in value:
+        parts = None
+        if isinstance(item, str):
+            for sep in _MINUS:
+                if item.count(sep) == 1:
+                    parts = [x.strip() for x in item.split(sep)]
+        if not parts or not all(parts):
+            raise SweepError(
+                f"comparisons: {item!r} is not valid; accepted: 'A - B' with two variant names separated by "
+                f"' - ' (spaces around the minus), e.g. 'vca - mhsa'"
+            )
+        a, b = parts
+        bad = [x for x in (a, b) if x not in seeds]
+        if bad:
+            raise SweepError(f"comparisons: {item!r}: {bad} not variant(s) of this sweep; accepted: {accepted}")
+        if a == b:
+            raise SweepError(f"comparisons: {item!r} compares a variant with itself")
+        if not set(seeds[a]) & set(seeds[b]):
+            raise SweepError(
+                f"comparisons: {item!r}: {a} (seeds {seeds[a]}) and {b} (seeds {seeds[b]}) share no seed; a paired "
+                f"difference needs the same seeds on both sides"
+            )
+        c = Comparison(a, b)
+        if c in out:
+            raise SweepError(f"comparisons: {item!r} is given twice")
+        out.append(c)
+    return out
+
+
+def _parse_reuse(value: Any, sweep_path: Path) -> list[Path]:
+    """Other sweep files (relative to this one, else the packaged ``configs/sweeps/``)."""
+    from vca_gen.utils.assets import packaged_config
+
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise SweepError(f"reuse: {item!r} is not valid; accepted: a list of sweep file paths")
+        p = Path(item)
+        candidates = [p] if p.is_absolute() else [sweep_path.parent / p]
+        if not p.is_absolute():
+            try:
+                candidates.append(packaged_config(str(Path("sweeps") / p)))
+            except FileNotFoundError:
+                pass
+        found = next((c.resolve() for c in candidates if c.is_file()), None)
+        if found is None:
+            raise SweepError(f"reuse: {item!r}: no such sweep file (looked in {', '.join(map(str, candidates))})")
+        if found == sweep_path.resolve():
+            raise SweepError(f"reuse: {item!r} is this sweep file itself")
+        out.append(found)
+    return out
+
+
 def _parse_references(value: Any) -> dict[str, dict[str, float]]:
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for name, v in _mapping(value, "references").items():
+        if v is None:  # stated as not published (a control the paper does not report)
+            out[str(name)] = {}
+            continue
         v = {"fid": v} if isinstance(v, (int, float)) and not isinstance(v, bool) else v
         v = _mapping(v, f"references.{name}", METRICS[:1] + ("kid", "precision", "recall"))
         out[str(name)] = {k: float(x) for k, x in v.items()}
@@ -422,7 +532,8 @@ def load_sweep(path: str | Path) -> Sweep:
             )
         vover = dict(_mapping(vover, f"variants.{vname}"))
         vbase = find_base(vover.pop("base"), path, f"variants.{vname}.base") if "base" in vover else base
-        variants[vname] = Variant(vname, vbase, flatten(vover, f"variants.{vname}"))
+        vseeds = _seeds(vover.pop("seeds"), f"variants.{vname}.seeds") if "seeds" in vover else None
+        variants[vname] = Variant(vname, vbase, flatten(vover, f"variants.{vname}"), vseeds)
     baseline = str(data["baseline"])
     if baseline not in variants:
         raise SweepError(f"baseline={baseline!r} is not a variant; accepted: {', '.join(variants)}")
@@ -430,18 +541,16 @@ def load_sweep(path: str | Path) -> Sweep:
     bad_b = sorted({x for kv in baselines.items() for x in kv if x not in variants})
     if bad_b:
         raise SweepError(f"baselines: {bad_b} are not variants; accepted: {', '.join(variants)}")
-    seeds = data["seeds"] if isinstance(data["seeds"], list) else [data["seeds"]]
-    for s in seeds:
-        _int(s, "seeds[]")
-    dups = sorted({s for s in seeds if seeds.count(s) > 1})
-    if dups:
-        raise SweepError(f"seeds={seeds}: seed(s) {dups} appear more than once; each seed is one cell per variant")
+    seeds = _seeds(data["seeds"], "seeds")
     seed_keys = data.get("seed_keys", list(DEFAULT_SEED_KEYS))
     if not isinstance(seed_keys, list) or not seed_keys or not all(isinstance(k, str) and k for k in seed_keys):
         raise SweepError(
             f"seed_keys={seed_keys!r} is not valid; accepted: a list of dotted experiment keys, "
             f"e.g. [train.seed, data.seed]"
         )
+    own_seeds = {v: var.seeds if var.seeds is not None else seeds for v, var in variants.items()}
+    comparisons = _parse_comparisons(data.get("comparisons"), own_seeds)
+    reuse = _parse_reuse(data.get("reuse"), path)
     references = _parse_references(data.get("references"))
     unknown = sorted(set(references) - set(variants))
     if unknown:
@@ -462,6 +571,8 @@ def load_sweep(path: str | Path) -> Sweep:
         output_dir=Path(data.get("output_dir") or f"runs/sweeps/{name}").absolute(),
         results_dir=Path(data.get("results_dir") or f"docs/results/{name}").absolute(),
         baselines=baselines,
+        comparisons=comparisons,
+        reuse=reuse,
     )
 
 
@@ -472,6 +583,7 @@ __all__ = [
     "Execution",
     "Reference",
     "Variant",
+    "Comparison",
     "load_sweep",
     "format_override",
     "flatten",
