@@ -20,7 +20,7 @@ EXPECTED = {
     for fam, size in (("dit", "s4"), ("dit", "s2"), ("dit", "b2"), ("sit", "s2"), ("sit", "b2"))
     for att in ("mhsa", "vca")
     for res in ("", "_512")
-} | {"dit_s2_diff", "dit_s2_vca_stage1", "dit_s2_vca_stage2", "dit_s2_vca_learned", "demo", "toy_diffusion"}
+} | {"dit_s2_diff", "dit_s2_vca_stage1", "dit_s2_vca_stage2", "dit_s2_vca_learned", "demo", "toy_diffusion", "toy_flow_p2"}
 
 
 def test_shipped_configs_cover_the_paper_tables():
@@ -34,9 +34,12 @@ def test_every_config_validates_and_builds_on_meta(path):
     assert model.name == cfg.model.name and model.attention == cfg.model.attention
     assert next(model.parameters()).device.type == "meta"
     stem = path.stem
-    if stem in ("demo", "toy_diffusion"):
+    if stem in ("demo", "toy_diffusion", "toy_flow_p2"):
         assert cfg.data.kind == "animal_mnist" and cfg.model.attention == "vca" and model.in_channels == 1
-        assert cfg.objective.kind == ("flow" if stem == "demo" else "diffusion")
+        assert cfg.objective.kind == ("diffusion" if stem == "toy_diffusion" else "flow")
+        if stem == "toy_flow_p2":  # the paper's token geometry: 16x16 = 256 tokens pooled to n = 64 (8x8)
+            assert model.patch_size == 2 and cfg.model.attention_options.num_contrast_tokens == 64
+            assert model.pos_embed.shape[1] == 256
         return
     fam, size = stem.split("_")[:2]
     assert cfg.model.name == f"{fam.replace('dit', 'DiT').replace('sit', 'SiT')}-{size[0].upper()}/{size[1]}"
