@@ -116,7 +116,7 @@ def _add_metric_args(ap: argparse.ArgumentParser) -> None:
     all from :mod:`vca_gen.metrics.registry`."""
     ap.add_argument(
         "--metrics",
-        default=None,
+        default=argparse.SUPPRESS,  # absent: the registry's defaults
         metavar="LIST",
         help="comma-separated metrics to compute, of: "
         + "; ".join(f"{m.name} ({m.help})" for m in registry.all_metrics())
@@ -124,9 +124,18 @@ def _add_metric_args(ap: argparse.ArgumentParser) -> None:
     )
     for m in registry.all_metrics():
         if m.flag:
-            ap.add_argument(m.flag, action="store_true", dest=_flag_dest(m), help=f"also compute {m.name}")
+            ap.add_argument(
+                m.flag, action="store_true", dest=_flag_dest(m), help=f"also compute {m.name} (adds it to --metrics)"
+            )
         for p in m.params:
-            ap.add_argument(p.flag(m.name), type=int, default=p.default, dest=_param_dest(m, p), help=p.help)
+            ap.add_argument(
+                p.flag(m.name),
+                type=int,
+                default=p.default,
+                dest=_param_dest(m, p),
+                metavar=p.name.upper(),
+                help=p.help,
+            )
 
 
 def _flag_dest(m: registry.Metric) -> str:
@@ -146,8 +155,8 @@ def _check_args(ap, a) -> None:
         ap.error("give exactly one of --ref REF (score SAMPLES) or --make-ref OUT (write statistics)")
     if a.batch_size < 1:
         ap.error("--batch-size must be >= 1")
-    if a.make_ref and (a.metrics is not None or _selected_flags(a)):
-        flags = ["--metrics"] * (a.metrics is not None) + [registry.get(n).flag or n for n in _selected_flags(a)]
+    if a.make_ref and (hasattr(a, "metrics") or _selected_flags(a)):
+        flags = ["--metrics"] * hasattr(a, "metrics") + [registry.get(n).flag or n for n in _selected_flags(a)]
         ap.error(f"{' / '.join(flags)} score samples; they do not apply to --make-ref")
     if a.threads is not None and a.threads < 1:
         ap.error("--threads must be >= 1")
@@ -157,14 +166,15 @@ def _check_args(ap, a) -> None:
 
 def metric_selection(a) -> tuple[list[str], dict[str, dict[str, int]]]:
     """(names, params) of ``--metrics`` plus the entries' switches; raises ``MetricSelectionError`` (one line)."""
-    names = registry.default_names() if a.metrics is None else registry.parse_names(a.metrics, "--metrics")
+    given = getattr(a, "metrics", None)
+    names = registry.default_names() if given is None else registry.parse_names(given, "--metrics")
     names = registry.ordered([*names, *_selected_flags(a)])
-    given = {
+    params = {
         m.name: {p.name: getattr(a, _param_dest(m, p)) for p in m.params}
         for m in registry.all_metrics()
         if m.name in names
     }
-    return names, registry.resolve_params(names, given)
+    return names, registry.resolve_params(names, params)
 
 
 def _is_dataset(spec) -> bool:
