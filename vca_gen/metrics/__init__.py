@@ -12,7 +12,7 @@ Public API::
     result = evaluate("samples.npz", "VIRTUAL_imagenet256_labeled.npz", metrics=["fid", "kid", "pr"])
 """
 
-from vca_gen.metrics import builtin  # noqa: F401  (register the entries, in this order)
+from vca_gen.metrics import builtin, density_coverage  # noqa: F401  (register the entries, in this order)
 from vca_gen.metrics.errors import InceptionWeightsNotFound, InputFormatError, MetricsError, ModeMismatchError
 from vca_gen.metrics.evaluation import evaluate, fid_between, fid_from_uint8, prepare_reference, score
 from vca_gen.metrics.inception import MODES, InceptionFeatureExtractor, tf1_resize_bilinear
