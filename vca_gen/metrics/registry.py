@@ -140,6 +140,11 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 
 # ----------------------------------------------------------------------------- the table
 _REGISTRY: dict[str, Metric] = {}
+# keys the result / record / fid.jsonl writers own (an entry's fields and info keys may not take them)
+RESERVED_KEYS = frozenset(
+    {"n", "n_ref", "mode", "samples", "reference", "reference_kind", "resolution", "ref_resolution", "weights"}
+    | {"weights_sha256", "n_ref_features", "metrics", "params", "notes", "step", "num_samples", "seed"}
+)
 
 
 def register(metric: Metric) -> Metric:
@@ -148,10 +153,12 @@ def register(metric: Metric) -> Metric:
         raise ValueError(f"metric {metric.name!r} is already registered")
     if not metric.fields:
         raise ValueError(f"metric {metric.name!r} declares no fields")
-    taken = {k for m in _REGISTRY.values() for k in json_keys([m.name])}
+    taken = {k for m in _REGISTRY.values() for k in json_keys([m.name])} | RESERVED_KEYS
     clash = sorted(taken & {*(f.key for f in metric.fields), *metric.info})
     if clash:
-        raise ValueError(f"metric {metric.name!r}: JSON key(s) {clash} are already written by another metric")
+        raise ValueError(
+            f"metric {metric.name!r}: JSON key(s) {clash} are taken (by another metric or the result itself)"
+        )
     if metric.flag and any(m.flag == metric.flag for m in _REGISTRY.values()):
         raise ValueError(f"metric {metric.name!r}: flag {metric.flag} is taken")
     _REGISTRY[metric.name] = metric
