@@ -19,9 +19,10 @@ Arithmetic: squared Euclidean distances ||x||² + ||y||² − 2 x·y (clamped at
 (``dtype=torch.float32`` is faster; ties within its round-off may then flip), compared with squared
 radii. Tiles of ``block × block`` distances on any torch device: memory O((N + M)·D + block²) (the
 features in ``dtype`` plus one tile), so reference sets of 50k features run on a CPU or a GPU; time
-O((N + M)·N·D) (measured: 5k × 5k features, float64, 2 busy CPU cores: 23 s; float32: 11 s). Every tile of reference rows is computed the same way for
-the radii (against the reference) and for the balls (against the samples), so identical inputs give
-bit-identical distances and the strict comparisons are consistent.
+O((N + M)·N·D) (measured: 5k × 5k features, float64, 2 busy CPU cores: 23 s; float32: 11 s). Every
+tile of reference rows is computed the same way for the radii (against the reference) and for the
+balls (against the samples), so identical inputs give bit-identical distances and the strict
+comparisons are consistent.
 """
 
 from __future__ import annotations
