@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""FID / sFID / KID / precision-recall of a sample set against a reference (see vca_gen.metrics.cli)."""
+"""FID and the other registered metrics of a sample set against a reference (see vca_gen.metrics.cli)."""
 
 import sys
 

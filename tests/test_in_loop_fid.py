@@ -146,3 +146,52 @@ def test_in_loop_fid_two_processes_equal_one(tmp_path, inception_weights):
         assert len(lines) == 1  # written once, by the main process
         values[n] = json.loads(lines[0])["fid"]
     assert math.isfinite(values[1]) and abs(values[1] - values[2]) < 1e-6, values
+
+
+@pytest.mark.slow
+def test_in_loop_density_coverage_equal_sample_py_plus_evaluate_fid(tmp_path, inception_weights, monkeypatch, capsys):
+    """``train.fid.metrics: [fid, density, coverage]`` is logged and recorded in fid.jsonl; scored against
+    a reference made from ``sample.py``'s own samples of that checkpoint, in-loop evaluation gives the
+    closed form (density 1, coverage 1: the same images, so bit-identical features) and exactly what
+    ``evaluate_fid.py --metrics fid,density,coverage`` gives."""
+    from vca_gen.metrics.cli import main as evaluate_main
+    from vca_gen.sample.cli import main as sample_main
+    from vca_gen.train.evaluation import InLoopFID
+    from vca_gen.train.trainer import Trainer
+
+    monkeypatch.setenv("VCA_GEN_INCEPTION", str(inception_weights))
+    inception = ["--inception", str(inception_weights), "--batch-size", str(BATCH), "--no-progress"]
+    noise = tmp_path / "noise.npz"
+    np.savez(noise, arr_0=np.random.default_rng(2).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8))
+    ref0 = tmp_path / "ref0.npz"  # 24 noise images, all their features stored (density/coverage need them)
+    assert evaluate_main([str(noise), "--make-ref", str(ref0), *inception]) == 0
+    metrics = ["fid", "density", "coverage"]
+    fid = {"every": 1, "num_samples": N, "ref": str(ref0), "seed": SEED, "batch_size": BATCH, "metrics": metrics}
+    fid.update(sampler="ddim", steps="ddim3")
+    reset_accelerate()
+    trainer = Trainer(C.config_from_dict(tiny_dict(tmp_path / "run", max_steps=1, ckpt_every=1, fid=fid)))
+    logged = {}
+    monkeypatch.setattr(trainer.acc, "log", lambda values, step=None: logged.update(values))
+    trainer.run()
+    (line,) = [json.loads(ln) for ln in (tmp_path / "run" / "fid.jsonl").read_text().splitlines()]
+    assert {f"eval/{m}" for m in metrics} <= set(logged) and all(line[m] == logged[f"eval/{m}"] for m in metrics)
+    assert line["fid"] > 0 and 0.0 <= line["coverage"] <= 1.0 and line["density"] >= 0.0
+
+    reset_accelerate()
+    out = tmp_path / "samples"
+    argv = ["--ckpt", str(tmp_path / "run"), "--out", str(out), "--num-samples", str(N), "--seed", str(SEED)]
+    argv += ["--batch-size", str(BATCH), "--sampler", "ddim", "--steps", "ddim3", "--no-progress"]
+    assert sample_main(argv) == 0
+    ref1 = tmp_path / "ref1.npz"  # the checkpoint's own samples as the reference
+    assert evaluate_main([str(out / "samples.npz"), "--make-ref", str(ref1), *inception]) == 0
+    capsys.readouterr()
+    argv = [str(out / "samples.npz"), "--ref", str(ref1), "--metrics", ",".join(metrics), *inception]
+    assert evaluate_main(argv) == 0
+    offline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    fid["ref"] = str(ref1)  # the trainer's evaluation, on the trained EMA model, against that reference
+    in_loop = InLoopFID(C.config_from_dict(tiny_dict(tmp_path / "run", max_steps=1, fid=fid)), trainer.device)
+    values = in_loop.score([in_loop.features(trainer.ema.model, trainer.objective, trainer.decoder)], (32, 32))
+    print(f"\nin-loop vs noise {line}\nin-loop vs own samples {values}")
+    assert (values["density"], values["coverage"]) == (1.0, 1.0) == (offline["density"], offline["coverage"])
+    assert abs(values["fid"] - offline["fid"]) < 1e-6 and abs(values["fid"]) < 1e-3, (values, offline)

@@ -97,6 +97,7 @@ class FidConfig:
     cfg_scale: float = 1.0  # 1 = no guidance (the papers' protocol)
     options: dict[str, Any] = field(default_factory=dict)  # extra sampler options
     batch_size: int = 50  # per-process sampling and Inception batch (evaluate_fid.py's 50)
+    metrics: list[str] = field(default_factory=lambda: ["fid"])  # vca_gen.metrics.registry names, e.g. density
 
 
 @dataclass

@@ -28,6 +28,7 @@ from vca_gen.data.config import model_in_channels, model_input_size, validate_da
 from vca_gen.errors import ConfigError
 from vca_gen.experiment.build import build_model
 from vca_gen.experiment.typed import data_config, plain
+from vca_gen.metrics.evaluation import check_selection
 from vca_gen.models import ATTENTION_KINDS, list_models, parse_model_name
 from vca_gen.models.attention import attention_options, resolve_options
 from vca_gen.objectives import OBJECTIVE_KINDS, build_objective
@@ -221,6 +222,7 @@ def _check_train(exp: DictConfig, objective) -> None:
         )
     if f.every and not Path(str(f.ref)).is_file():
         raise ConfigError(f"train.fid.ref={f.ref!r} is not a file; accepted: reference statistics .npz")
+    _user(check_selection, list(f.metrics), str(f.ref) if f.every else None, int(f.num_samples), "train.fid.metrics")
     _check_sampling("train.fid", f, objective, exp)
     choice("logging.tracker", exp.logging.tracker, TRACKERS)
 

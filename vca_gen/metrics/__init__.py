@@ -1,4 +1,7 @@
-"""FID evaluation on clean-fid's conventions, fully offline: FID, sFID, KID, precision/recall.
+"""FID evaluation on clean-fid's conventions, fully offline: FID, sFID, KID, precision/recall and more.
+
+Every metric is one entry of :mod:`vca_gen.metrics.registry` (start there to add one); the built-in
+entries are registered below, in the order results and reports list them.
 
 Public API::
 
@@ -6,12 +9,14 @@ Public API::
     ref = load_reference("ref.npz")                                     # ours or an ADM batch
     stats = compute_statistics("samples.npz", fx)                      # streamed, float64 sums
     fid = fid_from_uint8(uint8_images_or_batches, ref, extractor=fx)   # in-loop FID
-    result = evaluate("samples.npz", "VIRTUAL_imagenet256_labeled.npz", kid=True, pr=True)
+    result = evaluate("samples.npz", "VIRTUAL_imagenet256_labeled.npz", metrics=["fid", "kid", "pr"])
 """
 
+from vca_gen.metrics import builtin, density_coverage  # noqa: F401  (register the entries, in this order)
 from vca_gen.metrics.errors import InceptionWeightsNotFound, InputFormatError, MetricsError, ModeMismatchError
-from vca_gen.metrics.evaluation import evaluate, fid_between, fid_from_uint8, prepare_reference
+from vca_gen.metrics.evaluation import evaluate, fid_between, fid_from_uint8, prepare_reference, score
 from vca_gen.metrics.inception import MODES, InceptionFeatureExtractor, tf1_resize_bilinear
+from vca_gen.metrics.registry import Field, Metric, MetricInput, MetricSelectionError, Needs, Param, Scored
 from vca_gen.metrics.scores import (
     frechet_distance,
     frechet_distance_from_features,
@@ -35,6 +40,14 @@ __all__ = [
     "RunningMoments",
     "compute_statistics",
     "evaluate",
+    "score",
+    "Field",
+    "Metric",
+    "MetricInput",
+    "Needs",
+    "Param",
+    "Scored",
+    "MetricSelectionError",
     "fid_between",
     "fid_from_uint8",
     "frechet_distance",

@@ -1,4 +1,8 @@
-"""``evaluate_fid.py``: FID / sFID / KID / precision-recall of a sample set, or ``--make-ref``.
+"""``evaluate_fid.py``: FID and the other registered metrics of a sample set, or ``--make-ref``.
+
+The metrics, their switches (``--kid``, ``--pr``: aliases adding them to ``--metrics``), their
+parameters (``--<metric>-<param>``) and their JSON fields come from :mod:`vca_gen.metrics.registry`;
+``--metrics`` defaults to FID and sFID. An unknown name is a one-line error listing the accepted ones.
 
 Prints a human summary, then exactly one JSON line (the last line of stdout). Errors (through
 :func:`vca_gen.errors.cli_boundary`): ``evaluate_fid.py: error: <message>`` on one line of stderr
@@ -22,6 +26,7 @@ from pathlib import Path
 import torch
 
 from vca_gen.errors import cli_boundary
+from vca_gen.metrics import registry
 from vca_gen.metrics.inception import MODES, InceptionFeatureExtractor, default_device
 from vca_gen.utils.io import (
     atomic_write_text,
@@ -78,18 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="Inception TorchScript file (else $VCA_GEN_INCEPTION, clean-fid's temp-folder file, "
         "<assets>/inception/default_1.pt)",
     )
-    ap.add_argument("--kid", action="store_true", help="also compute KID")
-    ap.add_argument("--kid-subsets", type=int, default=100)
-    ap.add_argument("--kid-subset-size", type=int, default=1000)
-    ap.add_argument("--pr", action="store_true", help="also compute precision/recall (k-NN manifolds)")
-    ap.add_argument("--pr-k", type=int, default=3)
+    _add_metric_args(ap)
     ap.add_argument("--seed", type=int, default=0, help="seed of KID subsets and of stored feature subsets")
     ap.add_argument("--max-images", type=int, default=None, help="use only the first N images of SAMPLES")
     ap.add_argument(
         "--ref-features",
         type=int,
         default=10000,
-        help="with --make-ref: store a random subset of this many pool3 features (KID/PR); 0 = none",
+        help="with --make-ref: store a random subset of this many pool3 features (for "
+        + ", ".join(registry.needing(registry.names(), "features"))
+        + "); 0 = none",
     )
     ap.add_argument(
         "--dataset-split",
@@ -108,20 +111,70 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _add_metric_args(ap: argparse.ArgumentParser) -> None:
+    """``--metrics``, each entry's switch (``--kid``, ``--pr``) and parameters (``--<metric>-<param>``),
+    all from :mod:`vca_gen.metrics.registry`."""
+    ap.add_argument(
+        "--metrics",
+        default=argparse.SUPPRESS,  # absent: the registry's defaults
+        metavar="LIST",
+        help="comma-separated metrics to compute, of: "
+        + "; ".join(f"{m.name} ({m.help})" for m in registry.all_metrics())
+        + f" (default: {','.join(registry.default_names())})",
+    )
+    for m in registry.all_metrics():
+        if m.flag:
+            ap.add_argument(
+                m.flag, action="store_true", dest=_flag_dest(m), help=f"also compute {m.name} (adds it to --metrics)"
+            )
+        for p in m.params:
+            ap.add_argument(
+                p.flag(m.name),
+                type=int,
+                default=p.default,
+                dest=_param_dest(m, p),
+                metavar=p.name.upper(),
+                help=p.help,
+            )
+
+
+def _flag_dest(m: registry.Metric) -> str:
+    return f"metric_flag__{m.name}"
+
+
+def _param_dest(m: registry.Metric, p: registry.Param) -> str:
+    return f"metric_param__{m.name}__{p.name}"
+
+
+def _selected_flags(a) -> list[str]:
+    return [m.name for m in registry.all_metrics() if m.flag and getattr(a, _flag_dest(m), False)]
+
+
 def _check_args(ap, a) -> None:
     if (a.ref is None) == (a.make_ref is None):
         ap.error("give exactly one of --ref REF (score SAMPLES) or --make-ref OUT (write statistics)")
-    for name in ("batch_size", "kid_subsets", "kid_subset_size", "pr_k"):
-        if getattr(a, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if a.kid_subset_size < 2:
-        ap.error("--kid-subset-size must be >= 2")
-    if a.make_ref and (a.kid or a.pr):
-        ap.error("--kid / --pr score samples; they do not apply to --make-ref")
+    if a.batch_size < 1:
+        ap.error("--batch-size must be >= 1")
+    if a.make_ref and (hasattr(a, "metrics") or _selected_flags(a)):
+        flags = ["--metrics"] * hasattr(a, "metrics") + [registry.get(n).flag or n for n in _selected_flags(a)]
+        ap.error(f"{' / '.join(flags)} score samples; they do not apply to --make-ref")
     if a.threads is not None and a.threads < 1:
         ap.error("--threads must be >= 1")
     if a.overwrite and not a.make_ref:
         ap.error("--overwrite applies to --make-ref OUT only")
+
+
+def metric_selection(a) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """(names, params) of ``--metrics`` plus the entries' switches; raises ``MetricSelectionError`` (one line)."""
+    given = getattr(a, "metrics", None)
+    names = registry.default_names() if given is None else registry.parse_names(given, "--metrics")
+    names = registry.ordered([*names, *_selected_flags(a)])
+    params = {
+        m.name: {p.name: getattr(a, _param_dest(m, p)) for p in m.params}
+        for m in registry.all_metrics()
+        if m.name in names
+    }
+    return names, registry.resolve_params(names, params)
 
 
 def _is_dataset(spec) -> bool:
@@ -152,10 +205,6 @@ def _check_outputs(a) -> None:
             check_output_path(path, flag)
 
 
-def _fmt(v, spec=".4f"):
-    return "n/a" if v is None else format(v, spec)
-
-
 def run(a) -> dict:
     from vca_gen.metrics.evaluation import evaluate, reference_mode
     from vca_gen.metrics.sources import open_source
@@ -167,6 +216,7 @@ def run(a) -> dict:
     device = torch.device(a.device) if a.device else default_device()
     progress = not a.no_progress
     # validate every input and output before the (slow) Inception load
+    names, params = metric_selection(a)
     _refuse_outputs_that_are_inputs(a)
     ds_opts = {"split": a.dataset_split, "image_size": a.dataset_size}
     is_ds = _is_dataset(a.samples)
@@ -220,27 +270,18 @@ def run(a) -> dict:
             ref,
             mode=mode,
             extractor=fx,
-            kid=a.kid,
-            pr=a.pr,
+            metrics=names,
+            params=params,
             batch_size=a.batch_size,
             num_workers=workers,
             progress=progress,
-            kid_subsets=a.kid_subsets,
-            kid_subset_size=a.kid_subset_size,
-            pr_k=a.pr_k,
             seed=a.seed,
         )
         print(f"samples   : {result['samples']} ({result['n']} images, {result['resolution']})")
         print(f"reference : {result['reference']} ({result['reference_kind']})")
         print(f"mode      : {result['mode']}")
-        print(f"FID       : {_fmt(result['fid'])}")
-        print(f"sFID      : {_fmt(result['sfid'])}")
-        if a.kid:
-            used = result["kid_subset_size"]
-            size = f" (subsets of {used})" if used is not None else ""
-            print(f"KID       : {_fmt(result['kid'], '.6f')} ± {_fmt(result['kid_std'], '.6f')}{size}")
-        if a.pr:
-            print(f"precision : {_fmt(result['precision'])}   recall: {_fmt(result['recall'])}")
+        for name in names:
+            print(registry.get(name).summary_line(result))
         for note in result["notes"]:
             print(f"note      : {note}")
     print(f"weights   : {fx.weights_path} sha256 {fx.weights_sha256}")

@@ -1,31 +1,26 @@
-"""High-level evaluation: samples vs a reference -> FID, sFID, KID, precision/recall.
+"""High-level evaluation: samples vs a reference -> the metrics of :mod:`vca_gen.metrics.registry`.
 
 A reference is our statistics file, an ADM reference batch, or another image set (``.npz`` with
 ``arr_0``, a folder, ``dataset:animal_mnist``, a uint8 array), or a :class:`FeatureStatistics`.
 
-The result's ``notes`` (a list of ``"<metric>: <text>"`` strings) say why a metric is missing and
-when one was computed from fewer images than its definition assumes: FID / sFID from fewer images
-than feature dimensions (rank-deficient covariance: still computed, but biased and only comparable
-at equal N), KID with subsets smaller than requested (the size used is ``kid_subset_size``),
-precision/recall with no more images than k.
+:func:`evaluate` extracts what the selected metrics need (pool / spatial statistics, the features) and
+:func:`score` runs their registry entries. The result's ``notes`` (a list of ``"<metric>: <text>"``
+strings) say why a metric is missing and when one was computed from fewer images than its definition
+assumes (see :mod:`vca_gen.metrics.builtin`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
 
+from vca_gen.metrics import registry
 from vca_gen.metrics.errors import InputFormatError
 from vca_gen.metrics.inception import InceptionFeatureExtractor, check_mode
-from vca_gen.metrics.scores import (
-    frechet_distance,
-    frechet_distance_from_features,
-    kernel_inception_distance,
-    precision_recall,
-)
-from vca_gen.metrics.scores import kid_subset_size as kid_subset_used
+from vca_gen.metrics.scores import frechet_distance, frechet_distance_from_features
 from vca_gen.metrics.sources import NpzSource, open_source
 from vca_gen.metrics.statistics import (
     FeatureStatistics,
@@ -89,6 +84,89 @@ def prepare_reference(
     )
 
 
+def score(
+    selection: Sequence[str],
+    stats: FeatureStatistics,
+    ref_stats: FeatureStatistics,
+    params: Mapping[str, Mapping[str, int]] | None = None,
+    seed: int = 0,
+    device=None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Compute the selected registry metrics from the statistics of the samples and the reference.
+
+    Returns every registered JSON key (``None`` unless computed) and the notes: a metric whose inputs
+    are missing (no reference features, no spatial statistics, too few features for ``Needs.counts``) is
+    ``None`` with a note saying why. ``stats`` must hold the sample features when a selected metric
+    needs them (``compute_statistics(keep_features=True)``).
+    """
+    params = registry.resolve_params(selection, params)
+    values: dict[str, Any] = dict.fromkeys(registry.json_keys())
+    notes: list[str] = []
+    inp = registry.MetricInput(stats, ref_stats, seed, device)
+    for name in registry.ordered(selection):
+        m = registry.get(name)
+        why = _missing_input(m, stats, ref_stats)
+        if why is None and m.needs.counts is not None:
+            n1 = len(stats.feats) if m.needs.features and stats.feats is not None else stats.count
+            n2 = len(ref_stats.feats) if m.needs.features and ref_stats.feats is not None else ref_stats.count
+            short = registry.count_problems([name], {name: params[name]}, n1, n2)
+            why = short[0][1] if short else None
+        if why is not None:
+            notes.append(f"{m.prefix}: unavailable: {why}")
+            continue
+        out = m.compute(inp, params[name])
+        extra = sorted(set(out.values) - set(registry.json_keys([name])))
+        if extra:
+            raise TypeError(
+                f"metric {name}: compute returned undeclared key(s) {extra}; declare them as fields or info"
+            )
+        values.update(out.values)
+        notes += out.notes
+    return values, notes
+
+
+REF_FEATURES_MISSING = (
+    "the reference holds no features or images (make it with --make-ref and --ref-features > 0, or use an "
+    "ADM batch with arr_0)"
+)
+
+
+def _missing_input(m: registry.Metric, stats: FeatureStatistics, ref: FeatureStatistics) -> str | None:
+    if m.needs.spatial and ref.mu_s is None:
+        return "the reference has no spatial statistics (mu_s/sigma_s)"
+    if m.needs.spatial and stats.mu_s is None:
+        return "no spatial features were extracted"
+    if m.needs.features and ref.feats is None:
+        return REF_FEATURES_MISSING
+    if m.needs.features and stats.feats is None:
+        raise InputFormatError(f"{m.name} needs the sample features; compute the statistics with keep_features=True")
+    return None
+
+
+def select_metrics(
+    metrics: Sequence[str] | str | None = None, kid: bool = False, pr: bool = False, where: str = "metrics"
+) -> list[str]:
+    """The metrics to compute: ``metrics`` (default: the registry's defaults, FID and sFID) plus the
+    legacy switches ``kid`` / ``pr`` (``evaluate_fid.py --kid`` / ``--pr``), in registration order."""
+    chosen = registry.default_names() if metrics is None else registry.parse_names(metrics, where)
+    chosen += [n for n, on in (("kid", kid), ("pr", pr)) if on and n not in chosen]
+    return registry.ordered(chosen)
+
+
+def check_selection(selection, ref_path: str | None, n_samples: int | None, where: str) -> list[str]:
+    """Names → registered metrics (:class:`~vca_gen.metrics.registry.MetricSelectionError` otherwise); with
+    ``ref_path``, also that the reference serves them: stored features / images, spatial statistics and the
+    feature counts their entries need (``n_samples`` samples; only loaded when a metric needs any of it)."""
+    names = registry.parse_names(selection, where)
+    asks = any(m.needs.features or m.needs.spatial or m.needs.counts for m in map(registry.get, names))
+    if ref_path is not None and asks:
+        stats = load_reference(ref_path)
+        feats = stats.feats is not None or stats.ref_images is not None
+        n_ref = len(stats.feats) if stats.feats is not None else None
+        registry.check_reference(names, feats, stats.mu_s is not None, where, ref_path, None, n_samples, n_ref)
+    return names
+
+
 def evaluate(
     samples,
     ref,
@@ -106,12 +184,23 @@ def evaluate(
     pr_k: int = 3,
     seed: int = 0,
     max_images: int | None = None,
+    metrics: Sequence[str] | str | None = None,
+    params: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict:
     """Score ``samples`` against ``ref``; returns a JSON-ready dict (None + a note when unavailable).
 
+    ``metrics``: registry names (default: FID and sFID); ``kid`` / ``pr`` add KID / precision-recall
+    (with ``kid_subsets``, ``kid_subset_size``, ``pr_k``); ``params``: ``{metric: {param: value}}``.
     ``mode=None`` takes the reference's mode (ADM batches: legacy_tensorflow), else ``clean``;
     an explicit mode that differs from the reference's raises :class:`ModeMismatchError`.
     """
+    names = select_metrics(metrics, kid, pr)
+    params = {
+        "kid": {"subsets": kid_subsets, "subset_size": kid_subset_size},
+        "pr": {"k": pr_k},
+        **(params or {}),
+    }
+    params = registry.resolve_params(names, {k: v for k, v in params.items() if k in names})
     ref_mode = reference_mode(ref)
     mode = check_mode(mode or ref_mode or (extractor.mode if extractor else "clean"))
     if ref_mode is not None and ref_mode != mode:
@@ -121,17 +210,13 @@ def evaluate(
     if ref_mode is None and not isinstance(ref, FeatureStatistics):
         ref = open_source(ref)
     extractor = extractor or InceptionFeatureExtractor(mode=mode, device=device, weights=weights)
-    need = kid or pr
+    need = bool(registry.needing(names, "features"))
     ref_stats = prepare_reference(ref, extractor, mode, need, batch_size, num_workers, progress)
     stats = compute_statistics(samples, extractor, mode, batch_size, num_workers, keep_features=need, progress=progress)
-    notes: list[str] = []
+    values, notes = score(names, stats, ref_stats, params, seed, getattr(extractor, "device", device))
+    result_fields = registry.value_keys()  # the numbers first, their provenance (info keys) after
     result: dict[str, Any] = {
-        "fid": fid_between(stats, ref_stats),
-        "sfid": None,
-        "kid": None,
-        "kid_std": None,
-        "precision": None,
-        "recall": None,
+        **{k: values[k] for k in result_fields},
         "n": stats.count,
         "n_ref": ref_stats.count,
         "mode": mode,
@@ -142,55 +227,11 @@ def evaluate(
         "ref_resolution": list(ref_stats.resolution) if ref_stats.resolution else None,
         "weights": str(extractor.weights_path),
         "weights_sha256": extractor.weights_sha256,
-        "fid_method": fid_method(stats, ref_stats),
-        "kid_subsets": None,
-        "kid_subset_size": None,
+        **{k: v for k, v in values.items() if k not in result_fields},
         "n_ref_features": None if ref_stats.feats is None or not need else len(ref_stats.feats),
+        "metrics": names,
+        "params": {n: p for n, p in params.items() if p},
     }
-    notes += few_images_notes("fid", len(stats.mu), stats.count, ref_stats.count)
-    if ref_stats.mu_s is not None and stats.mu_s is not None:
-        result["sfid"] = fid_between(stats, ref_stats, spatial=True)
-        notes += few_images_notes("sfid", len(stats.mu_s), stats.count, ref_stats.count)
-    else:
-        notes.append(
-            "sfid: unavailable: the reference has no spatial statistics (mu_s/sigma_s)"
-            if ref_stats.mu_s is None
-            else "sfid: unavailable: no spatial features were extracted"
-        )
-    ref_feats_missing = (
-        "unavailable: the reference holds no features or images (make it with "
-        "--make-ref and --ref-features > 0, or use an ADM batch with arr_0)"
-    )
-    if kid:
-        assert stats.feats is not None  # compute_statistics(keep_features=True)
-        n1, n2 = len(stats.feats), (None if ref_stats.feats is None else len(ref_stats.feats))
-        if n2 is None:
-            notes.append(f"kid: {ref_feats_missing}")
-        elif min(n1, n2) < 2:
-            notes.append(
-                f"kid: unavailable: the unbiased MMD needs at least 2 features per set; the samples "
-                f"have {n1}, the reference {n2}"
-            )
-        else:
-            m = kid_subset_used(n1, n2, kid_subset_size)
-            result["kid"], result["kid_std"] = kernel_inception_distance(
-                stats.feats, ref_stats.feats, kid_subsets, kid_subset_size, seed
-            )
-            result["kid_subsets"], result["kid_subset_size"] = kid_subsets, m
-            notes += kid_notes(n1, n2, kid_subset_size)
-    if pr:
-        assert stats.feats is not None  # compute_statistics(keep_features=True)
-        if ref_stats.feats is None:
-            notes.append(f"precision_recall: {ref_feats_missing}")
-        elif len(ref_stats.feats) <= pr_k or len(stats.feats) <= pr_k:
-            notes.append(
-                f"precision_recall: unavailable: the radius of a point is the distance to its "
-                f"k-th nearest neighbour in its own set, which needs more than k={pr_k} images per "
-                f"set; the samples have {len(stats.feats)}, the reference {len(ref_stats.feats)} "
-                f"features (use more images or a smaller --pr-k)"
-            )
-        else:
-            result["precision"], result["recall"] = precision_recall(ref_stats.feats, stats.feats, k=pr_k)
     if ref_stats.extractor_sha256 and ref_stats.extractor_sha256 != extractor.weights_sha256:
         notes.append(
             f"weights: reference made with weights sha256 {ref_stats.extractor_sha256}, "
@@ -200,39 +241,6 @@ def evaluate(
         notes.append(f"resolution: samples are {result['resolution']}, reference {result['ref_resolution']}")
     result["notes"] = notes
     return result
-
-
-def few_images_notes(metric: str, dim: int, n: int | None, n_ref: int | None) -> list[str]:
-    """A note when either set has fewer images than the ``dim`` feature dimensions of ``metric``
-    (its sample covariance then has rank <= n - 1 < dim: the Fréchet distance is still computed,
-    but it is biased upward and depends strongly on n). ``None`` counts (ADM batches) are unknown."""
-    small = [f"{what} {k}" for what, k in (("samples", n), ("reference", n_ref)) if k is not None and k < dim]
-    if not small:
-        return []
-    return [
-        f"{metric}: computed from fewer images than its {dim} feature dimensions ({', '.join(small)}): the "
-        f"sample covariance is rank-deficient, so the value is biased upward and depends on the number "
-        f"of images; compare it only with {metric.upper()}s computed from the same numbers of images"
-    ]
-
-
-def kid_notes(n1: int, n2: int, requested: int) -> list[str]:
-    """A note when KID subsets are smaller than ``requested`` because a set has fewer features."""
-    m = kid_subset_used(n1, n2, requested)
-    if m >= requested:
-        return []
-    note = (
-        f"kid: subsets of {m} images, not the requested --kid-subset-size {requested} (the samples have {n1}, "
-        f"the reference {n2} features)"
-    )
-    if m == n1 and m == n2:
-        note += "; every subset is the whole of both sets, so kid_std is 0 by construction, not an uncertainty"
-    else:
-        note += (
-            f"; every subset of the {'samples' if m == n1 else 'reference'} is the whole set, so kid_std "
-            f"understates the uncertainty"
-        )
-    return [note]
 
 
 def _small_side(a: FeatureStatistics, b: FeatureStatistics, spatial: bool):

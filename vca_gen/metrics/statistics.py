@@ -170,23 +170,34 @@ def statistics_from_features(
     extractor_sha256: str | None = None,
     resolution: tuple[int, int] | None = None,
     source: str = "features",
+    spatial_batches=None,
+    keep_features: bool = False,
 ) -> FeatureStatistics:
-    """Pool3 statistics from feature batches (each (B, 2048) float32), accumulated exactly as
-    :func:`compute_statistics` does for the images they came from (same order and batches → the
-    same float64 sums): in-loop FID gathers per-process features and finishes here."""
-    pool, kept = RunningMoments(), []
+    """Pool3 (and, given ``spatial_batches``, spatial) statistics from feature batches (each (B, 2048) /
+    (B, 2023) float32), accumulated exactly as :func:`compute_statistics` does for the images they came
+    from (same order and batches → the same float64 sums, the same kept features): in-loop evaluation
+    gathers per-process features and finishes here."""
+    pool, spatial, kept, kept_s = RunningMoments(), RunningMoments(), [], []
     for feats in feature_batches:
         pool.update(feats)
         kept.append(feats)
+    for feats in spatial_batches or ():
+        spatial.update(feats)
+        kept_s.append(feats)
     if pool.n < 2:
         raise InputFormatError(f"{source}: {pool.n} image(s); FID statistics need at least 2")
     mu, sigma = pool.finalize()
+    mu_s, sigma_s = spatial.finalize() if spatial.n >= 2 else (None, None)
+    small = pool.n <= SMALL_SET
     return FeatureStatistics(
         mu=mu,
         sigma=sigma,
         count=pool.n,
         mode=check_mode(mode),
-        feats=np.concatenate(kept) if pool.n <= SMALL_SET else None,
+        mu_s=mu_s,
+        sigma_s=sigma_s,
+        feats=np.concatenate(kept) if small or keep_features else None,
+        feats_s=np.concatenate(kept_s) if small and kept_s else None,
         resolution=resolution,
         extractor_sha256=extractor_sha256,
         source=source,

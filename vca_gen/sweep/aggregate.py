@@ -23,12 +23,10 @@ CONFIDENCE = 0.95
 
 
 def metric_names(metrics: Sequence[str]) -> list[str]:
-    out = ["fid"]
-    if "kid" in metrics:
-        out.append("kid")
-    if "pr" in metrics:
-        out += ["precision", "recall"]
-    return out
+    """The numbers aggregated over seeds: the summary fields of the sweep's metrics (registry order)."""
+    from vca_gen.metrics import registry
+
+    return [f.key for f in registry.fields_of(metrics, summary_only=True)]
 
 
 def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:

@@ -90,6 +90,14 @@ def _option_text(v: Any) -> str:
     return "none" if v is None else str(v)
 
 
+def score_metrics(metrics: list[str]) -> list[str]:
+    """What a cell's score stage computes: ``evaluate_fid.py``'s defaults (FID, sFID: every cell record
+    has carried both) plus the sweep's ``evaluate.metrics``, in registry order."""
+    from vca_gen.metrics import registry
+
+    return registry.ordered([*registry.default_names(), *metrics])
+
+
 def stages(plan) -> list[Stage]:
     """The cell's stages with their exact commands, in order."""
     cell, ev = Path(plan.cell_dir), plan.evaluate
@@ -146,10 +154,7 @@ def stages(plan) -> list[Stage]:
         ]
         if ev["mode"]:
             score += ["--mode", ev["mode"]]
-        if "kid" in ev["metrics"]:
-            score.append("--kid")
-        if "pr" in ev["metrics"]:
-            score.append("--pr")
+        score += ["--metrics", ",".join(score_metrics(ev["metrics"]))]
         out.append(Stage(f"score@{s}", "score", s, score, str(d / "score.json")))
     return out
 
@@ -229,15 +234,14 @@ def device_name() -> str:
 
 
 def result_record(plan, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The committed result of a finished cell."""
+    """The committed result of a finished cell: per scored step, every registered metric field of
+    ``score.json`` (``None`` when not computed) with ``n``, ``n_ref`` and ``mode``."""
+    from vca_gen.metrics import registry
+
     metrics: dict[str, dict[str, Any]] = {}
     for s in plan.steps:
         score = read_json(eval_dir(plan) / step_name(s) / "score.json") or {}
-        metrics[str(s)] = {
-            k: score.get(k)
-            for k in ("fid", "kid", "kid_std", "precision", "recall", "sfid", "n", "n_ref", "mode")
-            if k in score
-        }
+        metrics[str(s)] = {k: score.get(k) for k in (*registry.value_keys(), "n", "n_ref", "mode") if k in score}
     g = git_commit(plan.repo)
     return {
         "format": RESULT_FORMAT,

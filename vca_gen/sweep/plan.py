@@ -170,17 +170,22 @@ def _check_evaluation(ev: Evaluate, exp, variant: str) -> None:
 
 
 def check_reference(ev: Evaluate, resolutions: dict[str, int], allow_missing: bool = False) -> str | None:
-    """The reference's mode and resolution against the protocol and every variant's image size.
+    """The reference's mode and resolution against the protocol and every variant's image size, and
+    what the metrics' registry entries need of it (stored features, spatial statistics, their numbers).
 
     Returns a warning (a missing file with ``allow_missing``), else None."""
+    from vca_gen.metrics import MetricsError, registry
+
     ref = ev.reference
+    n_ref: int | None
     if ref.is_recipe:
         if ev.mode is not None and ev.mode != ref.mode:
             raise SweepError(f"evaluate.mode={ev.mode} but evaluate.reference.mode={ref.mode}")
         res = 32 if ref.source and ref.source.startswith("dataset:animal_mnist") else None
-        mode, feats = ref.mode, True
+        mode, feats, spatial, n_ref = ref.mode, True, True, ref.num_images  # a recipe stores what is needed
+        what = f"the recipe ({ref.num_images} images of {ref.source})"
     else:
-        from vca_gen.metrics import MetricsError, load_reference
+        from vca_gen.metrics import load_reference
 
         if not Path(str(ref.path)).is_file():
             msg = (
@@ -196,6 +201,8 @@ def check_reference(ev: Evaluate, resolutions: dict[str, int], allow_missing: bo
             raise SweepError(f"evaluate.reference: {e}") from None
         mode, res = stats.mode, (stats.resolution[0] if stats.resolution else None)
         feats = stats.feats is not None or stats.ref_images is not None
+        spatial, what = stats.mu_s is not None, str(ref.path)
+        n_ref = len(stats.feats) if stats.feats is not None else None  # ADM arr_0: not counted here
         if ev.mode is not None and ev.mode != mode:
             raise SweepError(
                 f"evaluate.reference {ref.path} holds {mode} statistics, but evaluate.mode={ev.mode}; "
@@ -209,11 +216,12 @@ def check_reference(ev: Evaluate, resolutions: dict[str, int], allow_missing: bo
                 + ", ".join(f"{r}x{r} ({v})" for v, r in bad.items())
                 + f"; accepted: a reference of the models' resolution (data.image_size; mode {mode})"
             )
-    if not feats and any(m in ev.metrics for m in ("kid", "pr")):
-        raise SweepError(
-            f"evaluate.metrics {ev.metrics}: KID / precision-recall need reference features, and "
-            f"{ref.path} stores none (remake it with evaluate_fid.py --make-ref --ref-features N)"
+    try:  # what the metrics' registry entries need: stored features, spatial statistics, their numbers
+        registry.check_reference(
+            ev.metrics, feats, spatial, f"evaluate.metrics {ev.metrics}", what, None, ev.num_samples, n_ref
         )
+    except MetricsError as e:
+        raise SweepError(str(e)) from None
     return None
 
 

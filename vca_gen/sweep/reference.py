@@ -29,13 +29,23 @@ def recipe_source(source: str, num_images: int, balanced: bool):
 
 
 def ensure_reference(sweep: Sweep, progress: bool = True) -> Path:
-    """The sweep's reference statistics file, computing a recipe's once."""
+    """The sweep's reference statistics file, computing a recipe's once.
+
+    A recipe's file stores every pool3 feature (the metrics that need reference features, e.g. KID,
+    precision/recall, density/coverage, read them). One written before without them is recomputed when
+    the sweep's metrics need them (same statistics, features added; the protocol hash names the recipe)."""
+    from vca_gen.metrics import registry
+
     ref, path = sweep.evaluate.reference, reference_path(sweep)
-    if not ref.is_recipe or path.is_file():
+    need_feats = registry.needing(sweep.evaluate.metrics, "features")
+    if not ref.is_recipe:
         return path
+    if path.is_file():
+        if not need_feats or _has_features(path):
+            return path
+        print(f"[sweep] reference {path} stores no features, which {', '.join(need_feats)} need: recomputing it")
     from vca_gen.metrics import InceptionFeatureExtractor, compute_statistics, save_statistics
 
-    need_feats = any(m in sweep.evaluate.metrics for m in ("kid", "pr"))
     print(
         f"[sweep] reference statistics: {ref.num_images} images of {ref.source} "
         f"({'class-balanced, ' if ref.balanced else ''}mode {ref.mode}) -> {path}",
@@ -48,11 +58,17 @@ def ensure_reference(sweep: Sweep, progress: bool = True) -> Path:
         fx,
         ref.mode,
         batch_size=50,
-        keep_features=need_feats,
+        keep_features=True,
         progress=progress,
     )
-    save_statistics(stats, path, max_features=ref.num_images if need_feats else 0)
+    save_statistics(stats, path, max_features=ref.num_images)
     return path
+
+
+def _has_features(path: Path) -> bool:
+    from vca_gen.metrics import load_reference
+
+    return load_reference(path).feats is not None
 
 
 __all__ = ["ensure_reference", "recipe_source"]

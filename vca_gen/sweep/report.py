@@ -7,15 +7,29 @@ from typing import Any
 
 from vca_gen.utils.io import atomic_open, atomic_write_json, atomic_write_text
 
-LABELS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall"}
-
 
 def _f(x: float | None, spec: str = ".2f") -> str:
     return "–" if x is None else format(x, spec)
 
 
+def _label(metric: str) -> str:
+    """A field's report label (:mod:`vca_gen.metrics.registry`)."""
+    from vca_gen.metrics import registry
+
+    return registry.lookup_field(metric).label
+
+
 def _spec(metric: str) -> str:
-    return ".4f" if metric in ("kid", "precision", "recall") else ".2f"
+    from vca_gen.metrics import registry
+
+    return registry.lookup_field(metric).fmt
+
+
+def _direction(metric: str) -> str:
+    from vca_gen.metrics import registry
+
+    better = registry.lookup_field(metric).lower_is_better
+    return "" if better is None else " (lower is better)" if better else " (higher is better)"
 
 
 def _plt():
@@ -51,7 +65,11 @@ def plot_curves(res: dict[str, Any], metric: str, path: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="training step", ylabel=LABELS[metric], title=f"{LABELS[metric]} vs step (mean, min–max band)")
+    ax.set(
+        xlabel="training step",
+        ylabel=_label(metric) + _direction(metric),
+        title=f"{_label(metric)} vs step (mean, min–max band)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -95,7 +113,7 @@ def plot_bars(res: dict[str, Any], metric: str, path: Path) -> Path | None:
     if refs:
         ax.scatter([i for i, _ in refs], [r for _, r in refs], marker="D", color="tab:red", zorder=3, label="reference")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set(ylabel=LABELS[metric], title=f"{LABELS[metric]} at the final checkpoint")
+    ax.set(ylabel=_label(metric) + _direction(metric), title=f"{_label(metric)} at the final checkpoint")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     if comps:
@@ -108,7 +126,7 @@ def plot_bars(res: dict[str, Any], metric: str, path: Path) -> Path | None:
         ax2.bar(range(len(comps)), ds, yerr=err, capsize=4, color=colors, alpha=0.8)
         ax2.axhline(0.0, color="black", lw=0.8)
         ax2.set_xticks(range(len(comps)), [n for n, _ in comps], rotation=30, ha="right")
-        ax2.set(ylabel=f"Δ {LABELS[metric]} (paired)", title="comparisons (95% CI; green: excludes 0)")
+        ax2.set(ylabel=f"Δ {_label(metric)} (paired)", title="comparisons (95% CI; green: excludes 0)")
         ax2.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
@@ -176,7 +194,7 @@ def write_report(res: dict[str, Any], results_dir: Path) -> Path:
         f"{n_txt} seed(s) per variant (planned: {len(seeds)}, seeds {', '.join(map(str, seeds))}). "
         f"Intervals are {int(res['confidence'] * 100)}% Student-t intervals over seeds (n − 1 degrees of freedom; "
         f"none for n = 1); Δ is the paired per-seed difference to the baseline `{res['baseline']}` "
-        f"(negative = lower {LABELS['fid']})"
+        f"(negative = lower {_label('fid')})"
         + (", or to the variant's own baseline where the table names one" if res.get("baselines") else "")
         + ".",
         "",
@@ -190,7 +208,7 @@ def write_report(res: dict[str, Any], results_dir: Path) -> Path:
     for m in res["metrics"]:
         sp = _spec(m)
         lines += [
-            f"## {LABELS[m]} at the final checkpoint",
+            f"## {_label(m)} at the final checkpoint{_direction(m)}",
             "",
             "| variant | reference | mean ± std | 95% CI | n | Δ vs baseline | 95% CI of Δ | note |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -221,7 +239,7 @@ def write_report(res: dict[str, Any], results_dir: Path) -> Path:
         for m in res["metrics"]:
             sp = _spec(m)
             lines += [
-                f"## Comparisons ({LABELS[m]}, paired over shared seeds)",
+                f"## Comparisons ({_label(m)}, paired over shared seeds)",
                 "",
                 "| comparison | checkpoint | Δ mean ± std | 95% CI of Δ | n | note |",
                 "| --- | --- | ---: | ---: | ---: | --- |",

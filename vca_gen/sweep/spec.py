@@ -31,7 +31,7 @@ Keys (``*`` required)::
       reference*: PATH.npz        # statistics file (evaluate_fid.py --make-ref, or an ADM batch), or a recipe:
       #   {source: "dataset:animal_mnist:a", num_images: 1000, mode: clean, balanced: true}
       mode: null                  # feature mode; null: the reference's (a recipe's mode)
-      metrics: [fid]              # fid plus optional kid, pr
+      metrics: [fid]              # fid plus other vca_gen.metrics.registry names (sfid, kid, pr, ...)
     execution:
       backend: local              # local | submitit
       processes: 1                # per cell: 1 = python train.py, P > 1 = accelerate launch --num_processes P
@@ -51,7 +51,8 @@ duplicate seeds; a baseline that is not a variant; a comparison naming something
 or two variants that share no seed; a reused sweep file that does not load; every cell's experiment composed with
 ``load_config`` (an override key no experiment has names the variant); checkpoints that will not
 exist; the evaluation settings checked by the objective's own ``check_sample_args``; the reference
-(mode, resolution against ``data.image_size``, stored features for KID / PR).
+(mode, resolution against ``data.image_size``, stored features and their number for the metrics that need
+them, as their registry entries say).
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ import yaml
 from vca_gen.errors import UserError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-METRICS = ("fid", "kid", "pr")
 BACKENDS = ("local", "submitit")
 CLUSTERS = ("local", "slurm", "auto")
 TOP_KEYS = (
@@ -360,6 +360,22 @@ def _parse_reference(value: Any) -> Reference:
     return ref
 
 
+def _parse_metrics(value: Any) -> list[str]:
+    """``evaluate.metrics``: registered names (:mod:`vca_gen.metrics.registry`), FID among them."""
+    from vca_gen.metrics import registry
+
+    try:
+        metrics = registry.parse_names(value, "evaluate.metrics")
+    except registry.MetricSelectionError as e:
+        raise SweepError(str(e)) from None
+    if "fid" not in metrics:
+        raise SweepError(
+            f"evaluate.metrics={value!r} is not valid; accepted: fid plus optional "
+            f"{', '.join(n for n in registry.names() if n != 'fid')}"
+        )
+    return list(metrics)
+
+
 def _parse_evaluate(value: Any) -> Evaluate:
     e = _mapping(value, "evaluate", EVAL_KEYS)
     if not e:
@@ -372,14 +388,7 @@ def _parse_evaluate(value: Any) -> Evaluate:
         raise SweepError(
             f"evaluate.checkpoints={ckpts!r} is not valid; accepted: a list of positive training steps and/or final"
         )
-    metrics = e.get("metrics", ["fid"])
-    if (
-        not isinstance(metrics, list)
-        or "fid" not in metrics
-        or any(m not in METRICS for m in metrics)
-        or len(set(metrics)) != len(metrics)
-    ):
-        raise SweepError(f"evaluate.metrics={metrics!r} is not valid; accepted: fid plus optional kid, pr")
+    metrics = _parse_metrics(e.get("metrics", ["fid"]))
     steps = e.get("steps")
     ev = Evaluate(
         checkpoints=ckpts,
@@ -498,6 +507,13 @@ def _parse_reuse(value: Any, sweep_path: Path) -> list[Path]:
     return out
 
 
+def _reference_keys() -> list[str]:
+    """The numbers a ``references`` entry may give: the summary fields of every registered metric."""
+    from vca_gen.metrics import registry
+
+    return [f.key for f in registry.fields_of(registry.names(), summary_only=True)]
+
+
 def _parse_references(value: Any) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for name, v in _mapping(value, "references").items():
@@ -505,7 +521,7 @@ def _parse_references(value: Any) -> dict[str, dict[str, float]]:
             out[str(name)] = {}
             continue
         v = {"fid": v} if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-        v = _mapping(v, f"references.{name}", METRICS[:1] + ("kid", "precision", "recall"))
+        v = _mapping(v, f"references.{name}", _reference_keys())
         out[str(name)] = {k: float(x) for k, x in v.items()}
     return out
 

@@ -9,7 +9,8 @@ rule: image i draws all its randomness from a generator seeded ``seed + i``.
   ``sample.py --seed SEED``. The N samples are cut into batches of ``fid.batch_size`` (the batches
   ``evaluate_fid.py --batch-size`` reads from ``samples.npz``); process r generates and embeds
   batches r, r+P, …; the main process gathers the pool3 features, accumulates them in sample order
-  and scores them against ``fid.ref``. So the value equals ``sample.py`` + ``evaluate_fid.py`` at the
+  and scores them against ``fid.ref`` with the ``fid.metrics`` registry entries (default FID; e.g.
+  density, coverage). So the values equal ``sample.py`` + ``evaluate_fid.py --metrics ...`` at the
   same N, seed, batch size and reference, for any process count, and no process waits while
   another samples everything.
 """
@@ -25,8 +26,9 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from vca_gen.experiment.schema import plain
-from vca_gen.metrics import InceptionFeatureExtractor, load_reference
-from vca_gen.metrics.evaluation import fid_between
+from vca_gen.metrics import InceptionFeatureExtractor, load_reference, registry
+from vca_gen.metrics.evaluation import prepare_reference, score
+from vca_gen.metrics.inception import FeatureBatch
 from vca_gen.metrics.statistics import statistics_from_features
 from vca_gen.sample.model import generate, image_maker
 from vca_gen.utils.io import atomic_open
@@ -91,13 +93,19 @@ def save_grid(exp: DictConfig, model, objective, decoder, out: Path, device) -> 
 
 
 class InLoopFID:
-    """``train.fid`` evaluation; the Inception network and the reference are loaded once."""
+    """``train.fid`` evaluation of the ``train.fid.metrics`` registry entries (default: FID); the
+    Inception network and the reference (with its features when a metric needs them) are loaded once."""
 
     def __init__(self, exp: DictConfig, device):
         f = exp.train.fid
         self.exp, self.device = exp, device
-        self.ref = load_reference(str(f.ref))
-        self.extractor = InceptionFeatureExtractor(mode=self.ref.mode, device=device)
+        self.metrics = registry.parse_names(list(f.metrics), "train.fid.metrics")
+        self.params = registry.resolve_params(self.metrics)
+        self.need_features = bool(registry.needing(self.metrics, "features"))
+        self.need_spatial = bool(registry.needing(self.metrics, "spatial"))
+        mode = load_reference(str(f.ref)).mode
+        self.extractor = InceptionFeatureExtractor(mode=mode, device=device)
+        self.ref = prepare_reference(str(f.ref), self.extractor, mode, need_features=self.need_features)
 
     def batches(self, rank: int, world: int) -> list[list[int]]:
         """Sample indices of the batches process ``rank`` of ``world`` evaluates."""
@@ -107,7 +115,8 @@ class InLoopFID:
 
     @torch.no_grad()
     def features(self, model, objective, decoder, rank: int = 0, world: int = 1) -> dict:
-        """``{batch start: (B, 2048) float32 pool3 features}`` of this process's batches."""
+        """``{batch start: FeatureBatch}`` of this process's batches: (B, 2048) float32 pool3 features,
+        and the (B, 2023) spatial ones when a metric needs them."""
         f, nc = self.exp.train.fid, int(self.exp.model.num_classes)
         make = _maker(self.exp, f, model, objective, decoder, self.device)
         was_training = model.training
@@ -118,19 +127,25 @@ class InLoopFID:
                 images = generate(
                     make, [i % nc for i in idx], [int(f.seed) + i for i in idx], self.device, batch_size=len(idx)
                 )
-                out[idx[0]] = self.extractor(images).pool
+                fb = self.extractor(images)
+                out[idx[0]] = FeatureBatch(fb.pool, fb.spatial if self.need_spatial else None)
         finally:
             model.train(was_training)
         return out
 
-    def score(self, gathered: list[dict], image_size: tuple | None = None) -> float:
-        """FID from every process's :meth:`features`, accumulated in sample order."""
+    def score(self, gathered: list[dict], image_size: tuple | None = None) -> dict[str, float | None]:
+        """``{field: value}`` of the selected metrics (e.g. ``fid``; ``density``) from every process's
+        :meth:`features`, accumulated in sample order (as ``evaluate_fid.py`` reads ``samples.npz``)."""
         merged = {k: v for part in gathered for k, v in part.items()}
+        order = [merged[k] for k in sorted(merged)]
         stats = statistics_from_features(
-            [merged[k] for k in sorted(merged)],
+            [fb.pool for fb in order],
             self.ref.mode,
             self.extractor.weights_sha256,
             image_size,
             "in-loop samples",
+            spatial_batches=[fb.spatial for fb in order] if self.need_spatial else None,
+            keep_features=self.need_features,
         )
-        return float(fid_between(stats, self.ref))
+        values, _ = score(self.metrics, stats, self.ref, self.params, device=self.device)
+        return {fd.key: values[fd.key] for fd in registry.fields_of(self.metrics)}

@@ -526,23 +526,24 @@ class Trainer:
             self.ema.model, self.objective, self.decoder, self.acc.process_index, self.acc.num_processes
         )
         gathered = gather_object([feats])
-        value = None
+        values: dict[str, float | None] = {}  # train.fid.metrics' fields (default: fid)
         if self.acc.is_main_process:
             side = int(self.cfg.model.input_size) * int(self.decoder_spec.downsample)
-            value = self.fid.score(gathered, (side, side))
-            self.acc.log({"eval/fid": value}, step=self.step)
-            self.acc.print(f"step {self.step}: in-loop FID ({self.cfg.train.fid.num_samples} samples) {value:.4f}")
+            values = self.fid.score(gathered, (side, side))
+            self.acc.log({f"eval/{k}": v for k, v in values.items() if v is not None}, step=self.step)
+            shown = ", ".join(f"{k} {'n/a' if v is None else format(v, '.4f')}" for k, v in values.items())
+            self.acc.print(f"step {self.step}: in-loop FID ({self.cfg.train.fid.num_samples} samples) {shown}")
             record = self.out_dir / "fid.jsonl"  # one line per evaluation, full precision
             before = record.read_text() if record.is_file() else ""
             line = {
                 "step": self.step,
-                "fid": value,
+                **values,
                 "num_samples": int(self.cfg.train.fid.num_samples),
                 "seed": int(self.cfg.train.fid.seed),
                 "reference": str(self.cfg.train.fid.ref),
             }
             ckpt.atomic_write_text(record, before + json.dumps(line) + "\n")
-        return value
+        return values.get("fid")
 
     def _write_run_files(self) -> None:
         if self.acc.is_main_process:
