@@ -20,7 +20,15 @@ EXPECTED = {
     for fam, size in (("dit", "s4"), ("dit", "s2"), ("dit", "b2"), ("sit", "s2"), ("sit", "b2"))
     for att in ("mhsa", "vca")
     for res in ("", "_512")
-} | {"dit_s2_diff", "dit_s2_vca_stage1", "dit_s2_vca_stage2", "dit_s2_vca_learned", "demo", "toy_diffusion", "toy_flow_p2"}
+} | {
+    "dit_s2_diff",
+    "dit_s2_vca_stage1",
+    "dit_s2_vca_stage2",
+    "dit_s2_vca_learned",
+    "demo",
+    "toy_diffusion",
+    "toy_flow_p2",
+}
 
 
 def test_shipped_configs_cover_the_paper_tables():
