@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from vca_gen.sweep import cli
-from vca_gen.sweep.plan import validate
+from vca_gen.sweep.plan import StageHooks, validate
 from vca_gen.sweep.spec import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,8 +71,8 @@ def write(tmp_path: Path, spec: dict, name: str = "micro.yaml") -> Path:
     return p
 
 
-def run_cli(args, capsys):
-    rc = cli.main([str(a) for a in args])
+def run_cli(args, capsys, hooks=None):
+    rc = cli.main([str(a) for a in args], hooks=hooks)
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -286,11 +286,12 @@ def test_micro_sweep_end_to_end_through_submitit_local(
     path = write(tmp_path, micro(tmp_path))
     out_dir, results = tmp_path / "out", tmp_path / "results"
 
-    # 1. kill the whole sweep (its process group: the submitit job and train.py) mid-training of a cell
-    env = dict(os.environ, VCA_GEN_TEST_SLOW_SAVE="3")
+    # 1. kill the whole sweep (its process group: the submitit job and train.py) mid-training of a cell;
+    # the sweep runs through the test launcher, so its train.py does too: checkpoint writes pause 3 s
+    hooked = [str(REPO / "tests" / "hooked_cli.py"), "--save-pause", "3"]
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "sweep.py"), "run", str(path), "--only", "mhsa", "--seeds", "0"],
-        env=env,
+        [sys.executable, *hooked, str(REPO / "sweep.py"), "run", str(path), "--only", "mhsa", "--seeds", "0"],
+        env=dict(os.environ),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -315,8 +316,7 @@ def test_micro_sweep_end_to_end_through_submitit_local(
     assert not (results / "cells" / "mhsa__seed0.json").exists() and _starts(cell0, "train") == 1
 
     # 2. re-run everything: the killed cell resumes training from step 2; one cell is made to fail at scoring
-    monkeypatch.setenv("VCA_GEN_SWEEP_FAIL_STAGE", "vca__seed1:score@4")
-    rc, out, err = run_cli(["run", path], capsys)
+    rc, out, err = run_cli(["run", path], capsys, hooks=StageHooks(fail=("vca__seed1:score@4",)))
     assert rc == 1, (out, err)
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (ckpts()[0] / "step_00000002").iterdir()} == step2
     assert _starts(cell0, "train") == 2 and "resumed from" in (cell0 / "logs" / "train.stdout").read_text()
@@ -333,7 +333,6 @@ def test_micro_sweep_end_to_end_through_submitit_local(
     assert out.count("done (committed result)") == 3
 
     # 3. again without the hook: only the failed stage runs; finished cells are not touched
-    monkeypatch.delenv("VCA_GEN_SWEEP_FAIL_STAGE")
     before = {n: (results / "cells" / n).stat().st_mtime_ns for n in done}
     rc, out, err = run_cli(["run", path], capsys)
     assert rc == 0, (out, err)
