@@ -382,3 +382,34 @@ def test_an_attempt_killed_without_notice_is_counted_in_the_cell_time(tmp_path):
     assert [e["event"] for e in events] == ["start", "interrupted", "start", "done"]
     assert events[1]["seconds"] == 123.0
     assert stage_minutes(events, "train") == pytest.approx((123.0 + events[3]["seconds"]) / 60)
+
+
+def test_stage_hooks_are_a_parameter_of_the_plan(tmp_path):
+    """Test hooks reach the stages through the plan (StageHooks), not the environment: every stage's
+    script runs through the launcher (also under accelerate launch), and a named stage fails with 9."""
+    from types import SimpleNamespace
+
+    from vca_gen.sweep.cells import run_stage, stages
+
+    s = micro(tmp_path)
+    hooks = StageHooks(launcher=("/t/hooked_cli.py", "--save-pause", "3"), fail=("vca__seed1:score@4",))
+    plain = validate(load_sweep(write(tmp_path, s))).cells[0]
+    hooked = validate(load_sweep(write(tmp_path, s)), hooks=hooks).cells[0]
+    assert plain.hooks == StageHooks() and hooked.hooks == hooks
+    for a, b in zip(stages(plain), stages(hooked), strict=True):
+        assert a.argv[0] == b.argv[0] == sys.executable and b.argv[1:4] == ["/t/hooked_cli.py", "--save-pause", "3"]
+        assert b.argv[4:] == a.argv[1:]  # the script and its arguments, unchanged
+    s["execution"] = {**s["execution"], "processes": 2}
+    multi = validate(load_sweep(write(tmp_path, s)), hooks=hooks).cells[0]
+    train = stages(multi)[0].argv
+    i = train.index("/t/hooked_cli.py")
+    assert "accelerate.commands.launch" in train[:i] and train[i + 3].endswith("train.py")
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    plan = SimpleNamespace(cell_dir=str(cell), key="vca__seed1", variant="vca", seed=1, hooks=hooks)
+    stage = stages(hooked)[2]
+    assert stage.name == "score@4"
+    assert run_stage(plan, stage) == 9
+    failure = json.loads((cell / "failure.json").read_text())
+    assert failure["exit_code"] == 9 and "forced failure" in failure["stderr_tail"][-1]

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vca_gen.sweep.plan import StageHooks
 from vca_gen.utils.io import atomic_write_json
 
 RESULT_FORMAT, RESULT_VERSION = "vca-gen-sweep-cell", 1
@@ -66,9 +67,14 @@ def eval_dir(plan) -> Path:
     return Path(plan.cell_dir) / f"eval-{plan.protocol_hash[:12]}"
 
 
+def _hooks(plan) -> StageHooks:
+    """The plan's test hooks (none for a plan without the field)."""
+    return getattr(plan, "hooks", None) or StageHooks()
+
+
 def _launcher(plan, script: str, processes: int | None = None) -> list[str]:
     """The command prefix of ``script`` (through the plan's test launcher, if any)."""
-    path = [*plan.hooks.launcher, str(Path(plan.repo) / script)]
+    path = [*_hooks(plan).launcher, str(Path(plan.repo) / script)]
     if (plan.processes if processes is None else processes) <= 1:
         return [sys.executable, *path]
     return [
@@ -329,7 +335,7 @@ def run_stage(plan, stage: Stage, env: dict[str, str] | None = None) -> int:
     out0, err0 = _size(out_log), _size(err_log)
     header = f"===== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(stage.argv)}\n"
     argv = stage.argv
-    if f"{plan.key}:{stage.name}" in plan.hooks.fail:  # test hook (StageHooks.fail)
+    if f"{plan.key}:{stage.name}" in _hooks(plan).fail:  # test hook (StageHooks.fail)
         argv = [
             sys.executable,
             "-c",
