@@ -51,7 +51,7 @@ def wait_for(path: Path, procs: list, timeout: float = 300) -> None:
 def stop_mid_run(cfg: Path, run_dir: Path, num_processes: int, sig: int, rank: int) -> tuple:
     """Start a slowed training, send ``sig`` to process ``rank`` once step 2 is checkpointed;
     returns the results and the step of the checkpoint it wrote when stopping."""
-    procs = launch_direct(cfg, num_processes, ["--step-sleep", "0.4"])
+    procs = launch_direct(cfg, num_processes, faults=["--step-sleep", "0.4"])
     try:
         wait_for(run_dir / "checkpoints/step_00000002/COMPLETE", procs)
         os.kill(procs[rank].pid, sig)
@@ -116,7 +116,7 @@ def test_second_training_into_a_locked_run_dir_exits_2_and_the_first_finishes(tm
     import importlib.util
 
     cfg = config(tmp_path, "run")
-    first = launch_direct(cfg, 1, ["--step-sleep", "1.5"])[0]  # outlives the second attempt
+    first = launch_direct(cfg, 1, faults=["--step-sleep", "1.5"])[0]  # outlives the second attempt
     try:
         wait_for(tmp_path / "run/checkpoints/step_00000002/COMPLETE", [first])
         spec = importlib.util.spec_from_file_location("train_cli", REPO / "train.py")

@@ -102,7 +102,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_direct(cfg: Path, num_processes: int, faults: list[str] | None = None, *overrides: str) -> list:
+def launch_direct(
+    cfg: Path, num_processes: int, env: dict[str, str] | None = None, *overrides: str, faults: list[str] | None = None
+) -> list:
     """Start ``train.py`` as ``num_processes`` CPU (gloo) processes wired by environment variables
     (RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT), as ``srun`` starts one task per
     GPU: no launcher in between, so each process's exit status and signals are its own. ``faults``:
@@ -115,7 +117,7 @@ def launch_direct(cfg: Path, num_processes: int, faults: list[str] | None = None
     port = str(free_port())
     procs = []
     for rank in range(num_processes):
-        e = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+        e = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         if num_processes > 1:
             e.update(
                 RANK=str(rank),
