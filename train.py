@@ -26,7 +26,8 @@ import argparse
 import sys
 
 
-def main(argv=None) -> int:
+def main(argv=None, faults=None) -> int:
+    """``train.py`` with ``argv``; ``faults`` (a :class:`vca_gen.utils.faults.Faults`): injected by tests."""
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         from vca_gen.train.trainer import EXIT_PREEMPTED, NonFiniteLossError, train
 
         try:
-            summary = train(cfg)
+            summary = train(cfg, faults=faults)
         except NonFiniteLossError as e:
             print(f"train.py: error: {e}", file=sys.stderr)
             return 3
@@ -73,20 +74,12 @@ def main(argv=None) -> int:
             print(f"finished at step {summary['step']}; run directory {summary['output_dir']}")
         return 0
 
+    from vca_gen.utils import dist
+
     try:
         return cli_boundary("train.py", work)
     finally:
-        close_process_group()
-
-
-def close_process_group() -> None:
-    """Tear the process group down before the interpreter exits: left to interpreter shutdown (e.g.
-    after every rank stopped on the same user error), gloo's threads can abort the process (SIGABRT)
-    instead of letting it exit with its status."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        dist.close()
 
 
 if __name__ == "__main__":

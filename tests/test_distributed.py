@@ -100,7 +100,7 @@ def test_processes_disagreeing_on_the_checkpoint_stop_before_the_first_step(tmp_
     chosen = tmp_path / "run/checkpoints/step_00000002"
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and "logs" not in p.parts}
     cfg = write_yaml(tmp_path / "c.yaml", {**d, "train": {**d["train"], "max_steps": 4}})
-    results = wait_all(launch_direct(cfg, 2, {"VCA_GEN_TEST_HIDE_CHECKPOINT": "1:model.safetensors"}))
+    results = wait_all(launch_direct(cfg, 2, faults=["--hide-checkpoint", "1:model.safetensors"]))
     for rc, out, err in results:
         assert rc == 2, err[-3000:]
         assert "Traceback" not in err

@@ -202,7 +202,8 @@ def test_two_process_accelerate_extraction_equals_single_process(tmp_path, tiny_
     multi = tmp_path / "multi"
     # rank 1 (6 of the 12 shards) sleeps 2 s before each: 12 s past rank 0, process-group timeout 6 s;
     # the main process waits for its shards through the files, with no collective
-    env = dict(_env(), ACCELERATE_USE_CPU="1", VCA_GEN_TEST_SHARD_SLEEP="1:2")
+    env = dict(_env(), ACCELERATE_USE_CPU="1")
+    slow = [str(REPO / "tests" / "hooked_cli.py"), "--shard-sleep", "1:2", str(REPO / "extract_latents.py")]
     launch = [
         sys.executable,
         "-m",
@@ -221,7 +222,7 @@ def test_two_process_accelerate_extraction_equals_single_process(tmp_path, tiny_
     ]
     t0 = time.monotonic()
     r = subprocess.run(
-        [*launch, *_cli(multi, images, vae_dir), "--timeout-s", "6"],
+        [*launch, *slow, *_cli(multi, images, vae_dir)[2:], "--timeout-s", "6"],  # [2:]: not "-m MODULE"
         env=env,
         capture_output=True,
         text=True,

@@ -3,7 +3,7 @@
 SIGTERM / SIGUSR1 / Ctrl-C make training finish the current step on every process, write a
 checkpoint and exit 75 (no traceback); re-running the same command reaches the weights of an
 uninterrupted run bit for bit. A second training into a locked run directory exits 2 naming the
-holder, and the first one finishes intact. The slow-step test hook ``VCA_GEN_TEST_STEP_SLEEP``
+holder, and the first one finishes intact. A slow step (``tests/hooked_cli.py --step-sleep``)
 makes the signal land mid-run.
 """
 
@@ -51,7 +51,7 @@ def wait_for(path: Path, procs: list, timeout: float = 300) -> None:
 def stop_mid_run(cfg: Path, run_dir: Path, num_processes: int, sig: int, rank: int) -> tuple:
     """Start a slowed training, send ``sig`` to process ``rank`` once step 2 is checkpointed;
     returns the results and the step of the checkpoint it wrote when stopping."""
-    procs = launch_direct(cfg, num_processes, {"VCA_GEN_TEST_STEP_SLEEP": "0.4"})
+    procs = launch_direct(cfg, num_processes, faults=["--step-sleep", "0.4"])
     try:
         wait_for(run_dir / "checkpoints/step_00000002/COMPLETE", procs)
         os.kill(procs[rank].pid, sig)
@@ -116,7 +116,7 @@ def test_second_training_into_a_locked_run_dir_exits_2_and_the_first_finishes(tm
     import importlib.util
 
     cfg = config(tmp_path, "run")
-    first = launch_direct(cfg, 1, {"VCA_GEN_TEST_STEP_SLEEP": "1.5"})[0]  # outlives the second attempt
+    first = launch_direct(cfg, 1, faults=["--step-sleep", "1.5"])[0]  # outlives the second attempt
     try:
         wait_for(tmp_path / "run/checkpoints/step_00000002/COMPLETE", [first])
         spec = importlib.util.spec_from_file_location("train_cli", REPO / "train.py")

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from test_training_common import (
+    HOOKED,
     REPO,
     assert_identical,
     ckpt_tensors,
@@ -70,9 +71,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 def test_sigkill_during_checkpoint_write(tmp_path):
     """Kill -9 while step 4 is half written: step 2 stays loadable and resume=auto continues from it."""
     cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path / "run", max_steps=4, ckpt_every=2))
-    env = {**os.environ, "VCA_GEN_TEST_SLOW_SAVE": "4", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "train.py", "--config", str(cfg)],
+        [sys.executable, str(HOOKED), "--save-pause", "4", "train.py", "--config", str(cfg)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

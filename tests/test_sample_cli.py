@@ -235,10 +235,11 @@ def test_settings_mismatch_on_resume(capsys, export, tmp_path):
 @pytest.mark.slow
 def test_sigterm_exits_75_then_rerun_gives_same_bytes(export, reference, tmp_path):
     out = tmp_path / "stopped"
-    env = {**env1(), "VCA_GEN_TEST_SHARD_SLEEP": "0:0.7"}  # slow enough for the signal to land mid-way
+    slow = [str(REPO / "tests" / "hooked_cli.py"), "--shard-sleep", "0:0.7"]  # the signal lands mid-way
+    cmd = sample_cmd(export, out, "--batch-size", "8")
     proc = subprocess.Popen(
-        sample_cmd(export, out, "--batch-size", "8"),
-        env=env,
+        [cmd[0], *slow, *cmd[1:]],
+        env=env1(),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

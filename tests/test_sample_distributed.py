@@ -42,15 +42,13 @@ def _free_port() -> int:
 
 
 def _env(**extra) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1", **extra}
-    for k in ("VCA_GEN_TEST_SHARD_SLEEP", "VCA_GEN_TEST_HIDE_SHARDS"):
-        if k not in extra:
-            env.pop(k, None)
-    return env
+    return {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
-def _sample(export, out, *extra) -> list[str]:
-    return [str(REPO / "sample.py"), "--ckpt", str(export), "--out", str(out), *RUN7, *extra]
+def _sample(export, out, *extra, faults: tuple[str, ...] = ()) -> list[str]:
+    """sample.py's command line (through ``tests/hooked_cli.py`` with ``faults``, its options)."""
+    hooked = [str(REPO / "tests" / "hooked_cli.py"), *faults] if faults else []
+    return [*hooked, str(REPO / "sample.py"), "--ckpt", str(export), "--out", str(out), *RUN7, *extra]
 
 
 def _launch(n: int, args: list[str]) -> list[str]:
@@ -96,10 +94,10 @@ def test_three_processes_with_a_rank_slower_than_the_timeout(export, reference, 
     t0 = time.monotonic()
     # rank 2 computes shards 2 and 5 and sleeps 8 s before each: 16 s past the others, timeout 4 s
     r = subprocess.run(
-        _launch(3, _sample(export, out, "--save-png", "--timeout-s", "4")),
+        _launch(3, _sample(export, out, "--save-png", "--timeout-s", "4", faults=("--shard-sleep", "2:8"))),
         cwd=REPO,
         timeout=400,
-        env=_env(VCA_GEN_TEST_SHARD_SLEEP="2:8"),
+        env=_env(),
         capture_output=True,
         text=True,
     )
@@ -125,10 +123,10 @@ def test_a_rank_seeing_other_finished_shards_stops_everyone_before_sampling(expo
         (out / name).write_bytes((reference / name).read_bytes())
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     r = subprocess.run(
-        _launch(2, _sample(export, out)),
+        _launch(2, _sample(export, out, faults=("--hide-shards", "1:1"))),
         cwd=REPO,
         timeout=400,
-        env=_env(VCA_GEN_TEST_HIDE_SHARDS="1:1"),
+        env=_env(),
         capture_output=True,
         text=True,
     )
@@ -147,13 +145,12 @@ def test_sigterm_to_every_rank_exits_75_and_the_rerun_is_identical(export, refer
     port = str(_free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, *_sample(export, out)],
+            [sys.executable, *_sample(export, out, faults=("--shard-sleep", f"{rank}:1.5"))],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=_env(
-                VCA_GEN_TEST_SHARD_SLEEP=f"{rank}:1.5",
                 RANK=str(rank),
                 LOCAL_RANK=str(rank),
                 WORLD_SIZE="2",

@@ -23,6 +23,7 @@ from vca_gen.sample import (
     to_uint8,
 )
 from vca_gen.utils import rng
+from vca_gen.utils.faults import Faults
 
 C = 5  # classes of the stand-in
 
@@ -62,6 +63,9 @@ class FakeState:
         self._sync()
         return value
 
+    def all_ok(self, ok):
+        return all(self.gather_object(bool(ok)))
+
 
 def stand_in(indices, labels, gens, fail_after=None, calls=None):
     """Noise from per-sample generators, a batch matmul and a stochastic step (like an SDE)."""
@@ -86,12 +90,14 @@ def spec(out: Path, n=30, **kw) -> RunSpec:
     return RunSpec(out_dir=out, num_samples=n, num_classes=C, image_shape=(6, 6, 3), seed=11, **kw)
 
 
-def run_world(s: RunSpec, world: int, make=stand_in, timeout: float = 60.0, stop=None, all_errors=None):
+def run_world(s: RunSpec, world: int, make=stand_in, timeout: float = 60.0, stop=None, all_errors=None, faults=None):
+    """``run_sampling`` on ``world`` threads; ``faults``: {rank: Faults} injected into those ranks."""
     shared, results, errors = FakeWorld(world, timeout), [None] * world, []
 
     def work(r):
         try:
-            results[r] = run_sampling(make, s, state=FakeState(r, world, shared), stop=stop)
+            state = FakeState(r, world, shared)
+            results[r] = run_sampling(make, s, state=state, stop=stop, faults=(faults or {}).get(r))
         except BaseException as e:  # noqa: BLE001 - re-raised below
             errors.append(e)
             if all_errors is None:
@@ -223,27 +229,27 @@ def test_corrupt_shard_is_reported(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- scale-ready
-def test_slow_process_past_the_group_timeout_completes(tmp_path, monkeypatch):
+def test_slow_process_past_the_group_timeout_completes(tmp_path):
     """No collective after the start: a process slower than the group timeout is simply waited for."""
     ref = load(run_world(spec(tmp_path / "ref", n=40), 1)[0].path)
-    monkeypatch.setenv("VCA_GEN_TEST_SHARD_SLEEP", "2:1.5")  # rank 2 sleeps 1.5 s before each shard
+    slow = {2: Faults(shard_sleep_s=1.5)}  # rank 2 sleeps 1.5 s before each shard
     t0 = time.monotonic()
-    res = run_world(spec(tmp_path / "w3", n=40), 3, timeout=1.0)  # 5 shards: rank 2 computes shard 2
+    res = run_world(spec(tmp_path / "w3", n=40), 3, timeout=1.0, faults=slow)  # 5 shards: rank 2 computes shard 2
     assert time.monotonic() - t0 > 1.5 and res[2].shards_written == 1 and res[1].path is None
     got = load(res[0].path)
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
     assert not (tmp_path / "w3" / ".lock").exists() and not list((tmp_path / "w3").glob(".rank_*"))
 
 
-def test_ranks_that_see_other_finished_shards_stop_before_sampling(tmp_path, monkeypatch):
+def test_ranks_that_see_other_finished_shards_stop_before_sampling(tmp_path):
     run_world(spec(tmp_path), 1)
     (tmp_path / "samples.npz").unlink()
     files.shard_path(tmp_path, 3).unlink()
     stamp = files.shard_path(tmp_path, 0).stat().st_mtime_ns
-    monkeypatch.setenv("VCA_GEN_TEST_HIDE_SHARDS", "1:0")  # rank 1 does not see shard_00000.npz
+    hidden = {1: Faults(hidden_shards=(0,))}  # rank 1 does not see shard_00000.npz
     calls, errors = [], []
     with pytest.raises(SamplingError) as info:
-        run_world(spec(tmp_path), 2, make=lambda *a: stand_in(*a, calls=calls), all_errors=errors)
+        run_world(spec(tmp_path), 2, make=lambda *a: stand_in(*a, calls=calls), all_errors=errors, faults=hidden)
     msg = str(info.value)
     assert "rank 1 does not see the output directory" in msg and str(tmp_path) in msg
     assert "does not see shard_00000.npz" in msg and "nothing was sampled" in msg

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from vca_gen.sweep import cli
-from vca_gen.sweep.plan import validate
+from vca_gen.sweep.plan import StageHooks, validate
 from vca_gen.sweep.spec import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,8 +71,8 @@ def write(tmp_path: Path, spec: dict, name: str = "micro.yaml") -> Path:
     return p
 
 
-def run_cli(args, capsys):
-    rc = cli.main([str(a) for a in args])
+def run_cli(args, capsys, hooks=None):
+    rc = cli.main([str(a) for a in args], hooks=hooks)
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -286,11 +286,12 @@ def test_micro_sweep_end_to_end_through_submitit_local(
     path = write(tmp_path, micro(tmp_path))
     out_dir, results = tmp_path / "out", tmp_path / "results"
 
-    # 1. kill the whole sweep (its process group: the submitit job and train.py) mid-training of a cell
-    env = dict(os.environ, VCA_GEN_TEST_SLOW_SAVE="3")
+    # 1. kill the whole sweep (its process group: the submitit job and train.py) mid-training of a cell;
+    # the sweep runs through the test launcher, so its train.py does too: checkpoint writes pause 3 s
+    hooked = [str(REPO / "tests" / "hooked_cli.py"), "--save-pause", "3"]
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "sweep.py"), "run", str(path), "--only", "mhsa", "--seeds", "0"],
-        env=env,
+        [sys.executable, *hooked, str(REPO / "sweep.py"), "run", str(path), "--only", "mhsa", "--seeds", "0"],
+        env=dict(os.environ),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -315,8 +316,7 @@ def test_micro_sweep_end_to_end_through_submitit_local(
     assert not (results / "cells" / "mhsa__seed0.json").exists() and _starts(cell0, "train") == 1
 
     # 2. re-run everything: the killed cell resumes training from step 2; one cell is made to fail at scoring
-    monkeypatch.setenv("VCA_GEN_SWEEP_FAIL_STAGE", "vca__seed1:score@4")
-    rc, out, err = run_cli(["run", path], capsys)
+    rc, out, err = run_cli(["run", path], capsys, hooks=StageHooks(fail=("vca__seed1:score@4",)))
     assert rc == 1, (out, err)
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (ckpts()[0] / "step_00000002").iterdir()} == step2
     assert _starts(cell0, "train") == 2 and "resumed from" in (cell0 / "logs" / "train.stdout").read_text()
@@ -333,7 +333,6 @@ def test_micro_sweep_end_to_end_through_submitit_local(
     assert out.count("done (committed result)") == 3
 
     # 3. again without the hook: only the failed stage runs; finished cells are not touched
-    monkeypatch.delenv("VCA_GEN_SWEEP_FAIL_STAGE")
     before = {n: (results / "cells" / n).stat().st_mtime_ns for n in done}
     rc, out, err = run_cli(["run", path], capsys)
     assert rc == 0, (out, err)
@@ -383,3 +382,34 @@ def test_an_attempt_killed_without_notice_is_counted_in_the_cell_time(tmp_path):
     assert [e["event"] for e in events] == ["start", "interrupted", "start", "done"]
     assert events[1]["seconds"] == 123.0
     assert stage_minutes(events, "train") == pytest.approx((123.0 + events[3]["seconds"]) / 60)
+
+
+def test_stage_hooks_are_a_parameter_of_the_plan(tmp_path):
+    """Test hooks reach the stages through the plan (StageHooks), not the environment: every stage's
+    script runs through the launcher (also under accelerate launch), and a named stage fails with 9."""
+    from types import SimpleNamespace
+
+    from vca_gen.sweep.cells import run_stage, stages
+
+    s = micro(tmp_path)
+    hooks = StageHooks(launcher=("/t/hooked_cli.py", "--save-pause", "3"), fail=("vca__seed1:score@4",))
+    plain = validate(load_sweep(write(tmp_path, s))).cells[0]
+    hooked = validate(load_sweep(write(tmp_path, s)), hooks=hooks).cells[0]
+    assert plain.hooks == StageHooks() and hooked.hooks == hooks
+    for a, b in zip(stages(plain), stages(hooked), strict=True):
+        assert a.argv[0] == b.argv[0] == sys.executable and b.argv[1:4] == ["/t/hooked_cli.py", "--save-pause", "3"]
+        assert b.argv[4:] == a.argv[1:]  # the script and its arguments, unchanged
+    s["execution"] = {**s["execution"], "processes": 2}
+    multi = validate(load_sweep(write(tmp_path, s)), hooks=hooks).cells[0]
+    train = stages(multi)[0].argv
+    i = train.index("/t/hooked_cli.py")
+    assert "accelerate.commands.launch" in train[:i] and train[i + 3].endswith("train.py")
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    plan = SimpleNamespace(cell_dir=str(cell), key="vca__seed1", variant="vca", seed=1, hooks=hooks)
+    stage = stages(hooked)[2]
+    assert stage.name == "score@4"
+    assert run_stage(plan, stage) == 9
+    failure = json.loads((cell / "failure.json").read_text())
+    assert failure["exit_code"] == 9 and "forced failure" in failure["stderr_tail"][-1]

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from vca_gen.experiment import schema as C
 
 REPO = Path(__file__).resolve().parent.parent
+HOOKED = Path(__file__).resolve().parent / "hooked_cli.py"  # runs a command with injected faults
 
 
 def make_images(root: Path, per_class: int = 4) -> Path:
@@ -101,11 +102,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_direct(cfg: Path, num_processes: int, env: dict[str, str] | None = None, *overrides: str) -> list:
+def launch_direct(
+    cfg: Path, num_processes: int, env: dict[str, str] | None = None, *overrides: str, faults: list[str] | None = None
+) -> list:
     """Start ``train.py`` as ``num_processes`` CPU (gloo) processes wired by environment variables
     (RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT), as ``srun`` starts one task per
-    GPU: no launcher in between, so each process's exit status and signals are its own. Returns
-    the ``subprocess.Popen`` objects, rank order (stdout/stderr piped, text)."""
+    GPU: no launcher in between, so each process's exit status and signals are its own. ``faults``:
+    options of ``tests/hooked_cli.py`` (e.g. ``["--step-sleep", "0.4"]``), through which train.py
+    then runs. Returns the ``subprocess.Popen`` objects, rank order (stdout/stderr piped, text)."""
     import os
     import subprocess
     import sys
@@ -125,7 +129,14 @@ def launch_direct(cfg: Path, num_processes: int, env: dict[str, str] | None = No
             )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "train.py", "--config", str(cfg), *overrides],
+                [
+                    sys.executable,
+                    *([str(HOOKED), *faults] if faults else []),
+                    "train.py",
+                    "--config",
+                    str(cfg),
+                    *overrides,
+                ],
                 cwd=REPO,
                 env=e,
                 stdout=subprocess.PIPE,

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import sys
@@ -47,17 +46,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from vca_gen.data.config import DEFAULT_SCALE_FACTOR, DEFAULT_VAE
 from vca_gen.data.images import ImageFolderDataset, UnreadableImageError, to_tensor_pm1
-from vca_gen.data.latents import FORMAT, MANIFEST, VERSION, sha256_file, shard_name, write_json_atomic
+from vca_gen.data.latents import FORMAT, MANIFEST, VERSION, shard_name, write_json_atomic
 from vca_gen.data.vae import encode_moments, load_vae, parse_dtype, vae_downsample_factor
 from vca_gen.errors import UserError, report
-from vca_gen.utils.io import sha256_file as _sha256
+from vca_gen.utils import dist
+from vca_gen.utils.faults import Faults
+from vca_gen.utils.io import sha256_file
 
 PARAMS = "extract_params.json"
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 LOCK_PURPOSE = "extract"
 LOCK_HEARTBEAT_S = 600.0
 POLL_S = 0.25  # how often the main process looks for the other ranks' shard records
-SHARD_SLEEP_ENV = "VCA_GEN_TEST_SHARD_SLEEP"  # test hook "RANK:SECONDS": that rank sleeps before each shard
 
 
 class ExtractionError(UserError, ValueError):
@@ -236,59 +236,6 @@ def pin_params(out: Path, params: dict, write: bool = True) -> None:
         write_json_atomic(p, params)
 
 
-def _distributed_state(timeout_s: float = 1800.0):
-    """accelerate's process state with a process-group timeout of ``timeout_s``; CPU-only runs
-    (``ACCELERATE_USE_CPU=1`` or no CUDA) use gloo."""
-    from accelerate import PartialState
-    from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (world > 1 and not torch.cuda.is_available())
-    kwargs = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(timeout_s))).to_kwargs()
-    state = PartialState(cpu=cpu, **kwargs)
-    if state.num_processes != world:
-        raise RuntimeError(
-            f"launched with WORLD_SIZE={world} but the process group has {state.num_processes} "
-            f"process(es); refusing to run (processes would write the same files)"
-        )
-    return state
-
-
-def _broadcast(state, obj):
-    if state.num_processes == 1:
-        return obj
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([obj], from_process=0)[0]
-
-
-def _gather(state, obj) -> list:
-    if state.num_processes == 1:
-        return [obj]
-    from accelerate.utils import gather_object
-
-    return gather_object([obj])
-
-
-def _main_first(state, fn):
-    """``fn()`` on the main process first (a hub download fills the cache once), then on the others;
-    the main's error reaches the others with the broadcast that releases them."""
-    if state.num_processes == 1:
-        return fn()
-    if state.is_main_process:
-        try:
-            value = fn()
-        except BaseException as e:
-            _broadcast(state, f"{type(e).__name__}: {e}")
-            raise
-        _broadcast(state, None)
-        return value
-    error = _broadcast(state, None)
-    if error is not None:
-        raise ExtractionError(f"the main process stopped: {error}")
-    return fn()
-
-
 def _marker(out: Path, rank: int) -> Path:
     return out / f".rank_{rank:05d}.failed"
 
@@ -316,55 +263,43 @@ def leftovers(out: Path) -> list[Path]:
     return found + [p for p in out.glob(".tmp??????") if p.is_file()]
 
 
-def _decide(state, outp: Path, params: dict, num_shards: int):
-    """Main process: lock the store, pin the options, verify finished shards; broadcast the shards to
-    do; every rank checks it sees the same pinned options. Returns (todo, lock or None)."""
-    multi = state.num_processes > 1
-    lock, error, decision = None, None, None
-    if state.is_main_process:
-        try:
-            pin_params(outp, params, write=False)  # before anything is created
-            from vca_gen.utils.lock import RunLock
+def _decide(group: dist.Collectives, outp: Path, params: dict, num_shards: int):
+    """The one decision (:func:`vca_gen.utils.dist.agree`): the main process locks the store, pins
+    the options, verifies finished shards and decides the shards to do; every rank checks it sees the
+    same pinned options. Returns (todo, the main process's lock or None)."""
+    held: list = []
 
-            lock = RunLock(outp, LOCK_PURPOSE, heartbeat_s=LOCK_HEARTBEAT_S).acquire()
-            pin_params(outp, params)
-            todo = [k for k in range(num_shards) if not shard_complete(outp, k)]
-            for k in todo:  # the main waits for these records: no stale one may remain
-                (outp / f"shard_{k:05d}.json").unlink(missing_ok=True)
-            for stale in leftovers(outp):
-                stale.unlink(missing_ok=True)  # of a killed run (nobody writes yet: we hold the lock)
-            decision = {"error": None, "todo": todo, "params_sha256": _sha256(outp / PARAMS)}
-        except BaseException as e:
-            if lock is not None:
-                lock.release()
-            if not multi:
-                raise
-            error, decision = e, {"error": f"{type(e).__name__}: {e}"}
-    decision = _broadcast(state, decision)
-    if decision["error"] is not None:
-        if error is not None:
-            raise error
-        raise ExtractionError(f"the main process stopped: {decision['error']}")
-    problem = None
-    if not state.is_main_process:
+    def decide() -> dict:
+        pin_params(outp, params, write=False)  # before anything is created
+        from vca_gen.utils.lock import RunLock
+
+        held.append(RunLock(outp, LOCK_PURPOSE, heartbeat_s=LOCK_HEARTBEAT_S).acquire())
+        pin_params(outp, params)
+        todo = [k for k in range(num_shards) if not shard_complete(outp, k)]
+        for k in todo:  # the main waits for these records: no stale one may remain
+            (outp / f"shard_{k:05d}.json").unlink(missing_ok=True)
+        for stale in leftovers(outp):
+            stale.unlink(missing_ok=True)  # of a killed run (nobody writes yet: we hold the lock)
+        return {"todo": todo, "params_sha256": sha256_file(outp / PARAMS)}
+
+    def verify(decision: dict) -> str | None:
         p = outp / PARAMS
         if not p.is_file():
-            problem = f"it cannot see {p}, which the main process wrote"
-        elif _sha256(p) != decision["params_sha256"]:
-            problem = f"its {p} differs from the main process's (another directory, or not synced)"
-    try:
-        bad = [(r, q) for r, q in (_gather(state, (state.process_index, problem)) if multi else []) if q]
-        if bad:
-            raise ExtractionError(
-                "; ".join(f"rank {r} does not see the store {outp} as the main process does: {q}" for r, q in bad)
-                + ". Every rank must see the same --out (shared "
-                "storage); nothing was extracted"
-            )
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    return decision["todo"], lock
+            return f"it cannot see {p}, which the main process wrote"
+        if sha256_file(p) != decision["params_sha256"]:
+            return f"its {p} differs from the main process's (another directory, or not synced)"
+        return None
+
+    decision = dist.agree(
+        group,
+        decide,
+        verify,
+        error=ExtractionError,
+        failure=f"does not see the store {outp} as the main process does",
+        advice="Every rank must see the same --out (shared storage); nothing was extracted",
+        undo=lambda: [lock.release() for lock in held],
+    )
+    return decision["todo"], (held[0] if held else None)
 
 
 def extract(
@@ -381,13 +316,13 @@ def extract(
     dtype: str = "float32",
     store_dtype: str = "float32",
     skip_unreadable: bool = False,
-    timeout_s: float = 1800.0,
+    timeout_s: float = dist.DEFAULT_TIMEOUT_S,
+    faults: Faults | None = None,
 ) -> dict | None:
     """Run (or resume) an extraction on this process's share of the shards; the main process returns
-    the manifest, other ranks ``None``. Works single-process or under ``accelerate launch``."""
-    if not timeout_s > 0:
-        raise ExtractionError(f"--timeout-s must be > 0, got {timeout_s}")
-    state = _distributed_state(timeout_s)
+    the manifest, other ranks ``None``. Works single-process or under ``accelerate launch``.
+    ``faults``: injected by tests (``shard_sleep_s``: this process sleeps before each shard)."""
+    state = dist.setup(timeout_s, "--timeout-s")
     if store_dtype not in STORE_DTYPES:
         raise ExtractionError(f"--store-dtype {store_dtype!r} is not valid; accepted: {list(STORE_DTYPES)}")
     for name, v in (("image-size", image_size), ("batch-size", batch_size), ("shard-size", shard_size)):
@@ -399,8 +334,11 @@ def extract(
     outp = Path(out)
     import diffusers  # noqa: F401 - imported by every rank now: the main-first wait is only the load itself
 
-    model = _main_first(
-        state, lambda: load_vae(vae, subfolder=vae_subfolder, dtype=parse_dtype(dtype), device=state.device)
+    model, _ = dist.main_first(
+        state,
+        lambda: load_vae(vae, subfolder=vae_subfolder, dtype=parse_dtype(dtype), device=state.device),
+        error=ExtractionError,
+        failure=f"could not load the VAE {vae}",
     )
     down = vae_downsample_factor(model)
     if image_size % down:
@@ -430,8 +368,7 @@ def extract(
     todo, lock = _decide(state, outp, params, num_shards)
     try:
         mine = todo[state.process_index :: state.num_processes]
-        hook_rank, _, hook_s = os.environ.get(SHARD_SLEEP_ENV, "").partition(":")
-        sleep = float(hook_s) if hook_s and hook_rank.strip() == str(state.process_index) else 0.0
+        sleep = faults.shard_sleep_s if faults is not None else 0.0
         from tqdm.auto import tqdm
 
         try:
@@ -510,7 +447,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--timeout-s",
         type=float,
-        default=1800.0,
+        default=dist.DEFAULT_TIMEOUT_S,
         help="process-group timeout (s) of the short start-up collectives; the main process's wait "
         "for the other ranks' shards is not bounded by it (default 1800)",
     )
@@ -520,7 +457,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, faults: Faults | None = None) -> int:
+    """``extract_latents.py`` with ``argv``; ``faults``: injected by tests."""
     args = parse_args(argv)
     try:
         manifest = extract(
@@ -538,10 +476,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             store_dtype=args.store_dtype,
             skip_unreadable=args.skip_unreadable,
             timeout_s=args.timeout_s,
+            faults=faults,
         )
     except UserError as e:
         report("extract_latents.py", e)
         return 2
+    finally:
+        dist.close()
     if manifest is not None:
         print(
             f"latent store {args.out}: {manifest['count']} images x 2 copies, latents {manifest['latent_shape']}, "

@@ -43,7 +43,7 @@ class ImageFolderMissing(UserError, FileNotFoundError):
 
 
 class UnreadableImageError(UserError, RuntimeError):
-    """An image file could not be decoded."""
+    """An image file could not be opened or decoded (training data, latent extraction, FID folders)."""
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:

@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vca_gen.utils.rng import MASK64, splitmix64
+
 
 class ItemKey(NamedTuple):
     """What a dataset receives from the sampler: the epoch and the dataset index."""
@@ -38,25 +40,14 @@ class ItemKey(NamedTuple):
     index: int  # type: ignore[assignment]  # shadows tuple.index on purpose: the field name is the API
 
 
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    """One step of the SplitMix64 finaliser (a bijective 64-bit integer hash)."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
 def mix_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from non-negative integers (chained SplitMix64; ~1 us, platform-independent)."""
-    h = _splitmix64(len(parts))
+    h = splitmix64(len(parts))
     for p in parts:
         p = int(p)
         if p < 0:
             raise ValueError(f"seed parts must be non-negative integers, got {parts}")
-        h = _splitmix64(h ^ _splitmix64(p & _MASK64) ^ (p >> 64))
+        h = splitmix64(h ^ splitmix64(p & MASK64) ^ (p >> 64))
     return h & ((1 << 63) - 1)
 
 

@@ -34,7 +34,6 @@ Export command: ``train.py --export CKPT OUT [--live]``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -55,15 +54,14 @@ from vca_gen.data.decoder import DecoderSpec
 from vca_gen.errors import ConfigError, UserError
 from vca_gen.experiment.build import build_model, decoder_spec
 from vca_gen.experiment.schema import config_from_dict, config_from_yaml_text, to_container
-from vca_gen.utils.io import atomic_write_text
+from vca_gen.utils.faults import Faults
+from vca_gen.utils.io import atomic_write_text, sha256_file
 from vca_gen.utils.io import fsync_dir as _fsync_dir
 from vca_gen.utils.io import fsync_file as _fsync_file
 
 COMPLETE = "COMPLETE"
 CHECKSUMS = "checksums.json"
 CKPT_RE = re.compile(r"^step_(\d{8,})$")
-# Testing hook: seconds to sleep half-way through writing a checkpoint (to kill it mid-write).
-SLOW_SAVE_ENV = "VCA_GEN_TEST_SLOW_SAVE"
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -194,12 +192,13 @@ def save_checkpoint(
     state: Mapping[str, Any],
     config_yaml: str,
     decoder: DecoderSpec | None = None,
+    faults: Faults | None = None,
 ) -> Path:
     """Write one checkpoint atomically and return its final directory (call on the main process).
 
     ``rng_states`` holds one :func:`capture_rng_state` dict per process (index = process rank).
     An existing complete checkpoint of the same step is replaced only after the new one is
-    complete.
+    complete. ``faults``: injected by tests (``save_pause_s``: pause half-way through the write).
     """
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -210,10 +209,9 @@ def save_checkpoint(
     tmp.mkdir()
     save_file(_cpu_state(model_state), str(tmp / "model.safetensors"))
     save_file(_cpu_state(ema_state), str(tmp / "ema.safetensors"))
-    slow = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
-    if slow > 0:  # testing hook: leave a half-written checkpoint on disk for a while
-        print(f"[checkpoint] {SLOW_SAVE_ENV}: sleeping {slow}s mid-write of {tmp}", flush=True)
-        time.sleep(slow)
+    if faults is not None and faults.save_pause_s > 0:  # injected: a half-written checkpoint stays a while
+        print(f"[checkpoint] fault injected: pausing {faults.save_pause_s}s mid-write of {tmp}", flush=True)
+        time.sleep(faults.save_pause_s)
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save({"world_size": len(rng_states), "states": list(rng_states)}, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(dict(state), indent=2, sort_keys=True))
@@ -240,22 +238,11 @@ def save_checkpoint(
 
 
 # ----------------------------------------------------------------------------- checksums
-def file_sha256(path: Path | str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_checksums(directory: Path | str) -> dict[str, dict[str, Any]]:
     """Record sha256 and size of every file in ``directory`` (but the marker) in ``checksums.json``."""
     d = Path(directory)
     files = {
-        f.name: {"sha256": file_sha256(f), "size": f.stat().st_size}
+        f.name: {"sha256": sha256_file(f), "size": f.stat().st_size}
         for f in sorted(d.iterdir())
         if f.is_file() and f.name not in (COMPLETE, CHECKSUMS)
     }
@@ -294,7 +281,7 @@ def verify_checkpoint(path: Path | str, files: list[str] | None = None) -> None:
             problem = "is missing"
         elif f.stat().st_size != int(want["size"]):
             problem = f"has {f.stat().st_size} bytes, {want['size']} were written"
-        elif file_sha256(f) != want["sha256"]:
+        elif sha256_file(f) != want["sha256"]:
             problem = "does not match its recorded sha256"
         else:
             continue

@@ -31,7 +31,7 @@ from vca_gen.experiment.typed import data_config, plain
 from vca_gen.metrics.evaluation import check_selection
 from vca_gen.models import ATTENTION_KINDS, list_models, parse_model_name
 from vca_gen.models.attention import attention_options, resolve_options
-from vca_gen.objectives import OBJECTIVE_KINDS, build_objective
+from vca_gen.objectives import OBJECTIVE_KINDS, UnknownOptionError, build_objective
 from vca_gen.objectives.base import parse_steps
 from vca_gen.utils.checks import choice, positive
 
@@ -133,7 +133,7 @@ def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> 
             err = ConfigError(
                 f"{section}.{key}={value!r} is not valid for sampler {s.sampler or objective.default_sampler!r}: {e}"
             )
-            if key == "steps" or str(e).startswith("unknown options"):
+            if key == "steps" or isinstance(e, UnknownOptionError):
                 raise err from None
         else:
             err = None

@@ -23,7 +23,3 @@ class InceptionWeightsNotFound(MetricsError, FileNotFoundError):
 
 class DatasetNotFound(MetricsError, FileNotFoundError):
     """The files of a named data set (``dataset:animal_mnist``) are not on disk."""
-
-
-class UnreadableImageError(InputFormatError):
-    """An image file in a folder cannot be opened or decoded."""

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vca_gen.metrics.errors import DatasetNotFound, InputFormatError, UnreadableImageError
+from vca_gen.data.images import UnreadableImageError
+from vca_gen.metrics.errors import DatasetNotFound, InputFormatError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DATASETS = ("animal_mnist",)

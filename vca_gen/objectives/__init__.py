@@ -14,13 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vca_gen.objectives.base import CountingModelFn, Objective, SampleOutput
+from vca_gen.objectives.base import OBJECTIVE_KINDS, CountingModelFn, Objective, SampleOutput, UnknownOptionError
 from vca_gen.objectives.diffusion.config import DiffusionConfig
 from vca_gen.objectives.diffusion.objective import DiffusionObjective
 from vca_gen.objectives.flow.config import FlowConfig
 from vca_gen.objectives.flow.objective import FlowObjective
-
-OBJECTIVE_KINDS = ("diffusion", "flow")
 
 
 @dataclass
@@ -91,4 +89,5 @@ __all__ = [
     "FlowObjective",
     "build_objective",
     "OBJECTIVE_KINDS",
+    "UnknownOptionError",
 ]

@@ -21,7 +21,7 @@ so the number of network forward passes over B samples is ``nfe`` at scale 1 and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -32,6 +32,17 @@ from vca_gen.utils.rng import GeneratorSpec
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 OBJECTIVE_KINDS = ("diffusion", "flow")
+
+
+class UnknownOptionError(ValueError):
+    """A sampler option the sampler does not take (the message names the accepted ones)."""
+
+
+def check_option_names(sampler: str, options: Iterable[str], accepted: Iterable[str]) -> None:
+    """Refuse option names ``sampler`` does not take, with :class:`UnknownOptionError`."""
+    bad, accepted = set(options) - set(accepted), set(accepted)
+    if bad:
+        raise UnknownOptionError(f"unknown options {sorted(bad)} for sampler {sampler!r}; accepted: {sorted(accepted)}")
 
 
 # --------------------------------------------------------------------------------------------

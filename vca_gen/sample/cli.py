@@ -13,7 +13,6 @@ to continue (the result is byte-identical to an uninterrupted run).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shlex
 import sys
@@ -23,8 +22,10 @@ from pathlib import Path
 
 from ..errors import cli_boundary
 from ..experiment.checkpoint import _find_weights_dir
+from ..utils import dist
+from ..utils.faults import Faults
 from ..utils.io import refuse_input_as_output
-from .engine import EXIT_PREEMPTED, RunSpec, StopRequest, broadcast, run_sampling
+from .engine import EXIT_PREEMPTED, RunSpec, StopRequest, run_sampling
 from .manifest import checkpoint_hash
 from .model import check_sampler_args, configure_tf32, load, loaded_image_maker, parse_steps, resolve_precision
 from .plan import SamplingError
@@ -141,25 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout-s",
         type=float,
-        default=1800.0,
-        help="process-group timeout for the (short) start-up collectives; waiting for the other "
+        default=dist.DEFAULT_TIMEOUT_S,
+        help="process-group timeout (s) of the (short) start-up collectives; waiting for the other "
         "processes' shards at the end is not bounded by it (1800)",
     )
     return p
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, faults: Faults | None = None) -> dict:
     """Sample as ``args`` say; returns a summary (main process) or ``{}``; a summary with
-    ``stopped_by`` (every process) when a stop signal ended the run early."""
+    ``stopped_by`` (every process) when a stop signal ended the run early. ``faults``: injected by tests."""
     with StopRequest() as stop:
-        return _run(args, stop)
+        return _run(args, stop, faults)
 
 
-def _run(args: argparse.Namespace, stop: StopRequest) -> dict:
+def _run(args: argparse.Namespace, stop: StopRequest, faults: Faults | None) -> dict:
     refuse_input_as_output({"--out": args.out}, {"--ckpt": Path(args.ckpt)})
-    if not args.timeout_s > 0:
-        raise SamplingError(f"--timeout-s must be > 0, got {args.timeout_s}")
-    state = process_state(args.timeout_s)
+    state = dist.setup(args.timeout_s, "--timeout-s")
     device = state.device
     precision = resolve_precision(args.precision, device)
     configure_tf32(device, precision)
@@ -184,7 +183,13 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> dict:
         loaded.decoder.check_channels(loaded.latent_shape[0])  # loads (downloads) the VAE now
         return loaded
 
-    loaded, ckpt_sha = main_process_first(state, load_all, lambda: checkpoint_hash(_weights_dir(args.ckpt)))
+    loaded, ckpt_sha = dist.main_first(
+        state,
+        load_all,
+        lambda: checkpoint_hash(_weights_dir(args.ckpt)),
+        error=SamplingError,
+        failure=f"could not load {args.ckpt}",
+    )
     sampler = check_sampler_args(loaded, args.sampler, steps, args.cfg_scale, args.guide_channels, options)
     protocol = protocol_of(loaded, sampler, steps, options, args)
     spec = RunSpec(
@@ -238,7 +243,7 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> dict:
         precision=precision,
     )
     t0 = time.perf_counter()
-    result = run_sampling(make, spec, state=state, stop=stop)
+    result = run_sampling(make, spec, state=state, stop=stop, faults=faults)
     if result.stopped_by:
         print(
             f"sample.py: stopped by {result.stopped_by} (process {state.process_index} of {state.num_processes}) "
@@ -299,65 +304,20 @@ def protocol_of(loaded, sampler: str, steps, options: dict, args) -> dict:
     return out
 
 
-def main_process_first(state, load_fn, main_only_fn):
-    """``load_fn()`` on the main process first (downloads fill the cache once), then on the others;
-    ``main_only_fn()`` (the checkpoint hash) on the main only, its result broadcast.
-
-    Returns (``load_fn()``, ``main_only_fn()``) on every process. Like accelerate's
-    ``main_process_first()``, but the broadcast that releases the other processes also carries the
-    main process's error, so they stop with it instead of waiting for a process that has left.
-    """
-    if state.num_processes == 1:
-        return load_fn(), main_only_fn()
-    message = {"error": None, "value": None}
-    if state.is_main_process:
-        try:
-            loaded = load_fn()
-            message["value"] = main_only_fn()
-        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the others
-            broadcast(state, {"error": f"{type(e).__name__}: {e}", "value": None})
-            raise
-        broadcast(state, message)
-        return loaded, message["value"]
-    message = broadcast(state, message)
-    if message["error"] is not None:
-        raise SamplingError(f"the main process stopped: {message['error']}")
-    return load_fn(), message["value"]
-
-
-def process_state(timeout_s: float = 1800.0):
-    """accelerate's ``PartialState`` with a process-group timeout of ``timeout_s``; CPU processes
-    (``ACCELERATE_USE_CPU=1``) use gloo.
-
-    Refuses to run when the launcher started several processes but they did not form a group
-    (each would write every shard).
-    """
-    import os
-
-    from accelerate import PartialState
-    from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
-
-    kwargs = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(timeout_s))).to_kwargs()
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if launched != state.num_processes:
-        raise SamplingError(
-            f"launched as {launched} processes but accelerate set up {state.num_processes} "
-            f"(no distributed backend); on CPU set ACCELERATE_USE_CPU=1"
-        )
-    return state
-
-
 def _weights_dir(ckpt) -> Path:
     """The directory whose weights ``load_for_sampling`` reads (a run dir resolves to its latest checkpoint)."""
     p = Path(ckpt)
     return p if p.is_file() else _find_weights_dir(p)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, faults: Faults | None = None) -> int:
+    """``sample.py`` with ``argv``; ``faults``: injected by tests."""
     args = build_parser().parse_args(argv)
 
     def work() -> int:
-        return EXIT_PREEMPTED if run(args).get("stopped_by") else 0
+        return EXIT_PREEMPTED if run(args, faults).get("stopped_by") else 0
 
-    return cli_boundary("sample.py", work)
+    try:
+        return cli_boundary("sample.py", work)
+    finally:
+        dist.close()

@@ -36,12 +36,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..utils import dist
+from ..utils.faults import Faults
 from ..utils.io import atomic_write_json, make_dir, sha256_file
 from ..utils.rng import per_sample_generators
 from . import files
@@ -57,9 +58,6 @@ LOCK_HEARTBEAT_S = 600.0  # the --out lock is refreshed this often (kept fresh o
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL, as train.py: stopped by a signal, shards written, re-run the same command
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, n))
 POLL_S = 0.25  # how often the main process looks for the shards of the other processes
-# Test hooks (environment variables).
-SHARD_SLEEP_ENV = "VCA_GEN_TEST_SHARD_SLEEP"  # "RANK:SECONDS": that rank sleeps before each of its shards
-HIDE_SHARDS_ENV = "VCA_GEN_TEST_HIDE_SHARDS"  # "RANK:K1,K2": that rank does not see finished shards K1, K2
 
 
 @dataclass
@@ -155,55 +153,15 @@ class _Stopped(Exception):
     """Internal: the main process stopped waiting (a stop signal, or another process stopped)."""
 
 
-def _state():
-    from accelerate import PartialState
-
-    return PartialState()
-
-
 def _log(state, msg: str) -> None:
     if state.is_main_process:
         print(msg, file=sys.stderr, flush=True)
 
 
-# ------------------------------------------------------------------------------ collectives (start only)
-def broadcast(state, obj: Any) -> Any:
-    """``obj`` of the main process on every process (accelerate's ``broadcast_object_list``)."""
-    if state.num_processes == 1:
-        return obj
-    if hasattr(state, "broadcast_object"):  # test stand-ins
-        return state.broadcast_object(obj)
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([obj], from_process=0)[0]
-
-
-def gather(state, obj: Any) -> list:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every process."""
-    if state.num_processes == 1:
-        return [obj]
-    if hasattr(state, "gather_object"):
-        return state.gather_object(obj)
-    from accelerate.utils import gather_object
-
-    return gather_object([obj])
-
-
-def _hook(env: str, rank: int) -> str | None:
-    """The value of a ``RANK:VALUE`` test hook for ``rank``, or None."""
-    r, sep, value = os.environ.get(env, "").partition(":")
-    return value if sep and r.strip() == str(rank) else None
-
-
-def _shard_sleep(rank: int) -> float:
-    v = _hook(SHARD_SLEEP_ENV, rank)
-    return float(v) if v else 0.0
-
-
-def finished_shards(out: Path, plan: ShardPlan, rank: int) -> list[int]:
-    """Shards whose file exists in ``out``, as process ``rank`` sees them (with the test hook)."""
-    hidden = {int(k) for k in (_hook(HIDE_SHARDS_ENV, rank) or "").split(",") if k.strip()}
-    return [k for k in range(plan.num_shards) if k not in hidden and files.shard_path(out, k).is_file()]
+def finished_shards(out: Path, plan: ShardPlan, hidden: Sequence[int] = ()) -> list[int]:
+    """Shards whose file exists in ``out`` (``hidden``: shards to treat as absent, injected by tests)."""
+    skip = set(hidden)
+    return [k for k in range(plan.num_shards) if k not in skip and files.shard_path(out, k).is_file()]
 
 
 # ------------------------------------------------------------------------------ markers
@@ -256,7 +214,7 @@ def manifest_settings(spec: RunSpec) -> dict:
     }
 
 
-def _main_decision(spec: RunSpec, plan: ShardPlan, state) -> dict:
+def _main_decision(spec: RunSpec, plan: ShardPlan, state, hidden: Sequence[int]) -> dict:
     """Main process: validate / write the manifest; return the decision to broadcast."""
     out = Path(spec.out_dir)
     settings = manifest_settings(spec)
@@ -270,15 +228,11 @@ def _main_decision(spec: RunSpec, plan: ShardPlan, state) -> dict:
     write_manifest(out, settings)
     for w in warnings:
         _log(state, f"warning: {w}")
-    return {
-        "error": None,
-        "finished": finished_shards(out, plan, state.process_index),
-        "manifest_sha256": sha256_file(out / MANIFEST),
-    }
+    return {"finished": finished_shards(out, plan, hidden), "manifest_sha256": sha256_file(out / MANIFEST)}
 
 
-def view_problem(out: Path, plan: ShardPlan, decision: dict, rank: int) -> str | None:
-    """What process ``rank`` sees differently from the main process's ``decision`` (None: same)."""
+def view_problem(out: Path, plan: ShardPlan, decision: dict, hidden: Sequence[int] = ()) -> str | None:
+    """What this process sees differently from the main process's ``decision`` (None: the same)."""
     out = Path(out)
     man = out / MANIFEST
     if not man.is_file():
@@ -289,7 +243,7 @@ def view_problem(out: Path, plan: ShardPlan, decision: dict, rank: int) -> str |
             f"its {man} has sha256 {sha[:12]}..., the main process's {decision['manifest_sha256'][:12]}... "
             f"(another directory, or not synced)"
         )
-    mine, main = set(finished_shards(out, plan, rank)), set(decision["finished"])
+    mine, main = set(finished_shards(out, plan, hidden)), set(decision["finished"])
     if mine != main:
         parts = []
         if main - mine:
@@ -304,50 +258,33 @@ def view_problem(out: Path, plan: ShardPlan, decision: dict, rank: int) -> str |
     return None
 
 
-def _decide(spec: RunSpec, plan: ShardPlan, state):
-    """The one resume decision (main process), broadcast and checked by every process.
+def _decide(spec: RunSpec, plan: ShardPlan, state: dist.Collectives, faults: Faults):
+    """The one resume decision (:func:`vca_gen.utils.dist.agree`): the main process locks ``--out``,
+    checks / writes the manifest and lists the finished shards; every process checks it sees the same.
 
     Returns (pending shards, the RunLock held by the main process or None)."""
     out = Path(spec.out_dir)
-    multi = state.num_processes > 1
-    lock, error = None, None
-    decision: dict[str, Any] = {"error": None}
-    if state.is_main_process:
-        try:
-            make_dir(out, "the sampling output (--out)")
-            if spec.lock:
-                from ..utils.lock import RunLock
+    held: list = []
 
-                lock = RunLock(out, LOCK_PURPOSE, heartbeat_s=LOCK_HEARTBEAT_S).acquire()
-            decision = _main_decision(spec, plan, state)
-        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other processes
-            if lock is not None:
-                lock.release()
-            if not multi:
-                raise
-            error, decision = e, {"error": f"{type(e).__name__}: {e}"}
-    decision = broadcast(state, decision)
-    if decision["error"] is not None:
-        if error is not None:
-            raise error
-        raise SamplingError(f"the main process stopped: {decision['error']}")
-    try:
-        problem = None if state.is_main_process else view_problem(out, plan, decision, state.process_index)
-        verdicts = gather(state, (state.process_index, problem)) if multi else [(0, None)]
-        bad = [(r, p) for r, p in verdicts if p is not None]
-        if bad:
-            raise SamplingError(
-                "; ".join(
-                    f"rank {r} does not see the output directory {out} as the main process does: {p}" for r, p in bad
-                )
-                + ". Every process must see the same --out (shared storage, fully synced); nothing was sampled"
-            )
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
+    def decide() -> dict:
+        make_dir(out, "the sampling output (--out)")
+        if spec.lock:
+            from ..utils.lock import RunLock
+
+            held.append(RunLock(out, LOCK_PURPOSE, heartbeat_s=LOCK_HEARTBEAT_S).acquire())
+        return _main_decision(spec, plan, state, faults.hidden_shards)
+
+    decision = dist.agree(
+        state,
+        decide,
+        lambda d: view_problem(out, plan, d, faults.hidden_shards),
+        error=SamplingError,
+        failure=f"does not see the output directory {out} as the main process does",
+        advice="Every process must see the same --out (shared storage, fully synced); nothing was sampled",
+        undo=lambda: [lock.release() for lock in held],
+    )
     finished = set(decision["finished"])
-    return [k for k in range(plan.num_shards) if k not in finished], lock
+    return [k for k in range(plan.num_shards) if k not in finished], (held[0] if held else None)
 
 
 # ------------------------------------------------------------------------------ assembly (main process)
@@ -401,17 +338,27 @@ def _final_is_current(spec: RunSpec, plan: ShardPlan) -> bool:
 
 # ------------------------------------------------------------------------------ the run
 def run_sampling(
-    make_images: MakeImages, spec: RunSpec, state=None, device=None, stop: StopRequest | None = None
+    make_images: MakeImages,
+    spec: RunSpec,
+    state=None,
+    device=None,
+    stop: StopRequest | None = None,
+    faults: Faults | None = None,
 ) -> RunResult:
     """Generate (or finish) the run described by ``spec``; returns where ``samples.npz`` is.
 
-    ``stop``: a :class:`StopRequest` installed by the caller (``sample.py`` installs one for the
-    whole command); by default one is installed for the duration of this call (main thread only).
+    ``state``: this process's group (:func:`vca_gen.utils.dist.setup`, an accelerate state, or any
+    :class:`~vca_gen.utils.dist.Collectives`); by default one is set up (timeout
+    :data:`~vca_gen.utils.dist.DEFAULT_TIMEOUT_S`). ``stop``: a :class:`StopRequest` installed by the
+    caller (``sample.py`` installs one for the whole command); by default one is installed for the
+    duration of this call (main thread only). ``faults``: injected by tests (``shard_sleep_s``,
+    ``hidden_shards``).
     """
     if stop is None:
         with StopRequest() as own:
-            return run_sampling(make_images, spec, state, device, own)
-    state = state or _state()
+            return run_sampling(make_images, spec, state, device, own, faults)
+    state = dist.as_group(state) if state is not None else dist.setup(dist.DEFAULT_TIMEOUT_S)
+    faults = faults or Faults()
     device = torch.device(device) if device is not None else state.device
     check_num_samples(spec.num_samples, spec.num_classes)
     plan = ShardPlan(spec.num_samples, spec.shard_size)
@@ -419,15 +366,15 @@ def run_sampling(
     out = Path(spec.out_dir)
     rank = state.process_index
 
-    pending, lock = _decide(spec, plan, state)
+    pending, lock = _decide(spec, plan, state, faults)
     try:
-        return _run(make_images, spec, plan, state, device, stop, pending, out, rank)
+        return _run(make_images, spec, plan, state, device, stop, pending, out, rank, faults.shard_sleep_s)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(make_images, spec, plan, state, device, stop, pending, out, rank) -> RunResult:
+def _run(make_images, spec, plan, state, device, stop, pending, out, rank, sleep: float) -> RunResult:
     mine = ShardPlan.assign(pending, rank, state.num_processes)
     resumed = plan.num_shards - len(pending)
     if resumed:
@@ -440,11 +387,10 @@ def _run(make_images, spec, plan, state, device, stop, pending, out, rank) -> Ru
         desc=f"sampling (process 0 of {state.num_processes})",
         dynamic_ncols=True,
     )
-    sleep = _shard_sleep(rank)
     nfe_sum, generated, written = 0, 0, 0
     try:
         for k in mine:
-            if sleep:  # test hook: a slow process (wakes early on a stop request)
+            if sleep:  # injected fault: a slow process (wakes early on a stop request)
                 t_end = time.monotonic() + sleep
                 while time.monotonic() < t_end and not stop.requested:
                     time.sleep(min(0.05, max(t_end - time.monotonic(), 0)))

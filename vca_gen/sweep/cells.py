@@ -36,14 +36,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vca_gen.sweep.plan import StageHooks
 from vca_gen.utils.io import atomic_write_json
 
 RESULT_FORMAT, RESULT_VERSION = "vca-gen-sweep-cell", 1
 STDERR_TAIL = 40
 PORT_BASE = 29500
-# Testing hook: "CELL:STAGE[,CELL:STAGE]" (e.g. vca__seed1:score@4) replaces those stages' commands by one
-# that exits 9 with a message on stderr, so a failing cell can be made without a broken experiment.
-FAIL_STAGE_ENV = "VCA_GEN_SWEEP_FAIL_STAGE"
+FORCED_FAILURE_EXIT = 9  # exit status of a stage named in the plan's ``hooks.fail`` (tests)
 
 
 def repo_root() -> Path:
@@ -68,10 +67,16 @@ def eval_dir(plan) -> Path:
     return Path(plan.cell_dir) / f"eval-{plan.protocol_hash[:12]}"
 
 
-def _launcher(plan, script: str) -> list[str]:
-    path = str(Path(plan.repo) / script)
-    if plan.processes <= 1:
-        return [sys.executable, path]
+def _hooks(plan) -> StageHooks:
+    """The plan's test hooks (none for a plan without the field)."""
+    return getattr(plan, "hooks", None) or StageHooks()
+
+
+def _launcher(plan, script: str, processes: int | None = None) -> list[str]:
+    """The command prefix of ``script`` (through the plan's test launcher, if any)."""
+    path = [*_hooks(plan).launcher, str(Path(plan.repo) / script)]
+    if (plan.processes if processes is None else processes) <= 1:
+        return [sys.executable, *path]
     return [
         sys.executable,
         "-m",
@@ -80,7 +85,7 @@ def _launcher(plan, script: str) -> list[str]:
         str(plan.processes),
         "--main_process_port",
         str(PORT_BASE + 1 + plan.index % 1000),
-        path,
+        *path,
     ]
 
 
@@ -142,9 +147,7 @@ def stages(plan) -> list[Stage]:
         if not ev["ema"]:
             argv.append("--no-ema")
         out.append(Stage(f"sample@{s}", "sample", s, argv, str(d / "sample.json")))
-        score = [
-            sys.executable,
-            str(Path(plan.repo) / "evaluate_fid.py"),
+        score = _launcher(plan, "evaluate_fid.py", processes=1) + [
             str(d / "samples" / "samples.npz"),
             "--ref",
             plan.reference_path,
@@ -332,11 +335,11 @@ def run_stage(plan, stage: Stage, env: dict[str, str] | None = None) -> int:
     out0, err0 = _size(out_log), _size(err_log)
     header = f"===== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(stage.argv)}\n"
     argv = stage.argv
-    if f"{plan.key}:{stage.name}" in os.environ.get(FAIL_STAGE_ENV, "").split(","):
+    if f"{plan.key}:{stage.name}" in _hooks(plan).fail:  # test hook (StageHooks.fail)
         argv = [
             sys.executable,
             "-c",
-            f"import sys; sys.stderr.write('forced failure ({FAIL_STAGE_ENV})\\n'); sys.exit(9)",
+            f"import sys; sys.stderr.write('forced failure (StageHooks.fail)\\n'); sys.exit({FORCED_FAILURE_EXIT})",
         ]
     _close_interrupted_attempt(cell, stage, (out_log, err_log))
     env = stage_env(plan, env)

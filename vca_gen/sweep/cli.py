@@ -53,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args, allow_missing_reference: bool = False):
+def _load(args, allow_missing_reference: bool = False, hooks=None):
     from vca_gen.sweep.plan import select, validate
     from vca_gen.sweep.spec import load_sweep
 
     sweep = load_sweep(args.file)
     variants, seeds = select(sweep, getattr(args, "only", None), getattr(args, "seeds", None))
-    validated = validate(sweep, allow_missing_reference=allow_missing_reference)
+    validated = validate(sweep, allow_missing_reference=allow_missing_reference, hooks=hooks)
     chosen = [c for c in validated.cells if c.variant in variants and c.seed in seeds]
     return sweep, validated, chosen
 
@@ -105,13 +105,13 @@ def dry_run(sweep, validated, cells) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, hooks=None) -> int:
     from vca_gen.sweep.cells import committed_state
     from vca_gen.sweep.execute import run_cells
     from vca_gen.sweep.reference import ensure_reference
     from vca_gen.sweep.spec import SweepError
 
-    sweep, validated, cells = _load(args, allow_missing_reference=args.dry_run)
+    sweep, validated, cells = _load(args, allow_missing_reference=args.dry_run, hooks=hooks)
     if args.parallel is not None and args.parallel < 1:
         raise SweepError(f"--parallel {args.parallel}: accepted: an integer >= 1")
     if args.dry_run:
@@ -185,9 +185,13 @@ def cmd_report(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, hooks=None) -> int:
+    """``sweep.py`` with ``argv``; ``hooks`` (a :class:`vca_gen.sweep.plan.StageHooks`): test hooks of
+    the stages that ``run`` starts."""
     args = build_parser().parse_args(argv)
-    fn = {"run": cmd_run, "status": cmd_status, "report": cmd_report}[args.command]
+    if args.command == "run":
+        return cli_boundary(TOOL, lambda: cmd_run(args, hooks))
+    fn = {"status": cmd_status, "report": cmd_report}[args.command]
     return cli_boundary(TOOL, lambda: fn(args))
 
 

@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,21 @@ def protocol_hash(ev: Evaluate, ref_identity: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- validation → cell plans
+@dataclass(frozen=True)
+class StageHooks:
+    """Test hooks of the cells' stages, given to :func:`validate` (none by default; nothing reads them
+    from the environment).
+
+    ``launcher``: a Python script and its options through which every stage's script runs
+    (``python LAUNCHER... SCRIPT ARGS``, under ``accelerate launch`` too), e.g. ``tests/hooked_cli.py``
+    injecting faults into ``train.py``. ``fail``: ``CELL:STAGE`` names (``vca__seed1:score@4``) whose
+    command is replaced by one that writes "forced failure" to stderr and exits 9.
+    """
+
+    launcher: tuple[str, ...] = ()
+    fail: tuple[str, ...] = ()
+
+
 @dataclass
 class CellPlan:
     """Everything one cell needs, as plain data (pickled to a submitit job)."""
@@ -85,6 +100,7 @@ class CellPlan:
     repo: str
     threads: int | None = None  # torch threads of each stage (None: the running process's count)
     reused_from: str | None = None  # the sweep whose committed cell file this cell reuses
+    hooks: StageHooks = field(default_factory=StageHooks)  # test hooks of the stages (none by default)
 
     @property
     def key(self) -> str:
@@ -266,8 +282,10 @@ def validate(
     variants: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     allow_missing_reference: bool = False,
+    hooks: StageHooks | None = None,
 ) -> Validated:
-    """Every check of the sweep, every cell's experiment composed; creates nothing."""
+    """Every check of the sweep, every cell's experiment composed; creates nothing. ``hooks``: test
+    hooks given to every cell's stages (:class:`StageHooks`)."""
     from vca_gen.experiment.schema import load_config, to_container
     from vca_gen.sweep.cells import repo_root
 
@@ -333,6 +351,7 @@ def validate(
                     repo=str(repo_root()),
                     threads=sweep.execution.threads,
                     reused_from=reused_from,
+                    hooks=hooks or StageHooks(),
                 )
             )
             index += 1
@@ -341,6 +360,7 @@ def validate(
 
 __all__ = [
     "CellPlan",
+    "StageHooks",
     "Validated",
     "validate",
     "select",

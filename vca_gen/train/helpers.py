@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from vca_gen.experiment.schema import ConfigError, data_config
+from vca_gen.utils import dist
 
 
 def resolve_mixed_precision(mode: str) -> str:
     """``auto`` → ``bf16`` on a CUDA device that supports it, else ``no`` (fp32 on CPU)."""
     if mode != "auto":
         return mode
-    cpu_forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    if not cpu_forced and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if not dist.use_cpu() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "no"
 

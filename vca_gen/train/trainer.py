@@ -44,9 +44,7 @@ every process checks it can read exactly that checkpoint before the first step.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
-import os
 import signal
 import sys
 import threading
@@ -75,7 +73,8 @@ from vca_gen.train.helpers import (
     flat_hparams,
     resolve_mixed_precision,
 )
-from vca_gen.utils import rng
+from vca_gen.utils import dist, rng
+from vca_gen.utils.faults import Faults
 
 if TYPE_CHECKING:
     from vca_gen.utils.lock import RunLock
@@ -86,9 +85,6 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint written, re-
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, n))
 MAX_OVERFLOW_STREAK = 64  # consecutive fp16 overflows (loss scale 2^-64 of its start) → stop
 LOCK_HEARTBEAT_S = 600.0  # the run lock is refreshed this often (kept fresh on shared storage)
-# Test hooks (environment variables read by the training loop).
-STEP_SLEEP_ENV = "VCA_GEN_TEST_STEP_SLEEP"  # seconds to sleep after every step (signals land mid-run)
-HIDE_CKPT_ENV = "VCA_GEN_TEST_HIDE_CHECKPOINT"  # "RANK:FILE": that rank does not see FILE of the resume checkpoint
 
 
 class TrainingError(UserError, RuntimeError):
@@ -132,11 +128,12 @@ class Trainer:
 
     ``grad_scaler``: a ``torch.amp.GradScaler`` for fp16 loss scaling where accelerate gives none
     (on CPU; tests). Under ``mixed_precision=fp16`` on CUDA accelerate's scaler is used.
+    ``faults``: injected by tests (:class:`~vca_gen.utils.faults.Faults`), none by default.
     """
 
-    def __init__(self, cfg: DictConfig, accelerator=None, grad_scaler=None):
+    def __init__(self, cfg: DictConfig, accelerator=None, grad_scaler=None, faults: Faults | None = None):
         from accelerate import Accelerator
-        from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+        from accelerate.utils import ProjectConfiguration
 
         self.cfg = cfg
         t = cfg.train
@@ -144,15 +141,17 @@ class Trainer:
         self.ckpt_root = self.out_dir / "checkpoints"
         self.lock: RunLock | None = None
         self._stop_signal: int | None = None
+        self.faults = faults or Faults()
         tracker = cfg.logging.tracker
         if accelerator is None:
+            dist.setup(t.timeout_s, "train.timeout_s")  # backend, timeout, group checked; adopted below
             accelerator = Accelerator(
+                cpu=dist.use_cpu(),
                 mixed_precision=resolve_mixed_precision(t.mixed_precision),
                 log_with=None if tracker == "none" else tracker,
                 project_config=ProjectConfiguration(
                     project_dir=str(self.out_dir), logging_dir=str(self.out_dir / "logs")
                 ),
-                kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=float(t.timeout_s)))],
             )
         self.acc = accelerator
         self.device = accelerator.device
@@ -266,49 +265,29 @@ class Trainer:
         return chosen
 
     def _agree_on_resume(self) -> Path | None:
-        """One decision, broadcast: the main process decides (and locks); every process checks it
-        can read exactly that checkpoint; any failure stops every process with the same error."""
-        from accelerate.utils import broadcast_object_list, gather_object
+        """One decision (:func:`vca_gen.utils.dist.agree`): the main process decides (and locks);
+        every process checks it can read exactly that checkpoint; any failure stops every process
+        with the same error."""
 
-        multi = self.acc.num_processes > 1
-        message: list[Any] = [None, None, None]  # [error text, checkpoint path, its checksums]
-        if self.acc.is_main_process:
-            try:
-                chosen = self._decide_resume()
-                message = [
-                    None,
-                    None if chosen is None else str(chosen),
-                    None if chosen is None else ckpt.read_checksums(chosen),
-                ]
-            except UserError as e:
-                if not multi:
-                    raise
-                message = [f"{type(e).__name__}: {e}", None, None]
-                error = e
-        if multi:
-            message = broadcast_object_list(message, from_process=0)
-            if message[0] is not None:
-                if self.acc.is_main_process:
-                    raise error
-                raise TrainingError(f"the main process stopped: {message[0]}")
-        path = None if message[1] is None else Path(message[1])
-        problem = None
-        if path is not None and not self.acc.is_main_process:
-            hidden: tuple[str, ...] = ()
-            hook = os.environ.get(HIDE_CKPT_ENV, "")
-            if hook.partition(":")[0] == str(self.acc.process_index):
-                hidden = (hook.partition(":")[2],)
-            problem = ckpt.readable_problem(path, message[2], hidden=hidden)
-        verdicts = gather_object([(self.acc.process_index, problem)]) if multi else [(0, problem)]
-        bad = [(r, p) for r, p in verdicts if p is not None]
-        if bad:
-            raise ckpt.CheckpointError(
-                "; ".join(
-                    f"rank {r} cannot read the checkpoint chosen by the main process, {path}: {p}" for r, p in bad
-                )
-                + ". Every process must see the same files (shared storage, fully synced) before training can resume"
-            )
-        return path
+        def decide() -> tuple[str | None, Any]:
+            chosen = self._decide_resume()
+            return (None, None) if chosen is None else (str(chosen), ckpt.read_checksums(chosen))
+
+        def verify(decision: tuple[str | None, Any]) -> str | None:
+            path, checksums = decision
+            if path is None or self.acc.is_main_process:  # the main process verified it while deciding
+                return None
+            return ckpt.readable_problem(path, checksums, hidden=self.faults.hidden_checkpoint_files)
+
+        path, _ = dist.agree(
+            dist.as_group(self.acc),
+            decide,
+            verify,
+            error=ckpt.CheckpointError,
+            failure=lambda d: f"cannot read the checkpoint chosen by the main process, {d[0]}",
+            advice="Every process must see the same files (shared storage, fully synced) before training can resume",
+        )
+        return None if path is None else Path(path)
 
     # ------------------------------------------------------------------ checkpoint I/O
     def _load(self, path: Path) -> None:
@@ -407,6 +386,7 @@ class Trainer:
                 state=state,
                 config_yaml=to_yaml(self.cfg),
                 decoder=self.decoder_spec,
+                faults=self.faults,
             )
             ckpt.prune_checkpoints(self.ckpt_root, int(self.cfg.train.keep_last), int(self.cfg.train.milestone_every))
         self.acc.wait_for_everyone()
@@ -607,7 +587,7 @@ class Trainer:
         tic, tic_step = time.perf_counter(), self.step
         data = iter(self.loader)
         saved_batches = self.counters["batches"] if self.resumed_from is not None else -1
-        sleep = float(os.environ.get(STEP_SLEEP_ENV, "0") or 0)
+        sleep = self.faults.step_sleep_s
         stopped_by = None
         announced = False
         try:
@@ -683,6 +663,6 @@ class Trainer:
         }
 
 
-def train(cfg: DictConfig, accelerator=None) -> dict[str, Any]:
-    """Build a :class:`Trainer` for ``cfg`` and run it."""
-    return Trainer(cfg, accelerator).run()
+def train(cfg: DictConfig, accelerator=None, faults: Faults | None = None) -> dict[str, Any]:
+    """Build a :class:`Trainer` for ``cfg`` and run it (``faults``: injected by tests)."""
+    return Trainer(cfg, accelerator, faults=faults).run()

@@ -19,13 +19,14 @@ from collections.abc import Sequence
 
 import torch
 
-_MASK64 = (1 << 64) - 1
+MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+def splitmix64(x: int) -> int:
+    """One step of the SplitMix64 finaliser (a bijective 64-bit integer hash)."""
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
     return x ^ (x >> 31)
 
 
@@ -51,7 +52,7 @@ class RowStream:
 
     def seed_of(self, k: int) -> int:
         """The generator seed of draw ``k`` (63 bits)."""
-        return _splitmix64(_splitmix64(self.seed & _MASK64) ^ _splitmix64(int(k) & _MASK64)) >> 1
+        return splitmix64(splitmix64(self.seed & MASK64) ^ splitmix64(int(k) & MASK64)) >> 1
 
     def draw(self, fn, shape, device, dtype) -> torch.Tensor:
         shape = tuple(shape)

@@ -6,7 +6,7 @@ from typing import cast
 
 import torch
 
-from vca_gen.objectives.base import Objective, SampleOutput
+from vca_gen.objectives.base import Objective, SampleOutput, check_option_names
 from vca_gen.objectives.diffusion.config import DIFFUSION_SAMPLERS, DiffusionConfig
 from vca_gen.objectives.diffusion.gaussian import GaussianDiffusion, resolve_variance
 from vca_gen.objectives.diffusion.respace import space_timesteps
@@ -112,9 +112,7 @@ class DiffusionObjective(Objective):
         """
         name = self.check_sampler(sampler)
         allowed = {"ddpm": {"clip_denoised"}, "ddim": {"clip_denoised", "eta"}, "dpm-solver++": {"order"}}[name]
-        bad = set(sampler_options) - allowed
-        if bad:
-            raise ValueError(f"unknown options {sorted(bad)} for sampler {name!r}; accepted: {sorted(allowed)}")
+        check_option_names(name, sampler_options, allowed)
         if steps is None:
             steps = self.default_steps if name == self.default_sampler else SAMPLER_DEFAULT_STEPS[name]
         spec = self._check_steps(name, steps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vca_gen.objectives.base import Objective, SampleOutput
+from vca_gen.objectives.base import Objective, SampleOutput, check_option_names
 from vca_gen.objectives.flow.config import FLOW_SAMPLERS, FlowConfig
 from vca_gen.objectives.flow.path import make_path
 from vca_gen.objectives.flow.samplers import ADAPTIVE_METHODS, _Model, euler_sample, heun_sample, ode_sample, sde_sample
@@ -103,9 +103,7 @@ class FlowObjective(Objective):
         ode — ``ode_method``, ``atol``, ``rtol``.
         """
         name = self.check_sampler(sampler)
-        bad = set(sampler_options) - _OPTIONS[name]
-        if bad:
-            raise ValueError(f"unknown options {sorted(bad)} for sampler {name!r}; accepted: {sorted(_OPTIONS[name])}")
+        check_option_names(name, sampler_options, _OPTIONS[name])
         opt = {k: sampler_options.get(k, getattr(self.cfg, k)) for k in _OPTIONS[name]}
         if steps is None:
             steps = self.default_steps if name == self.default_sampler else SAMPLER_DEFAULT_STEPS[name]
