@@ -233,9 +233,9 @@ def _cli(export, out, *extra) -> list[str]:
 @pytest.mark.parametrize(
     "extra, needle",
     [
-        (["--cfg-scale", "2", "--cfg-interval", "0.6", "0.2"], "--cfg-interval=[0.6, 0.2] is not valid; accepted: two"),
+        (["--cfg-scale", "2", "--cfg-interval", "0.6", "0.2"], "cfg_interval=[0.6, 0.2] is not valid; accepted: two"),
         (["--cfg-scale", "2", "--cfg-interval", "0", "nan"], "accepted: two numbers LO <= HI in [0, 1]"),
-        (["--cfg-interval", "0.2", "0.6"], "is given with --cfg-scale=1.0 (no guidance)"),
+        (["--cfg-interval", "0.2", "0.6"], "cfg_interval=[0.2, 0.6] is given with cfg_scale=1.0 (no guidance)"),
     ],
 )
 def test_cli_refuses_a_bad_interval_before_writing(flow_export, tmp_path, capsys, extra, needle):

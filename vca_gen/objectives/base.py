@@ -162,12 +162,9 @@ class Objective:
         """Check ``cfg_scale`` and the guidance interval; returns the interval as two floats (or None).
 
         Accepted interval: two finite numbers ``LO <= HI`` inside :attr:`guidance_time` (the
-        objective's own time), only with ``cfg_scale != 1``. ``where`` prefixes the keys in errors
-        (``"--"``: they are named as command-line flags, ``--cfg-scale`` / ``--cfg-interval``)."""
+        objective's own time), only with ``cfg_scale != 1``. ``where`` prefixes the keys in errors."""
 
         def key(name: str) -> str:
-            if where == "--":
-                return "--" + name.replace("_", "-")
             return f"{where}.{name}" if where else name
 
         try:

@@ -207,10 +207,6 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> dict:
 
     loaded, ckpt_sha = main_process_first(state, load_all, lambda: checkpoint_hash(_weights_dir(args.ckpt)))
     interval = None if args.cfg_interval is None else [float(v) for v in args.cfg_interval]
-    try:
-        loaded.objective.check_guidance(args.cfg_scale, interval, where="--")
-    except ValueError as e:
-        raise SamplingError(str(e)) from None
     sampler = check_sampler_args(
         loaded, args.sampler, steps, args.cfg_scale, args.guide_channels, options, cfg_interval=interval
     )
