@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from vca_gen.objectives.registry import get_sampler  # noqa: E402
 from vca_gen.utils import rng  # noqa: E402
 
 
@@ -97,8 +98,7 @@ def _steps(objective, sampler):
         return "adaptive"
     if sampler == objective.default_sampler:
         return str(objective.default_steps)
-    table = getattr(sys.modules[type(objective).__module__], "SAMPLER_DEFAULT_STEPS", {})
-    return str(table.get(sampler, objective.default_steps))
+    return str(get_sampler(objective.kind, sampler).default_steps)
 
 
 def demo_model(ckpt_dir):

@@ -76,6 +76,7 @@ class GridConfig:
     sampler: str | None = None  # None: the objective's sampler
     steps: str | None = None  # None: that sampler's default steps
     cfg_scale: float = 1.0  # classifier-free guidance (1 = none)
+    cfg_interval: list[float] | None = None  # [LO, HI]: guide only there (objective's time); None: everywhere
     options: dict[str, Any] = field(default_factory=dict)  # extra sampler options (eta, last_step, ...)
 
 
@@ -95,6 +96,7 @@ class FidConfig:
     sampler: str | None = None  # None: the objective's FID-protocol sampler
     steps: str | None = None  # None: that sampler's default steps
     cfg_scale: float = 1.0  # 1 = no guidance (the papers' protocol)
+    cfg_interval: list[float] | None = None  # [LO, HI]: guide only there (objective's time); None: everywhere
     options: dict[str, Any] = field(default_factory=dict)  # extra sampler options
     batch_size: int = 50  # per-process sampling and Inception batch (evaluate_fid.py's 50)
     metrics: list[str] = field(default_factory=lambda: ["fid"])  # vca_gen.metrics.registry names, e.g. density

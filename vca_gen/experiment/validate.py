@@ -1,7 +1,8 @@
 """Semantic checks of a composed experiment, run once at load time.
 
 Every value is checked by the code that will use it: the objective config's own ``check`` and
-constructor, the sampler's argument checks (for the preview grid and in-loop FID settings), the
+constructor, the sampler registry's entry (name, steps, each option's own check, the guidance
+scale and interval: for the preview grid and in-loop FID settings), the
 backbone's constructor (built on the meta device: sizes, patch vs input, heads, attention options),
 the objective's channel check against that model, and the data config's validation. So a bad value
 fails here, under ``--print-config`` too, and never after hours of training.
@@ -15,9 +16,6 @@ inherits them: ``schema.merge_layer`` drops the options of earlier layers when a
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from vca_gen.experiment.typed import data_config, plain
 from vca_gen.metrics.evaluation import check_selection
 from vca_gen.models import ATTENTION_KINDS, list_models, parse_model_name
 from vca_gen.models.attention import attention_options, resolve_options
-from vca_gen.objectives import OBJECTIVE_KINDS, UnknownOptionError, build_objective
+from vca_gen.objectives import OBJECTIVE_KINDS, build_objective
 from vca_gen.objectives.base import parse_steps
 from vca_gen.utils.checks import choice, positive
 
@@ -109,13 +107,11 @@ def _check_model(exp: DictConfig) -> None:
 
 
 def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> None:
-    """Grid / FID sampling settings, checked by the sampler itself (no model is evaluated)."""
+    """Grid / FID sampling settings, checked by the sampler registry's entry (no model is evaluated):
+    the sampler name, its steps, its options (each by the entry's own check) and the guidance."""
     positive(f"{section}.every", s.every, allow_zero=True)
-    if not math.isfinite(float(s.cfg_scale)) or float(s.cfg_scale) < 0:
-        raise ConfigError(
-            f"{section}.cfg_scale={s.cfg_scale!r} is not valid; accepted: a finite number >= 0 "
-            f"(1 = no guidance, 0 = unconditional, > 1 = classifier-free guidance)"
-        )
+    interval = None if s.cfg_interval is None else list(s.cfg_interval)
+    objective.check_guidance(s.cfg_scale, interval, section)
     if float(s.cfg_scale) != 1.0 and float(exp.model.class_dropout_prob) <= 0:
         raise ConfigError(
             f"{section}.cfg_scale={s.cfg_scale}: guidance needs a model trained with label dropout "
@@ -123,64 +119,12 @@ def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> 
         )
     if s.sampler is not None:
         choice(f"{section}.sampler", s.sampler, objective.samplers)
-    steps, options = parse_steps(s.steps), plain(s.options)
-    c, null = int(exp.model.in_channels), int(exp.model.num_classes)
-    err: ConfigError | None
-    for key, value, opts in (("steps", s.steps, {}), ("options", options, options)):
-        try:
-            objective.check_sample_args(s.sampler, steps, float(s.cfg_scale), None, opts, c, null)
-        except ValueError as e:
-            err = ConfigError(
-                f"{section}.{key}={value!r} is not valid for sampler {s.sampler or objective.default_sampler!r}: {e}"
-            )
-            if key == "steps" or isinstance(e, UnknownOptionError):
-                raise err from None
-        else:
-            err = None
-        if key == "options":
-            _check_option_values(section, objective, options)
-        if err is not None:
-            raise err from None
-
-
-# Sampler options named differently from the objective-config field whose check they share.
-OPTION_FIELDS = {"eta": "ddim_eta", "order": "dpm_solver_order"}
-
-
-def _check_option_values(section: str, objective, options: dict[str, Any]) -> None:
-    """Each sampler option that overrides an objective-config field (``atol``, ``eta``, ``last_step``,
-    ...) is checked by that config's own ``check`` (type, range, accepted names): the probe run of
-    the sampler stops before some of them (ODE tolerances, the SDE's diffusion norm) are used."""
-    cfg = getattr(objective, "cfg", None)
-    if not dataclasses.is_dataclass(cfg):
-        return
-    hints = typing.get_type_hints(type(cfg))
-    prefix = f"{section}.options"
-    updates, names = {}, {}
-    for key, value in options.items():
-        name = OPTION_FIELDS.get(key, key)
-        if name not in hints:
-            continue  # not a config field: the sampler's own check names it
-        kind = hints[name]
-        ok, what = True, ""
-        if kind is bool:
-            ok, what = isinstance(value, bool), "true or false"
-        elif kind is int:
-            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
-        elif kind is float:
-            ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-        if not ok:
-            raise ConfigError(f"{prefix}.{key}={value!r} is not valid; accepted: {what}")
-        updates[name], names[name] = value, key
-    if not updates:
-        return
+    entry = objective.sampler_entry(s.sampler)
     try:
-        dataclasses.replace(typing.cast(Any, cfg), **updates).check(prefix=prefix)
+        objective.resolve_steps(entry, parse_steps(s.steps))
     except ValueError as e:
-        msg = str(e)
-        for name, key in names.items():
-            msg = msg.replace(f"{prefix}.{name}=", f"{prefix}.{key}=")
-        raise ConfigError(msg) from None
+        raise ConfigError(f"{section}.steps={s.steps!r} is not valid for sampler {entry.name!r}: {e}") from None
+    objective.resolve_options(entry, plain(s.options), f"{section}.options")
 
 
 def _check_train(exp: DictConfig, objective) -> None:

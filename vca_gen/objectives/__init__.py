@@ -2,7 +2,9 @@
 
 ``build_objective(cfg)`` turns an :class:`ObjectiveConfig` (dataclass, OmegaConf ``DictConfig`` or
 plain dict) into an :class:`~vca_gen.objectives.base.Objective`; see ``base.py`` for the interface,
-``diffusion/`` and ``flow/`` for the two implementations, each with its config beside its code.
+``diffusion/`` and ``flow/`` for the two implementations, each with its config beside its code, and
+``registry.py`` for the sampler registry (one entry per sampler; the built-in entries are registered
+by ``diffusion/samplers.py`` and ``flow/samplers.py`` when this package is imported).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vca_gen.objectives.base import OBJECTIVE_KINDS, CountingModelFn, Objective, SampleOutput, UnknownOptionError
+from vca_gen.objectives import registry
+from vca_gen.objectives.base import OBJECTIVE_KINDS, CountingModelFn, Objective, SampleOutput
 from vca_gen.objectives.diffusion.config import DiffusionConfig
 from vca_gen.objectives.diffusion.objective import DiffusionObjective
 from vca_gen.objectives.flow.config import FlowConfig
@@ -70,10 +73,8 @@ def build_objective(cfg: ObjectiveConfig | Mapping | Any | None = None) -> Objec
     cfg = _to_config(cfg)
     kind = str(cfg.kind).lower()
     if kind == "diffusion":
-        cfg.diffusion.check()
-        return DiffusionObjective(cfg.diffusion)
+        return DiffusionObjective(cfg.diffusion)  # checks its config
     if kind == "flow":
-        cfg.flow.check()
         return FlowObjective(cfg.flow)
     raise ValueError(f"unknown objective kind {cfg.kind!r}; accepted: {', '.join(OBJECTIVE_KINDS)}")
 
@@ -89,5 +90,5 @@ __all__ = [
     "FlowObjective",
     "build_objective",
     "OBJECTIVE_KINDS",
-    "UnknownOptionError",
+    "registry",
 ]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import cli_boundary
 from ..experiment.checkpoint import _find_weights_dir
+from ..objectives import registry
 from ..utils import dist
 from ..utils.faults import Faults
 from ..utils.io import refuse_input_as_output
@@ -29,6 +30,14 @@ from .engine import EXIT_PREEMPTED, RunSpec, StopRequest, run_sampling
 from .manifest import checkpoint_hash
 from .model import check_sampler_args, configure_tf32, load, loaded_image_maker, parse_steps, resolve_precision
 from .plan import SamplingError
+
+CFG_INTERVAL_HELP = (
+    "guide only the model evaluations at times t with LO <= t <= HI (both included), in the objective's "
+    "own time: flow t in [0, 1] (0 = noise, 1 = data; REPA's --guidance-high H is 1-H 1, LightningDiT's "
+    "cfg_interval_start S is S 1); diffusion timestep t in [0, T-1] as the model receives it (0 = data "
+    "end). Outside, one plain conditional pass (no unconditional half). Needs --cfg-scale other than 1. "
+    "Default: guidance at every evaluation"
+)
 
 EPILOG = """\
 defaults are the papers' FID protocols: DiT (diffusion) = ancestral DDPM respaced to 250 steps;
@@ -42,7 +51,18 @@ after writing the current shard (re-run the same command to continue).
 examples:
   accelerate launch sample.py --ckpt runs/x/checkpoints/step_00400000 --num-samples 50000 --out samples/x
   python sample.py --ckpt export/ --sampler ode --num-samples 1000 --out s --sampler-option atol=1e-5
+  python sample.py --ckpt export/ --cfg-scale 1.8 --cfg-interval 0.3 1 --num-samples 1000 --out g
 """
+
+
+def _epilog() -> str:
+    """The epilog with the registered samplers (read from the registry when the parser is built)."""
+    lines = ["samplers (--sampler NAME; --steps default; model evaluations per image; --sampler-option KEYs):"]
+    return EPILOG + "\n".join(lines + registry.help_lines()) + "\n"
+
+
+def _sampler_names() -> str:
+    return "; ".join(f"{k}: {'|'.join(registry.sampler_names(k))}" for k in ("diffusion", "flow"))
 
 
 def parse_value(text: str):
@@ -74,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sample.py",
         description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -103,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="samples per process per forward batch (32)")
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard file, the unit of resume (256)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the live weights of a training checkpoint")
-    p.add_argument("--sampler", default=None, help="ddpm|ddim|dpm-solver++ (diffusion), sde|ode|euler|heun (flow)")
+    p.add_argument("--sampler", default=None, help=f"{_sampler_names()} (see the list below)")
     p.add_argument("--steps", default=None, help="steps or respacing string (ddpm: 250, ddim: ddim50, ...)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale; 1.0 = none (1.0)")
+    p.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None, help=CFG_INTERVAL_HELP)
     p.add_argument(
         "--guide-channels",
         type=int,
@@ -117,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra sampler option, repeatable (eta, order, clip_denoised; diffusion_form, last_step, "
-        "last_step_size, atol, rtol, ...)",
+        help="extra sampler option, repeatable; accepted keys per sampler: "
+        + "; ".join(f"{e.name}: {', '.join(e.option_names) or 'none'}" for e in registry.entries()),
     )
     p.add_argument(
         "--vae",
@@ -190,7 +211,10 @@ def _run(args: argparse.Namespace, stop: StopRequest, faults: Faults | None) -> 
         error=SamplingError,
         failure=f"could not load {args.ckpt}",
     )
-    sampler = check_sampler_args(loaded, args.sampler, steps, args.cfg_scale, args.guide_channels, options)
+    interval = None if args.cfg_interval is None else [float(v) for v in args.cfg_interval]
+    sampler = check_sampler_args(
+        loaded, args.sampler, steps, args.cfg_scale, args.guide_channels, options, cfg_interval=interval
+    )
     protocol = protocol_of(loaded, sampler, steps, options, args)
     spec = RunSpec(
         out_dir=Path(args.out),
@@ -213,6 +237,7 @@ def _run(args: argparse.Namespace, stop: StopRequest, faults: Faults | None) -> 
             ),
             "sampler_options": options,
             "cfg_scale": args.cfg_scale,
+            "cfg_interval": interval,
             "guide_channels": args.guide_channels,
             "vae": loaded.vae_id,
             "precision": precision,
@@ -241,6 +266,7 @@ def _run(args: argparse.Namespace, stop: StopRequest, faults: Faults | None) -> 
         guide_channels=args.guide_channels,
         options=options,
         precision=precision,
+        cfg_interval=interval,
     )
     t0 = time.perf_counter()
     result = run_sampling(make, spec, state=state, stop=stop, faults=faults)
@@ -269,8 +295,13 @@ def _run(args: argparse.Namespace, stop: StopRequest, faults: Faults | None) -> 
         "precision": precision,
         "protocol": protocol,
     }
+    if interval is not None:
+        summary["cfg_interval"] = interval
+        summary["guided_nfe_per_image"] = make.guided_per_image
     if result.nfe_per_image is not None:
         extra = " (each on a doubled cond+uncond batch)" if args.cfg_scale != 1.0 else ""
+        if interval is not None and make.guided_per_image is not None:
+            extra = f" ({make.guided_per_image:g} of them inside --cfg-interval, on a doubled cond+uncond batch)"
         print(f"model evaluations per image: {result.nfe_per_image:g}{extra}", file=sys.stderr)
     grid = f" and {Path(args.out) / 'grid.png'}" if args.grid_classes and args.grid_per_class else ""
     print(f"wrote {result.path} ({args.num_samples} images {loaded.image_shape}){grid}", file=sys.stderr)
@@ -295,6 +326,8 @@ def protocol_of(loaded, sampler: str, steps, options: dict, args) -> dict:
         "weights": loaded.source.get("weights") or loaded.source.get("used"),
         "source": loaded.source.get("kind"),
     }
+    if args.cfg_interval is not None:  # recorded only when given: protocols without one are unchanged
+        out["cfg_interval"] = [float(v) for v in args.cfg_interval]
     if obj.kind == "flow" and sampler == "sde":
         out.update(
             diffusion_form=options.get("diffusion_form", cfg.diffusion_form),

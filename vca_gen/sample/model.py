@@ -173,15 +173,45 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
-def check_sampler_args(loaded: Loaded, sampler, steps, cfg_scale, guide_channels, options: dict) -> str:
-    """Validate sampler, steps and options before anything is written; returns the sampler name."""
+def check_sampler_args(
+    loaded: Loaded, sampler, steps, cfg_scale, guide_channels, options: dict, cfg_interval=None
+) -> str:
+    """Validate sampler, steps, options and guidance before anything is written; returns the sampler name."""
     net: Any = loaded.model
     try:
         return loaded.objective.check_sample_args(
-            sampler, steps, cfg_scale, guide_channels, options, loaded.latent_shape[0], int(net.num_classes)
+            sampler,
+            steps,
+            cfg_scale,
+            guide_channels,
+            options,
+            loaded.latent_shape[0],
+            int(net.num_classes),
+            cfg_interval=cfg_interval,
         )
     except ValueError as e:
         raise SamplingError(str(e)) from None
+
+
+class ImageMaker:
+    """``make_images(indices, labels, generators) -> (uint8 (B, H, W, 3), nfe)`` (the engine's
+    ``MakeImages``), counting over its calls ``images``, ``evaluations`` (sum of nfe per image) and
+    ``guided`` (sum of the evaluations per image that ran the doubled cond + uncond batch)."""
+
+    def __init__(self, fn: Callable[[Sequence[int], torch.Tensor, list], tuple[np.ndarray, int, int]]):
+        self.fn = fn
+        self.images = self.evaluations = self.guided = 0
+
+    def __call__(self, indices, labels, generators) -> tuple[np.ndarray, int]:
+        images, nfe, guided = self.fn(indices, labels, generators)
+        self.images += len(images)
+        self.evaluations += nfe * len(images)
+        self.guided += guided * len(images)
+        return images, nfe
+
+    @property
+    def guided_per_image(self) -> float | None:
+        return self.guided / self.images if self.images else None
 
 
 def image_maker(
@@ -196,13 +226,16 @@ def image_maker(
     guide_channels: int | None = None,
     options: dict | None = None,
     precision: str = "fp32",
-) -> MakeImages:
+    cfg_interval: Sequence[float] | None = None,
+) -> ImageMaker:
     """``make_images(indices, labels, generators) -> (uint8 (B, H, W, 3), nfe)``: noise from
-    ``generators`` (one per sample), the objective's sampler, then the decoder."""
+    ``generators`` (one per sample), the objective's sampler (guided only inside ``cfg_interval``
+    when given), then the decoder."""
     device = torch.device(device)
     net: Any = model
     options, null = dict(options or {}), int(net.num_classes)
     steps = parse_steps(steps)
+    interval = None if cfg_interval is None else list(cfg_interval)
 
     @torch.no_grad()  # not inference_mode: it would switch off autocast's weight cache (see load)
     def make_images(indices, labels, generators):
@@ -218,14 +251,15 @@ def image_maker(
                 guide_channels=guide_channels,
                 generator=generators,
                 null_label=null,
+                cfg_interval=interval,
                 **options,
             )
-        return to_uint8(decoder(out.x.float())), int(out.nfe)
+        return to_uint8(decoder(out.x.float())), int(out.nfe), int(out.guided)
 
-    return make_images
+    return ImageMaker(make_images)
 
 
-def loaded_image_maker(loaded: Loaded, device: Any, **kwargs) -> MakeImages:
+def loaded_image_maker(loaded: Loaded, device: Any, **kwargs) -> ImageMaker:
     """:func:`image_maker` for a :class:`Loaded` checkpoint."""
     return image_maker(loaded.model, loaded.objective, loaded.decoder, loaded.latent_shape, device, **kwargs)
 
@@ -253,6 +287,7 @@ __all__ = [
     "configure_tf32",
     "check_sampler_args",
     "image_maker",
+    "ImageMaker",
     "loaded_image_maker",
     "generate",
     "parse_steps",

@@ -174,6 +174,7 @@ def aggregate(sweep: Sweep, plans: Sequence[CellPlan], ref_identity: dict[str, A
             "steps": ev.steps,
             "cfg_scale": ev.cfg_scale,
             "guide_channels": ev.guide_channels,
+            **({"cfg_interval": ev.cfg_interval} if ev.cfg_interval is not None else {}),
             "options": ev.options,
             "num_samples": ev.num_samples,
             "seed": ev.seed,

@@ -142,6 +142,8 @@ def stages(plan) -> list[Stage]:
             argv += ["--steps", str(ev["steps"])]
         if ev["guide_channels"] is not None:
             argv += ["--guide-channels", str(ev["guide_channels"])]
+        if ev.get("cfg_interval") is not None:
+            argv += ["--cfg-interval", *(repr(float(v)) for v in ev["cfg_interval"])]
         for k, v in ev["options"].items():
             argv += ["--sampler-option", f"{k}={_option_text(v)}"]
         if not ev["ema"]:

@@ -57,6 +57,8 @@ def protocol_hash(ev: Evaluate, ref_identity: dict[str, Any]) -> str:
     d = dataclasses.asdict(ev)
     for k in ("batch_size", "shard_size", "reference"):  # batch sizes do not change the samples (sample.py)
         d.pop(k)
+    if d.get("cfg_interval") is None:  # no interval: the protocols (and hashes) from before it existed
+        d.pop("cfg_interval", None)
     d["reference"] = ref_identity
     return _canonical_hash(d)
 
@@ -158,6 +160,10 @@ def _check_evaluation(ev: Evaluate, exp, variant: str) -> None:
 
     obj = build_objective_for(exp)
     try:
+        obj.check_guidance(ev.cfg_scale, ev.cfg_interval, "evaluate")
+    except ValueError as e:
+        raise SweepError(f"{e} (variant {variant!r}, {exp.objective.kind} objective)") from None
+    try:
         steps = parse_steps(ev.steps)
         obj.check_sample_args(
             ev.sampler,
@@ -167,6 +173,7 @@ def _check_evaluation(ev: Evaluate, exp, variant: str) -> None:
             ev.options,
             int(exp.model.in_channels),
             int(exp.model.num_classes),
+            cfg_interval=ev.cfg_interval,
         )
     except (ValueError, TypeError) as e:
         raise SweepError(

@@ -145,6 +145,7 @@ def _protocol_lines(res: dict[str, Any]) -> list[str]:
         f"- checkpoints scored: {', '.join(str(c) for c in p['checkpoints'])} ({'EMA' if p['ema'] else 'live'} "
         f"weights)",
         f"- sampler: {sampler}; steps: {p['steps'] or 'default'}; guidance scale {p['cfg_scale']}"
+        + (f" inside t in {p['cfg_interval']}" if p.get("cfg_interval") else "")
         + (f"; options {p['options']}" if p["options"] else ""),
         f"- {p['num_samples']} samples per checkpoint (sample i: label i mod classes, seed {p['seed']} + i)",
         f"- reference: {ref_txt}; feature mode {p['mode'] or 'the reference’s'}",

@@ -21,6 +21,7 @@ Keys (``*`` required)::
       sampler: euler              # null: the objective's FID protocol (DiT DDPM 250, SiT SDE 250)
       steps: "10"                 # sampler steps / respacing (sample.py --steps); null: the sampler's default
       cfg_scale: 1.0              # 1 = no guidance
+      cfg_interval: null          # [LO, HI]: guide only there (sample.py --cfg-interval); null: everywhere
       guide_channels: null        # sample.py --guide-channels
       options: {}                 # sampler options (sample.py --sampler-option KEY=VALUE)
       num_samples*: 1000          # a multiple of model.num_classes
@@ -94,6 +95,7 @@ EVAL_KEYS = (
     "sampler",
     "steps",
     "cfg_scale",
+    "cfg_interval",
     "guide_channels",
     "options",
     "num_samples",
@@ -193,6 +195,7 @@ class Evaluate:
     ema: bool = True
     mode: str | None = None
     metrics: list[str] = field(default_factory=lambda: ["fid"])
+    cfg_interval: Any = None  # [LO, HI] or None (checked with the objective: plan._check_evaluation)
 
 
 @dataclass
@@ -405,8 +408,17 @@ def _parse_evaluate(value: Any) -> Evaluate:
         ema=bool(e.get("ema", True)),
         mode=e.get("mode"),
         metrics=list(metrics),
+        cfg_interval=_interval(e.get("cfg_interval")),
     )
     return ev
+
+
+def _interval(value: Any) -> Any:
+    """``evaluate.cfg_interval``: numbers as floats (one hash for ``[0.3, 1]`` and ``[0.3, 1.0]``);
+    anything else is kept for the objective's check to name (see ``plan._check_evaluation``)."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]
+    return value
 
 
 def _parse_execution(value: Any) -> Execution:

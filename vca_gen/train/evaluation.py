@@ -53,6 +53,7 @@ def _maker(exp: DictConfig, section: DictConfig, model, objective, decoder, devi
         steps=section.steps,
         cfg_scale=float(section.cfg_scale),
         options=plain(section.options),
+        cfg_interval=None if section.cfg_interval is None else list(section.cfg_interval),
     )
 
 

@@ -2,7 +2,7 @@
 
 from vca_gen.objectives.diffusion.gaussian import GaussianDiffusion, resolve_variance
 from vca_gen.objectives.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from vca_gen.objectives.diffusion.objective import DIFFUSION_SAMPLERS, DiffusionObjective
+from vca_gen.objectives.diffusion.objective import DiffusionObjective, diffusion_samplers
 from vca_gen.objectives.diffusion.respace import respace_betas, space_timesteps
 from vca_gen.objectives.diffusion.schedule import BETA_SCHEDULES, beta_schedule
 
@@ -13,7 +13,7 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "mean_flat",
     "DiffusionObjective",
-    "DIFFUSION_SAMPLERS",
+    "diffusion_samplers",
     "space_timesteps",
     "respace_betas",
     "beta_schedule",

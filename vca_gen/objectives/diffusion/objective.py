@@ -1,21 +1,24 @@
-"""DiT's diffusion objective behind the :class:`vca_gen.objectives.base.Objective` interface."""
+"""DiT's diffusion objective behind the :class:`vca_gen.objectives.base.Objective` interface.
+
+Its samplers are the diffusion entries of :mod:`vca_gen.objectives.registry` (``diffusion/samplers.py``);
+:meth:`~vca_gen.objectives.base.Objective.sample` dispatches to them.
+"""
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 
-from vca_gen.objectives.base import Objective, SampleOutput, check_option_names
-from vca_gen.objectives.diffusion.config import DIFFUSION_SAMPLERS, DiffusionConfig
+from vca_gen.objectives.base import Objective
+from vca_gen.objectives.diffusion.config import DiffusionConfig
 from vca_gen.objectives.diffusion.gaussian import GaussianDiffusion, resolve_variance
-from vca_gen.objectives.diffusion.respace import space_timesteps
-from vca_gen.objectives.diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_pp_sample
 from vca_gen.objectives.diffusion.schedule import beta_schedule
+from vca_gen.objectives.registry import sampler_names
 from vca_gen.utils import rng
 
-# steps used when sample(sampler=X) differs from the configured sampler and steps=None
-SAMPLER_DEFAULT_STEPS = {"ddpm": "250", "ddim": "ddim50", "dpm-solver++": "20"}
+
+def diffusion_samplers() -> tuple[str, ...]:
+    """Names of the registered diffusion samplers (built in: ddpm, ddim, dpm-solver++)."""
+    return sampler_names("diffusion")
 
 
 class DiffusionObjective(Objective):
@@ -26,21 +29,23 @@ class DiffusionObjective(Objective):
     Loss per sample: ``mse`` = mean (ε̂ − ε)², plus for 2C outputs ``vb`` = VLB term in bits/dim with
     the predicted ε detached (``× T/1000`` only if ``cfg.rescale_vb``; DiT uses plain MSE loss
     type, identical at T = 1000).
+    Guidance interval: in the model's timestep t (the original index, also for respaced chains and
+    DPM-Solver++), ``0 <= LO <= HI <= T - 1`` (t = 0 data end, T - 1 noise end).
     """
 
     kind = "diffusion"
-    samplers = DIFFUSION_SAMPLERS
+    guidance_time_help = "diffusion timestep t as the model receives it: 0 = data end, T - 1 = noise end"
 
     def __init__(self, cfg: DiffusionConfig | None = None):
         cfg = cfg or DiffusionConfig()
+        cfg.check()
         self.cfg = cfg
-        resolve_variance(1, 1, cfg.fixed_variance)  # validates fixed_variance
         betas = beta_schedule(cfg.beta_schedule, int(cfg.num_timesteps), float(cfg.beta_start), float(cfg.beta_end))
         self.diffusion = GaussianDiffusion(betas)
         self.num_timesteps = self.diffusion.num_timesteps
-        self.default_sampler = self.check_sampler(cfg.sampler)
+        self.guidance_time = (0.0, float(self.num_timesteps - 1))
+        self.default_sampler = cfg.sampler
         self.default_steps = str(cfg.sample_steps)
-        self._check_steps(self.default_sampler, self.default_steps)
 
     # -- channels ----------------------------------------------------------------------------
     def check_channels(self, in_channels: int, out_channels: int) -> None:
@@ -74,60 +79,3 @@ class DiffusionObjective(Objective):
         else:
             vb = torch.zeros_like(mse)
         return {"loss": mse + vb, "mse": mse, "vb": vb, "t": t}
-
-    # -- sampling ----------------------------------------------------------------------------
-    def _check_steps(self, sampler: str, steps: int | str) -> list | int:
-        if sampler == "dpm-solver++":
-            try:
-                n = int(steps)
-            except (TypeError, ValueError):
-                raise ValueError(f"dpm-solver++ steps must be an integer, got {steps!r}") from None
-            if not 1 <= n <= self.num_timesteps:
-                raise ValueError(f"steps must be in 1..{self.num_timesteps}, got {steps!r}")
-            return n
-        if isinstance(steps, int) and steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        return space_timesteps(self.num_timesteps, steps)
-
-    def sample(
-        self,
-        model_fn,
-        noise: torch.Tensor,
-        labels: torch.Tensor,
-        sampler: str | None = None,
-        steps: int | str | None = None,
-        cfg_scale: float = 1.0,
-        guide_channels: int | None = None,
-        generator=None,
-        null_label: int | None = None,
-        progress: bool = False,
-        **sampler_options,
-    ) -> SampleOutput:
-        """Draw x_0 from x_T = ``noise``.
-
-        ``sampler``: "ddpm" | "ddim" | "dpm-solver++" (None = configured). ``steps``: respacing
-        ("250", "10,10,10", "ddim50" or int) for ddpm/ddim; an int for dpm-solver++. ``None`` =
-        configured ``sample_steps`` for the configured sampler, else 250 / "ddim50" / 20.
-        Options: ``eta`` (ddim), ``order`` (dpm-solver++), ``clip_denoised`` (ddpm/ddim).
-        """
-        name = self.check_sampler(sampler)
-        allowed = {"ddpm": {"clip_denoised"}, "ddim": {"clip_denoised", "eta"}, "dpm-solver++": {"order"}}[name]
-        check_option_names(name, sampler_options, allowed)
-        if steps is None:
-            steps = self.default_steps if name == self.default_sampler else SAMPLER_DEFAULT_STEPS[name]
-        spec = self._check_steps(name, steps)
-        fn = self._wrap(model_fn, noise, labels, cfg_scale, guide_channels, null_label)
-        clip = bool(sampler_options.get("clip_denoised", self.cfg.clip_denoised))
-        with torch.no_grad():
-            if name == "dpm-solver++":
-                order = int(sampler_options.get("order", self.cfg.dpm_solver_order))
-                x = dpm_solver_pp_sample(self.diffusion, fn, noise, labels, cast(int, spec), order, progress)
-            else:
-                chain = self.diffusion.respaced(cast(list, spec))
-                fixed = self.cfg.fixed_variance
-                if name == "ddpm":
-                    x = ddpm_sample(chain, fn, noise, labels, fixed, generator, clip, progress)
-                else:
-                    eta = float(sampler_options.get("eta", self.cfg.ddim_eta))
-                    x = ddim_sample(chain, fn, noise, labels, fixed, eta, generator, clip, progress)
-        return SampleOutput(x, fn.nfe)

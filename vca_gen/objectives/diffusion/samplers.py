@@ -1,4 +1,5 @@
-"""Samplers for :class:`GaussianDiffusion` (all receive a counting, already-guided ``model_fn``).
+"""Samplers for :class:`GaussianDiffusion` (all receive a counting, already-guided ``model_fn``) and
+their registry entries (:mod:`vca_gen.objectives.registry`, at the end of this file).
 
 * ``ddpm``: ancestral sampling p(x_{t-1}|x_t) over a (respaced) chain — DiT's FID protocol.
 * ``ddim``: DDIM with stochasticity η (η = 0 deterministic, η = 1 ≈ DDPM with fixed-small σ).
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from vca_gen.objectives.diffusion.gaussian import GaussianDiffusion, resolve_variance
+from vca_gen.objectives.diffusion.respace import space_timesteps
+from vca_gen.objectives.registry import SampleCall, Sampler, SamplerOption, boolean, number, one_of, register
 from vca_gen.utils.rng import GeneratorSpec, randn_like
 
 
@@ -136,3 +139,92 @@ def dpm_solver_pp_sample(
         eps = model_fn(x, t_model, labels)[:, :c].to(x.dtype)  # diffusers casts its result to eps' dtype
         x = sched.step(eps, ts, x, return_dict=False)[0]
     return x
+
+
+# --------------------------------------------------------------------------------------------
+# Registry entries (run(call) adapts a SampleCall to the samplers above)
+# --------------------------------------------------------------------------------------------
+def _respacing(steps: Any, cfg: Any) -> list[int]:
+    """ddpm / ddim steps: improved-DDPM's respacing ("250", "10,10,10", "ddim50" or an int >= 1)."""
+    if isinstance(steps, int) and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return space_timesteps(int(cfg.num_timesteps), steps)
+
+
+def _dpm_steps(steps: Any, cfg: Any) -> int:
+    """dpm-solver++ steps: an integer in 1..T."""
+    try:
+        n = int(steps)
+    except (TypeError, ValueError):
+        raise ValueError(f"dpm-solver++ steps must be an integer, got {steps!r}") from None
+    if not 1 <= n <= int(cfg.num_timesteps):
+        raise ValueError(f"steps must be in 1..{cfg.num_timesteps}, got {steps!r}")
+    return n
+
+
+def _run_ddpm(call: SampleCall) -> torch.Tensor:
+    obj = call.objective
+    chain = obj.diffusion.respaced(call.steps)
+    o = call.options
+    return ddpm_sample(
+        chain, call.model_fn, call.noise, call.labels, obj.cfg.fixed_variance, call.generator, o["clip_denoised"],
+        call.progress,
+    )  # fmt: skip
+
+
+def _run_ddim(call: SampleCall) -> torch.Tensor:
+    obj = call.objective
+    chain = obj.diffusion.respaced(call.steps)
+    o = call.options
+    return ddim_sample(
+        chain, call.model_fn, call.noise, call.labels, obj.cfg.fixed_variance, o["eta"], call.generator,
+        o["clip_denoised"], call.progress,
+    )  # fmt: skip
+
+
+def _run_dpm(call: SampleCall) -> torch.Tensor:
+    obj = call.objective
+    return dpm_solver_pp_sample(
+        obj.diffusion, call.model_fn, call.noise, call.labels, call.steps, call.options["order"], call.progress
+    )
+
+
+CLIP = SamplerOption("clip_denoised", boolean, "true/false: clamp the predicted x_0 to [-1, 1]", "clip_denoised")
+RESPACING = "a step count, a respacing such as '10,10,10' or 'ddim50'"
+
+for _entry in (
+    Sampler(
+        "diffusion",
+        "ddpm",
+        _run_ddpm,
+        default_steps="250",
+        parse_steps=_respacing,
+        steps_help=RESPACING,
+        nfe="one per kept step of the respacing",
+        help="ancestral sampling over a respaced chain (DiT's FID protocol: 250 steps)",
+        options=(CLIP,),
+    ),
+    Sampler(
+        "diffusion",
+        "ddim",
+        _run_ddim,
+        default_steps="ddim50",
+        parse_steps=_respacing,
+        steps_help=RESPACING,
+        nfe="one per kept step of the respacing",
+        help="DDIM with stochasticity eta (0 = deterministic)",
+        options=(CLIP, SamplerOption("eta", number(allow_zero=True), "DDIM stochasticity (>= 0)", "ddim_eta")),
+    ),
+    Sampler(
+        "diffusion",
+        "dpm-solver++",
+        _run_dpm,
+        default_steps="20",
+        parse_steps=_dpm_steps,
+        steps_help="an integer in 1..{num_timesteps} for dpm-solver++",
+        nfe="steps",
+        help="deterministic multistep DPM-Solver++ (diffusers' scheduler on the same betas)",
+        options=(SamplerOption("order", one_of((1, 2, 3)), "solver order: 1, 2, 3", "dpm_solver_order"),),
+    ),
+):
+    register(_entry)

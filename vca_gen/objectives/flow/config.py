@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vca_gen.objectives.flow import samplers as _samplers  # noqa: F401  (registers the flow samplers)
 from vca_gen.objectives.flow.path import PATHS, PREDICTIONS
-from vca_gen.objectives.flow.samplers import ADAPTIVE_METHODS
-from vca_gen.objectives.flow.sde import DIFFUSION_FORMS, LAST_STEPS
 from vca_gen.objectives.flow.transport import LOSS_WEIGHTS
+from vca_gen.objectives.registry import check_config
 from vca_gen.utils.checks import choice, in_range, positive
-
-FLOW_SAMPLERS = ("sde", "ode", "euler", "heun")
 
 
 @dataclass
@@ -21,10 +19,13 @@ class FlowConfig:
     ``prediction``: "velocity" | "score" | "noise". ``loss_weight``: "none" | "velocity" |
     "likelihood" (only affects score/noise predictions, as in SiT). ``train_eps`` / ``sample_eps``:
     ``None`` = SiT's per-path default (VP 1e-5 / 1e-3; Linear/GVP with score or noise 1e-3 / 1e-3;
-    Linear/GVP with velocity 0 / 0). ``sampler``: "sde" | "ode" | "euler" | "heun".
-    ``ode_method``: a torchdiffeq adaptive method for sampler "ode" (default "dopri5").
-    SDE: ``diffusion_form`` in "constant", "sbdm", "sigma", "linear", "decreasing",
-    "increasing-decreasing"; ``last_step`` in "mean", "tweedie", "euler", "none".
+    Linear/GVP with velocity 0 / 0). ``sampler``: a registered flow sampler (built in: "sde" |
+    "ode" | "euler" | "heun"); ``sample_steps`` its steps.
+    The sampler-option fields are the defaults of the options of the same name, checked by the
+    registry entries' own checks (:mod:`vca_gen.objectives.registry`): ``ode_method`` a torchdiffeq
+    adaptive method, ``atol``/``rtol`` for sampler "ode"; SDE: ``diffusion_form`` in "constant", "sbdm",
+    "sigma", "linear", "decreasing", "increasing-decreasing"; ``last_step`` in "mean", "tweedie",
+    "euler", "none"; ``diffusion_norm``, ``last_step_size``.
     """
 
     path: str = "linear"
@@ -59,18 +60,4 @@ class FlowConfig:
                 f"{prefix}.vp_beta_max={self.vp_beta_max!r} is not valid; accepted: a number > "
                 f"vp_beta_min={self.vp_beta_min}"
             )
-        choice(f"{prefix}.sampler", self.sampler, FLOW_SAMPLERS)
-        low = 2 if self.sampler == "sde" else 0 if self.sampler == "ode" else 1
-        if not isinstance(self.sample_steps, int) or self.sample_steps < low:
-            raise ValueError(
-                f"{prefix}.sample_steps={self.sample_steps!r} is not valid; accepted: an integer >= {low} "
-                f"for the {self.sampler} sampler"
-            )
-        choice(f"{prefix}.diffusion_form", self.diffusion_form, DIFFUSION_FORMS)
-        positive(f"{prefix}.diffusion_norm", self.diffusion_norm)
-        choice(f"{prefix}.last_step", self.last_step, LAST_STEPS)
-        if self.last_step != "none":
-            in_range(f"{prefix}.last_step_size", self.last_step_size, 0.0, 1.0, "()")
-        positive(f"{prefix}.atol", self.atol)
-        positive(f"{prefix}.rtol", self.rtol)
-        choice(f"{prefix}.ode_method", self.ode_method, ADAPTIVE_METHODS)
+        check_config("flow", self, prefix)  # sampler, sample_steps and the sampler-option fields

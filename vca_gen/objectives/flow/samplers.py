@@ -1,4 +1,5 @@
-"""Integrators for the transport (all receive a counting, already-guided ``model_fn``).
+"""Integrators for the transport (all receive a counting, already-guided ``model_fn``) and their
+registry entries (:mod:`vca_gen.objectives.registry`, at the end of this file).
 
 Time runs from t0 (≈0, noise) to t1 (≈1, data).
 
@@ -13,15 +14,26 @@ Time runs from t0 (≈0, noise) to t1 (≈1, data).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
-from vca_gen.objectives.flow.sde import check_last_step, diffusion_coefficient
+from vca_gen.objectives.flow.sde import DIFFUSION_FORMS, LAST_STEPS, check_last_step, diffusion_coefficient
 from vca_gen.objectives.flow.transport import Transport
+from vca_gen.objectives.registry import (
+    SampleCall,
+    Sampler,
+    SamplerOption,
+    integer_steps,
+    number,
+    one_of,
+    register,
+)
 from vca_gen.utils.rng import GeneratorSpec, randn_like
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+check_ode_method = one_of(ADAPTIVE_METHODS)  # (key, value, resolved) -> value
 
 
 class _Model:
@@ -85,8 +97,7 @@ def ode_sample(
 ) -> torch.Tensor:
     from torchdiffeq import odeint
 
-    if method not in ADAPTIVE_METHODS:
-        raise ValueError(f"unknown ode_method {method!r}; accepted: {', '.join(ADAPTIVE_METHODS)}")
+    check_ode_method("ode_method", method, {})
     ts = torch.tensor([t0, t1], device=x.device, dtype=x.dtype)
     # step_t makes the adaptive solver land on t1 instead of stepping past it and interpolating, so
     # the model is never queried outside [t0, t1] (t > 1 is undefined, e.g. σ_t is NaN on VP).
@@ -132,3 +143,103 @@ def sde_sample(
     elif last_step == "euler":
         x = x + m.velocity(x, t1) * last_step_size
     return x
+
+
+# --------------------------------------------------------------------------------------------
+# Registry entries (run(call) adapts a SampleCall to the integrators above)
+# --------------------------------------------------------------------------------------------
+def _model(call: SampleCall) -> _Model:
+    return _Model(call.objective.transport, call.model_fn, call.labels, call.noise.shape[1])
+
+
+def _run_euler(call: SampleCall) -> torch.Tensor:
+    t0, t1 = call.objective.transport.interval(eval=True)
+    return euler_sample(_model(call), call.noise, t0, t1, call.steps, call.progress)
+
+
+def _run_heun(call: SampleCall) -> torch.Tensor:
+    t0, t1 = call.objective.transport.interval(eval=True)
+    return heun_sample(_model(call), call.noise, t0, t1, call.steps, call.progress)
+
+
+def _run_ode(call: SampleCall) -> torch.Tensor:
+    o = call.options
+    t0, t1 = call.objective.transport.interval(eval=True)
+    return ode_sample(_model(call), call.noise, t0, t1, o["ode_method"], o["atol"], o["rtol"])
+
+
+def _run_sde(call: SampleCall) -> torch.Tensor:
+    o = call.options
+    form, last, size = o["diffusion_form"], o["last_step"], o["last_step_size"]
+    t0, t1 = call.objective.transport.interval(eval=True, sde=True, diffusion_form=form, last_step_size=size)
+    m = _model(call)
+    return sde_sample(
+        m, call.noise, t0, t1, call.steps, form, o["diffusion_norm"], last, size, call.generator, call.progress
+    )
+
+
+def _last_step_size(key: str, value: Any, resolved: Mapping[str, Any]) -> float:
+    """In (0, 1); not used (0) when the last step is "none"."""
+    if resolved.get("last_step") == "none":
+        return 0.0
+    return number(0.0, 1.0, "()")(key, value, resolved)
+
+
+_FORMS, _LASTS = ", ".join(DIFFUSION_FORMS), ", ".join(LAST_STEPS)
+SDE_OPTIONS = (
+    SamplerOption("diffusion_form", one_of(DIFFUSION_FORMS), f"the SDE's w(t): {_FORMS}", "diffusion_form"),
+    SamplerOption("diffusion_norm", number(), "scale of w(t) (> 0)", "diffusion_norm"),
+    SamplerOption("last_step", one_of(LAST_STEPS, none_as="none"), f"the step to t1: {_LASTS}", "last_step"),
+    SamplerOption("last_step_size", _last_step_size, "size of the last step, in (0, 1)", "last_step_size"),
+)
+ODE_OPTIONS = (
+    SamplerOption("atol", number(), "absolute tolerance (> 0)", "atol"),
+    SamplerOption("rtol", number(), "relative tolerance (> 0)", "rtol"),
+    SamplerOption("ode_method", check_ode_method, "torchdiffeq method: " + ", ".join(ADAPTIVE_METHODS), "ode_method"),
+)
+
+for _entry in (
+    Sampler(
+        "flow",
+        "sde",
+        _run_sde,
+        default_steps=250,
+        parse_steps=integer_steps("sde", 2),
+        steps_help="an integer >= 2 for the sde sampler",
+        nfe="steps - 1, + 1 unless last_step=none",
+        help="SiT's Euler-Maruyama SDE (its FID protocol: 250 steps, sigma, last step mean 0.04)",
+        options=SDE_OPTIONS,
+    ),
+    Sampler(
+        "flow",
+        "ode",
+        _run_ode,
+        default_steps=0,
+        parse_steps=integer_steps("ode", 0),
+        steps_help="an integer >= 0 for the ode sampler (ignored: its steps are adaptive)",
+        nfe="adaptive (whatever the solver needs)",
+        help="adaptive torchdiffeq ODE solver (dopri5 by default) on the probability-flow ODE",
+        options=ODE_OPTIONS,
+    ),
+    Sampler(
+        "flow",
+        "euler",
+        _run_euler,
+        default_steps=100,
+        parse_steps=integer_steps("euler", 1),
+        steps_help="an integer >= 1 for the euler sampler",
+        nfe="steps",
+        help="fixed-step Euler on the ODE",
+    ),
+    Sampler(
+        "flow",
+        "heun",
+        _run_heun,
+        default_steps=50,
+        parse_steps=integer_steps("heun", 1),
+        steps_help="an integer >= 1 for the heun sampler",
+        nfe="2 * steps",
+        help="fixed-step Heun (explicit trapezoid) on the ODE",
+    ),
+):
+    register(_entry)

@@ -18,23 +18,24 @@ import math
 import torch
 
 from vca_gen.objectives.flow.path import Path
+from vca_gen.objectives.registry import one_of
 
 DIFFUSION_FORMS = ("constant", "sbdm", "sigma", "linear", "decreasing", "increasing-decreasing")
 LAST_STEPS = ("mean", "tweedie", "euler", "none")
 
 
-def check_diffusion_form(form: str) -> str:
-    f = str(form).lower()
-    if f not in DIFFUSION_FORMS:
-        raise ValueError(f"unknown diffusion_form {form!r}; accepted: {', '.join(DIFFUSION_FORMS)}")
-    return f
+_FORM = one_of(DIFFUSION_FORMS)
+_LAST = one_of(LAST_STEPS, none_as="none")
 
 
-def check_last_step(kind) -> str:
-    k = "none" if kind is None else str(kind).lower()
-    if k not in LAST_STEPS:
-        raise ValueError(f"unknown last_step {kind!r}; accepted: {', '.join(LAST_STEPS)}")
-    return k
+def check_diffusion_form(form, key: str = "diffusion_form") -> str:
+    """``form`` if it is one of :data:`DIFFUSION_FORMS`, else ``ValueError`` naming ``key``."""
+    return _FORM(key, form, {})
+
+
+def check_last_step(kind, key: str = "last_step") -> str:
+    """``kind`` if it is one of :data:`LAST_STEPS` (``None`` = "none"), else ``ValueError`` naming ``key``."""
+    return _LAST(key, kind, {})
 
 
 def diffusion_coefficient(path: Path, t: torch.Tensor, form: str, norm: float = 1.0) -> torch.Tensor:
