@@ -1,5 +1,5 @@
 # vca-gen: `make demo` runs the whole job on the embedded demo; `make test` runs the test suite;
-# `make lint` runs ruff (lint + format check), mypy and the import-layer contract (`make format` applies
+# `make docs` regenerates the tables of README.md and docs/ from the code; `make lint` runs ruff (lint + format check), mypy and the import-layer contract (`make format` applies
 # ruff's fixes and formatting). All build .venv from nothing when it is missing or stale (pyproject.toml /
 # constraints.txt changed); demo and test also fetch the offline assets; re-running is a no-op when nothing changed.
 PYTHON ?= python3
@@ -10,7 +10,7 @@ ASSETS_STAMP := .assets/.fetched
 PYTEST_ARGS ?=
 LINT_PATHS := vca_gen tests bench scripts *.py
 
-.PHONY: all venv assets test test-fast lint format demo bench clean-venv
+.PHONY: all venv assets test test-fast lint format demo bench docs clean-venv
 
 all: test
 
@@ -51,6 +51,10 @@ bench: $(STAMP) $(ASSETS_STAMP)
 	$(PY) bench/samplers.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/sampling.py
+	$(PY) bench/extraction.py
+
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
 
 clean-venv:
 	rm -rf $(VENV)
