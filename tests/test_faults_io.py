@@ -472,3 +472,46 @@ def test_two_sweeps_at_once_the_second_exits_2_naming_the_holder(tmp_path, capsy
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.communicate(timeout=60)
+
+
+# ------------------------------------------------------------------------------ training end to end
+@pytest.mark.slow
+def test_training_on_a_full_disk_exits_75_and_the_rerun_continues_exactly(small_fs, tmp_path):
+    """The disk fills between two checkpoints: the next checkpoint write fails (exit 75, the earlier
+    checkpoint intact, no half-written one left); after space is freed the same command resumes
+    and ends bit-identical to a run that never failed."""
+    from test_training_common import assert_identical, ckpt_tensors, image_data, make_images, run, tiny_dict
+
+    fs = small_fs.path
+    images = make_images(tmp_path / "images")
+    common = dict(data=image_data(images), max_steps=6, ckpt_every=2)
+    run(tiny_dict(tmp_path / "a", **common))
+    run(tiny_dict(fs / "run", **{**common, "max_steps": 2}))
+    first = fs / "run" / "checkpoints" / "step_00000002"
+    before = snapshot(first)
+    filler = fill(fs, leave=48 * PAGE)  # logs fit; a checkpoint (~1 MiB) does not
+    with pytest.raises(WriteFaultError) as ei:
+        run(tiny_dict(fs / "run", **common))
+    assert_fault(ei.value, errno.ENOSPC, EXIT_TEMPFAIL, "checkpoint step 4", "it needs", "re-run the same command")
+    assert sorted(p.name for p in (fs / "run" / "checkpoints").iterdir()) == ["step_00000002"]
+    assert snapshot(first) == before and temp_files(fs / "run") == []
+    filler.unlink()
+    assert run(tiny_dict(fs / "run", **common))["step"] == 6
+    assert_identical(
+        ckpt_tensors(tmp_path / "a/checkpoints/step_00000006"), ckpt_tensors(fs / "run/checkpoints/step_00000006")
+    )
+
+
+def test_damaged_shard_on_rerun_is_a_user_error_naming_it(tmp_path):
+    """A shard damaged after it was written: the re-run (assembling ``samples.npz``) stops with a
+    user error (one line, exit 2) naming the shard, not a traceback."""
+    from vca_gen.errors import UserError
+
+    out = tmp_path / "s"
+    run_world(spec(out, n=30), 1)
+    (out / "samples.npz").unlink()
+    bad = out / "shard_00001.npz"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(UserError, match="shard_00001.npz is unreadable.*delete it to regenerate it") as ei:
+        run_world(spec(out, n=30), 1)
+    assert ei.value.exit_code == EXIT_USAGE and not (out / "samples.npz").exists()

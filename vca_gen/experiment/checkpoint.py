@@ -57,9 +57,9 @@ from vca_gen.experiment.build import build_model, decoder_spec
 from vca_gen.experiment.schema import config_from_dict, config_from_yaml_text, to_container
 from vca_gen.utils.faults import Faults
 from vca_gen.utils.io import atomic_write_text as _atomic_write_text
-from vca_gen.utils.io import sha256_file, tensors_nbytes, write_faults, write_tensors_file
 from vca_gen.utils.io import fsync_dir as _fsync_dir
 from vca_gen.utils.io import fsync_file as _fsync_file
+from vca_gen.utils.io import sha256_file, tensors_nbytes, write_faults, write_tensors_file
 
 COMPLETE = "COMPLETE"
 CHECKSUMS = "checksums.json"
@@ -233,10 +233,10 @@ def save_checkpoint(
         if faults is not None and faults.save_pause_s > 0:  # injected: a half-written checkpoint stays a while
             print(f"[checkpoint] fault injected: pausing {faults.save_pause_s}s mid-write of {tmp}", flush=True)
             time.sleep(faults.save_pause_s)
-        with open(tmp / "optimizer.pt", "wb") as f:  # a file object: torch then reports the OSError it met
-            torch.save(optimizer_state, f)
-        with open(tmp / "rng.pt", "wb") as f:
-            torch.save({"world_size": len(rng_states), "states": list(rng_states)}, f)
+        with open(tmp / "optimizer.pt", "wb") as fo:  # a file object: torch then reports the OSError it met
+            torch.save(optimizer_state, fo)
+        with open(tmp / "rng.pt", "wb") as fo:
+            torch.save({"world_size": len(rng_states), "states": list(rng_states)}, fo)
         (tmp / "state.json").write_text(json.dumps(dict(state), indent=2, sort_keys=True))
         (tmp / "config.yaml").write_text(config_yaml)
         if decoder is not None:

@@ -23,6 +23,8 @@ from numpy.typing import DTypeLike
 from vca_gen.utils.io import atomic_open, atomic_path, make_dir
 from vca_gen.utils.io import atomic_savez as _atomic_savez
 
+from .plan import SamplingError
+
 SHARD_RE = re.compile(r"^shard_(\d{5,})\.npz$")
 
 
@@ -68,14 +70,14 @@ def read_shard(path: Path, indices: range, image_shape: tuple[int, int, int] | N
         with np.load(path) as z:
             images, labels, idx = z["samples"], z["labels"], z["indices"]
     except Exception as e:  # corrupt zip, missing key, ...
-        raise ValueError(f"shard {path} is unreadable ({e}); delete it to regenerate it") from e
+        raise SamplingError(f"shard {path} is unreadable ({e}); delete it to regenerate it") from e
     want = np.arange(indices.start, indices.stop)
     ok = images.dtype == np.uint8 and images.ndim == 4 and images.shape[0] == len(want)
     ok = ok and np.array_equal(idx, want) and labels.shape == (len(want),)
     if image_shape is not None:
         ok = ok and tuple(images.shape[1:]) == tuple(image_shape)
     if not ok:
-        raise ValueError(
+        raise SamplingError(
             f"shard {path} does not hold samples {indices.start}..{indices.stop - 1} of this run "
             f"(shape {images.shape}, dtype {images.dtype}); delete it to regenerate it"
         )

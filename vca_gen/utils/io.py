@@ -71,9 +71,7 @@ class WriteFaultError(UserError, OSError):
     EDQUOT), a read-only file system (EROFS), no permission (EACCES, EPERM). ``exit_code`` is 75
     when a re-run continues (a full disk at a resumable writer), else 2."""
 
-    def __init__(
-        self, message: str, path: Path, code: int, exit_code: int = EXIT_USAGE, written: int | None = None
-    ):
+    def __init__(self, message: str, path: Path, code: int, exit_code: int = EXIT_USAGE, written: int | None = None):
         super().__init__(message)
         self.path = path
         self.fault_errno = code
@@ -129,7 +127,8 @@ def write_fault(
     bytes the write needs (if known), ``written``: how many it had written when it failed."""
     p = Path(path)
     where = _mount_point(p)
-    text = f"cannot write {what} {p}: {FAULT_ERRNOS.get(code, os.strerror(code))} ({errno.errorcode.get(code, code)}) on {where}"
+    reason = f"{FAULT_ERRNOS.get(code, os.strerror(code))} ({errno.errorcode.get(code, code)})"
+    text = f"cannot write {what} {p}: {reason} on {where}"
     if code in SPACE_ERRNOS:
         try:
             free: str = human_bytes(shutil.disk_usage(_existing_dir(p)).free)
@@ -340,9 +339,7 @@ def atomic_path(
         fsync_dir(path.parent)
 
 
-def atomic_write_text(
-    path: str | os.PathLike, text: str, *, what: str | None = None, resumable: bool = False
-) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, *, what: str | None = None, resumable: bool = False) -> None:
     data = text.encode()
     with atomic_open(path, "wb", what=what, need=len(data), resumable=resumable) as f:
         f.write(data)
@@ -391,7 +388,9 @@ def atomic_save_tensors(
     return path
 
 
-def write_tensors_file(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
+def write_tensors_file(
+    path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+) -> Path:
     """``safetensors.torch.save_file`` to ``path`` (not atomic: for files inside a folder that is itself
     renamed into place, as a checkpoint or export), then given :func:`default_file_mode`."""
     from safetensors.torch import save_file
