@@ -515,3 +515,14 @@ def test_damaged_shard_on_rerun_is_a_user_error_naming_it(tmp_path):
     with pytest.raises(UserError, match="shard_00001.npz is unreadable.*delete it to regenerate it") as ei:
         run_world(spec(out, n=30), 1)
     assert ei.value.exit_code == EXIT_USAGE and not (out / "samples.npz").exists()
+
+
+def test_lock_on_a_read_only_fs_is_a_write_fault(small_fs):
+    from vca_gen.utils.lock import RunLock
+
+    run = small_fs.path / "run"
+    run.mkdir()
+    small_fs.remount("ro")
+    with pytest.raises(WriteFaultError) as ei:
+        RunLock(run, "training").acquire()
+    assert_fault(ei.value, errno.EROFS, EXIT_USAGE, "the training lock", str(run), "read-only file system")
