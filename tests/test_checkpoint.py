@@ -175,7 +175,12 @@ def test_export_and_load_for_sampling(tmp_path, cfg_model, capsys):
 
     out = tmp_path / "export"
     assert train_cli("--export", str(tmp_path / "run"), str(out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "decoder.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checksums.json",
+        "config.json",
+        "decoder.json",
+        "model.safetensors",
+    ]
     assert json.loads((out / "config.json").read_text())["model"]["name"] == "DiT-S/4"
     m_exp, cfg3, spec3, _ = ckpt.load_for_sampling(out)
     assert spec3 is not None and spec3.vae is None  # pixel space: nothing to decode

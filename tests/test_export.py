@@ -93,7 +93,12 @@ def test_latent_per_channel_export_samples_alone(tmp_path, capsys):
     ckpt = run_dir / "checkpoints" / "step_00000002"
     export = tmp_path / "export"
     assert train_cli("--export", str(run_dir), str(export)) == 0
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "decoder.json", "model.safetensors"]
+    assert sorted(p.name for p in export.iterdir()) == [
+        "checksums.json",
+        "config.json",
+        "decoder.json",
+        "model.safetensors",
+    ]
     capsys.readouterr()
 
     # decoder.json: the VAE folder, its factor and the store's per-channel statistics

@@ -3,8 +3,11 @@
 Anything the user can fix (a config value, a missing or damaged file, a bad option) raises a
 subclass of :class:`UserError` whose message says what was wrong, where, and what is accepted.
 Every CLI wraps its work in :func:`cli_boundary`: a ``UserError`` prints
-``<tool>: error: <message>`` on one line and exits 2, with no traceback. Any other exception is a
-bug and propagates with its traceback (it is never disguised as a user error).
+``<tool>: error: <message>`` on one line and exits with the error's :attr:`UserError.exit_code`
+(:data:`EXIT_USAGE` = 2 unless the error says otherwise: a full disk met by a command whose re-run
+continues where it stopped exits :data:`EXIT_TEMPFAIL` = 75, as a preempted run does), with no
+traceback. Any other exception is a bug and propagates with its traceback (it is never disguised as
+a user error).
 """
 
 from __future__ import annotations
@@ -13,10 +16,22 @@ import sys
 from collections.abc import Callable
 
 EXIT_USAGE = 2
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: re-running the same command continues (preempted, or out of space mid-run)
 
 
 class UserError(Exception):
-    """An error the user can fix; the message names the value, where it came from and what is accepted."""
+    """An error the user can fix; the message names the value, where it came from and what is accepted.
+
+    ``exit_code``: the status a CLI exits with (class default :data:`EXIT_USAGE`; an instance may set
+    its own, e.g. :data:`EXIT_TEMPFAIL`)."""
+
+    exit_code: int = EXIT_USAGE
+
+
+def exit_status(err: BaseException) -> int:
+    """The exit status a CLI gives for the user error ``err`` (its ``exit_code``, else 2)."""
+    code = getattr(err, "exit_code", EXIT_USAGE)
+    return code if isinstance(code, int) and 0 < code < 256 else EXIT_USAGE
 
 
 class ConfigError(UserError, ValueError):
@@ -30,13 +45,13 @@ def report(tool: str, err: BaseException) -> None:
 
 
 def cli_boundary(tool: str, fn: Callable[[], int | None]) -> int:
-    """Run ``fn``; a :class:`UserError` becomes a one-line report and exit status 2."""
+    """Run ``fn``; a :class:`UserError` becomes a one-line report and its :func:`exit_status` (2 by default)."""
     try:
         rc = fn()
     except UserError as e:
         report(tool, e)
-        return EXIT_USAGE
+        return exit_status(e)
     return 0 if rc is None else int(rc)
 
 
-__all__ = ["UserError", "ConfigError", "EXIT_USAGE", "report", "cli_boundary"]
+__all__ = ["UserError", "ConfigError", "EXIT_USAGE", "EXIT_TEMPFAIL", "exit_status", "report", "cli_boundary"]

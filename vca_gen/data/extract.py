@@ -41,17 +41,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from vca_gen.data.config import DEFAULT_SCALE_FACTOR, DEFAULT_VAE
 from vca_gen.data.images import ImageFolderDataset, UnreadableImageError, to_tensor_pm1
 from vca_gen.data.latents import FORMAT, MANIFEST, VERSION, shard_name, write_json_atomic
 from vca_gen.data.vae import encode_moments, load_vae, parse_dtype, vae_downsample_factor
-from vca_gen.errors import UserError, report
+from vca_gen.errors import UserError, exit_status, report
 from vca_gen.utils import dist
 from vca_gen.utils.faults import Faults
-from vca_gen.utils.io import sha256_file
+from vca_gen.utils.io import atomic_save_tensors, sha256_file
 
 PARAMS = "extract_params.json"
 STORE_DTYPES = ("float32", "float16", "bfloat16")
@@ -143,8 +142,8 @@ def extract_shard(
         "indices": torch.cat(indices).contiguous(),
     }
     f = out / shard_name(k)
-    save_file(tensors, f"{f}.tmp", metadata={"format": "pt"})  # one key: safetensors orders metadata randomly
-    os.replace(f"{f}.tmp", f)
+    # atomic, mode per umask, a full disk reported (exit 75); one metadata key: safetensors orders them randomly
+    atomic_save_tensors(f, tensors, {"format": "pt"}, what=f"latent shard {k}", resumable=True)
     # channel sums of posterior samples z = mean + std * eps over both copies (float64, exact order).
     m64, s64 = tensors["mean"].double(), tensors["std"].double()
     rec = {
@@ -480,7 +479,7 @@ def main(argv: Sequence[str] | None = None, faults: Faults | None = None) -> int
         )
     except UserError as e:
         report("extract_latents.py", e)
-        return 2
+        return exit_status(e)
     finally:
         dist.close()
     if manifest is not None:

@@ -70,9 +70,10 @@ def shard_name(k: int) -> str:
     return f"shard_{k:05d}.safetensors"
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON (sorted keys, deterministic) atomically."""
-    atomic_write_json(path, obj, indent=1)
+def write_json_atomic(path: str | os.PathLike, obj, what: str = "a latent-store record") -> None:
+    """Write JSON (sorted keys, deterministic) atomically; a full disk is a
+    :class:`~vca_gen.utils.io.WriteFaultError` with exit 75 (re-running the extraction continues)."""
+    atomic_write_json(path, obj, indent=1, what=what, resumable=True)
 
 
 def same_vae(a: str | None, b: str | None) -> bool:

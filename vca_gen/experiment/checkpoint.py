@@ -25,7 +25,8 @@ exports) refuses with a :class:`CheckpointError` naming the file. Checkpoints wr
 ``checksums.json`` existed are accepted unverified.
 
 An *export* is a directory with ``model.safetensors`` (EMA weights by default),
-``config.json`` (the experiment) and ``decoder.json``: it stands alone. ``load_for_sampling``
+``config.json`` (the experiment), ``decoder.json`` and ``checksums.json``: it stands alone, and
+every load verifies it (a damaged file is a :class:`CheckpointDamagedError` naming it). ``load_for_sampling``
 accepts an export, a training checkpoint directory or a run directory (its latest complete
 checkpoint).
 
@@ -48,16 +49,17 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vca_gen.data.decoder import DecoderSpec
 from vca_gen.errors import ConfigError, UserError
 from vca_gen.experiment.build import build_model, decoder_spec
 from vca_gen.experiment.schema import config_from_dict, config_from_yaml_text, to_container
 from vca_gen.utils.faults import Faults
-from vca_gen.utils.io import atomic_write_text, sha256_file
+from vca_gen.utils.io import atomic_write_text as _atomic_write_text
 from vca_gen.utils.io import fsync_dir as _fsync_dir
 from vca_gen.utils.io import fsync_file as _fsync_file
+from vca_gen.utils.io import sha256_file, tensors_nbytes, write_faults, write_tensors_file
 
 COMPLETE = "COMPLETE"
 CHECKSUMS = "checksums.json"
@@ -78,6 +80,11 @@ class CheckpointDamagedError(CheckpointError):
 
 class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped in favour of an older intact one."""
+
+
+def atomic_write_text(path: Path | str, text: str, what: str = "a training record") -> None:
+    """A run-directory file (log, config) written atomically; a full disk exits 75 (training resumes)."""
+    _atomic_write_text(path, text, what=what, resumable=True)
 
 
 def _cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -198,42 +205,58 @@ def save_checkpoint(
 
     ``rng_states`` holds one :func:`capture_rng_state` dict per process (index = process rank).
     An existing complete checkpoint of the same step is replaced only after the new one is
-    complete. ``faults``: injected by tests (``save_pause_s``: pause half-way through the write).
+    complete. A full disk, quota, read-only file system or missing permission raises a
+    :class:`~vca_gen.utils.io.WriteFaultError` naming the checkpoint and the space it needs (exit 75
+    for a full disk: re-running resumes from the previous checkpoint), after removing the
+    half-written ``step_XXXXXXXX.tmp``; earlier checkpoints are untouched. ``faults``: injected by
+    tests (``save_pause_s``: pause half-way through the write).
     """
     root = Path(ckpt_root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = root / (final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(_cpu_state(model_state), str(tmp / "model.safetensors"))
-    save_file(_cpu_state(ema_state), str(tmp / "ema.safetensors"))
-    if faults is not None and faults.save_pause_s > 0:  # injected: a half-written checkpoint stays a while
-        print(f"[checkpoint] fault injected: pausing {faults.save_pause_s}s mid-write of {tmp}", flush=True)
-        time.sleep(faults.save_pause_s)
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save({"world_size": len(rng_states), "states": list(rng_states)}, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(dict(state), indent=2, sort_keys=True))
-    (tmp / "config.yaml").write_text(config_yaml)
-    if decoder is not None:
-        decoder.save(tmp)
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    write_checksums(tmp)
-    (tmp / COMPLETE).write_text(f"step {int(step)}\n")
-    _fsync_file(tmp / COMPLETE)
-    _fsync_dir(tmp)
-    if final.exists():
-        old = root / (final.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(root)
+    need = tensors_nbytes(model_state) + tensors_nbytes(ema_state) + tensors_nbytes(optimizer_state)
+    need += tensors_nbytes(rng_states) + len(config_yaml) + 64 * 1024  # headers, small files
+    with write_faults(
+        final,
+        f"checkpoint step {int(step)}",
+        need=need,
+        resumable=True,
+        partial=tmp,
+        cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True),
+    ):
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write_tensors_file(tmp / "model.safetensors", _cpu_state(model_state))
+        write_tensors_file(tmp / "ema.safetensors", _cpu_state(ema_state))
+        if faults is not None and faults.save_pause_s > 0:  # injected: a half-written checkpoint stays a while
+            print(f"[checkpoint] fault injected: pausing {faults.save_pause_s}s mid-write of {tmp}", flush=True)
+            time.sleep(faults.save_pause_s)
+        with open(tmp / "optimizer.pt", "wb") as fo:  # a file object: torch then reports the OSError it met
+            torch.save(optimizer_state, fo)
+        with open(tmp / "rng.pt", "wb") as fo:
+            torch.save({"world_size": len(rng_states), "states": list(rng_states)}, fo)
+        (tmp / "state.json").write_text(json.dumps(dict(state), indent=2, sort_keys=True))
+        (tmp / "config.yaml").write_text(config_yaml)
+        if decoder is not None:
+            decoder.save(tmp)
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        write_checksums(tmp)
+        (tmp / COMPLETE).write_text(f"step {int(step)}\n")
+        _fsync_file(tmp / COMPLETE)
+        _fsync_dir(tmp)
+        if final.exists():
+            old = root / (final.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
     return final
 
 
@@ -262,14 +285,25 @@ def read_checksums(path: Path | str) -> dict[str, dict[str, Any]] | None:
         if not isinstance(files, dict):
             raise TypeError("'files' is not a mapping")
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointDamagedError(f"checkpoint {Path(path)} is damaged: {f} cannot be read ({e})", f) from None
+        kind = "checkpoint" if (Path(path) / COMPLETE).is_file() else "export"
+        raise CheckpointDamagedError(f"{kind} {Path(path)} is damaged: {f} cannot be read ({e})", f) from None
     return files
 
 
 def verify_checkpoint(path: Path | str, files: list[str] | None = None) -> None:
     """Check ``files`` (default: all recorded) of a complete checkpoint against ``checksums.json``;
     a :class:`CheckpointDamagedError` names the first missing, truncated or altered file."""
-    p = check_complete(path)
+    _verify_files(check_complete(path), files, "checkpoint")
+
+
+def verify_export(path: Path | str, files: list[str] | None = None) -> None:
+    """Check ``files`` (default: all recorded) of an export against its ``checksums.json`` (exports
+    written before it existed are accepted unverified); a :class:`CheckpointDamagedError` names the
+    first missing, truncated or altered file."""
+    _verify_files(Path(path), files, "export")
+
+
+def _verify_files(p: Path, files: list[str] | None, kind: str) -> None:
     recorded = read_checksums(p)
     if recorded is None:
         return  # written before checksums existed
@@ -285,7 +319,7 @@ def verify_checkpoint(path: Path | str, files: list[str] | None = None) -> None:
             problem = "does not match its recorded sha256"
         else:
             continue
-        raise CheckpointDamagedError(f"checkpoint {p} is damaged: {f} {problem} (see {CHECKSUMS})", f)
+        raise CheckpointDamagedError(f"{kind} {p} is damaged: {f} {problem} (see {CHECKSUMS})", f)
 
 
 def readable_problem(
@@ -458,6 +492,7 @@ def load_for_sampling(path: Path | str, use_ema: bool = True, device: Any = "cpu
         raise CheckpointError(f"{p} does not exist")
     d = _find_weights_dir(p)
     if (d / "config.json").is_file() and not (d / COMPLETE).is_file():
+        verify_export(d, ["config.json", "model.safetensors", "decoder.json"])  # names a damaged file
         cfg = config_from_dict(json.loads((d / "config.json").read_text()), source=str(d / "config.json"))
         weights = d / "model.safetensors"
         kind = "export"
@@ -474,8 +509,11 @@ def load_for_sampling(path: Path | str, use_ema: bool = True, device: Any = "cpu
 
 def export(ckpt: Path | str, out: Path | str, use_ema: bool = True) -> Path:
     """Write a stand-alone export: ``out/model.safetensors`` (EMA weights), ``out/config.json`` (the
-    experiment, unchanged) and ``out/decoder.json`` (VAE id and subfolder, latent normalisation
-    statistics, class names), from a checkpoint or run directory.
+    experiment, unchanged), ``out/decoder.json`` (VAE id and subfolder, latent normalisation
+    statistics, class names) and ``out/checksums.json`` (sha256 and size of each, verified whenever
+    the export is loaded), from a checkpoint or run directory. Written as ``out.tmp`` and renamed;
+    a full disk or read-only target is a :class:`~vca_gen.utils.io.WriteFaultError` (exit 2) and
+    leaves no ``out.tmp``.
 
     Refuses an existing non-empty ``out`` and an ``out`` inside the source. The weights are checked
     against the experiment's model before anything is written.
@@ -493,17 +531,28 @@ def export(ckpt: Path | str, out: Path | str, use_ema: bool = True) -> Path:
         except ConfigError as e:
             raise CheckpointError(f"{ckpt} has no decoder.json (written by an older version) and {e}") from None
     tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(
-        _cpu_state(model.state_dict()),
-        str(tmp / "model.safetensors"),
-        metadata={"format": "pt", "weights": "ema" if use_ema else "live"},
-    )
-    atomic_write_text(tmp / "config.json", json.dumps(to_container(cfg), indent=2))
-    spec.save(tmp)
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    state = _cpu_state(model.state_dict())
+    with write_faults(
+        out,
+        "the export",
+        need=tensors_nbytes(state) + 64 * 1024,
+        partial=tmp,
+        cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True),
+    ):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        write_tensors_file(
+            tmp / "model.safetensors", state, metadata={"format": "pt", "weights": "ema" if use_ema else "live"}
+        )
+        (tmp / "config.json").write_text(json.dumps(to_container(cfg), indent=2))
+        spec.save(tmp)
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        write_checksums(tmp)
+        _fsync_dir(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
     return out

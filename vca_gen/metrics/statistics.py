@@ -210,7 +210,9 @@ def save_statistics(
 ) -> Path:
     """Write our statistics file atomically (:func:`vca_gen.utils.io.atomic_savez`: temp file in the
     same folder, mode per umask, then ``os.replace``); overwrites ``path`` (the CLI refuses that
-    without ``--overwrite``). Its folder is created; one that cannot be raises ``OutputDirError``."""
+    without ``--overwrite``). Its folder is created; one that cannot be raises ``OutputDirError``; a full
+    disk or read-only file system raises :class:`~vca_gen.utils.io.WriteFaultError` (exit 2), leaving
+    an existing ``path`` untouched and no temporary file."""
     path = Path(path)
     arrays: dict[str, Any] = {"mu": stats.mu, "sigma": stats.sigma, META_KEY: np.array(json.dumps(stats.meta()))}
     if stats.mu_s is not None:
@@ -230,7 +232,7 @@ def save_statistics(
         assert feats_s is not None  # complete(spatial=True) implies the spatial features
         arrays["feats_s"] = feats_s.astype(np.float32)
     make_parent_dir(path, "statistics file")
-    return atomic_savez(path, **arrays)
+    return atomic_savez(path, what="the statistics file", **arrays)
 
 
 def reference_kind(path: str | os.PathLike) -> str:

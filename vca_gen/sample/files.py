@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from numpy.typing import DTypeLike
 
-from vca_gen.utils.io import atomic_open, atomic_path
+from vca_gen.utils.io import atomic_open, atomic_path, make_dir
 from vca_gen.utils.io import atomic_savez as _atomic_savez
+
+from .plan import SamplingError
 
 SHARD_RE = re.compile(r"^shard_(\d{5,})\.npz$")
 
@@ -43,9 +45,10 @@ def shard_path(out_dir: Path, shard: int) -> Path:
     return Path(out_dir) / f"shard_{shard:05d}.npz"
 
 
-def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` to ``path`` atomically (see :func:`vca_gen.utils.io.atomic_savez`)."""
-    _atomic_savez(path, False, **arrays)
+def atomic_savez(path: Path, what: str | None = None, **arrays: np.ndarray) -> None:
+    """``np.savez`` to ``path`` atomically (see :func:`vca_gen.utils.io.atomic_savez`); a full disk is
+    a :class:`~vca_gen.utils.io.WriteFaultError` with exit 75 (a re-run continues from the shards)."""
+    _atomic_savez(path, False, what=what, resumable=True, **arrays)
 
 
 def write_shard(out_dir: Path, shard: int, images: np.ndarray, labels: np.ndarray, indices: range) -> Path:
@@ -53,6 +56,7 @@ def write_shard(out_dir: Path, shard: int, images: np.ndarray, labels: np.ndarra
     path = shard_path(out_dir, shard)
     atomic_savez(
         path,
+        what=f"sampling shard {shard}",
         samples=images,
         labels=labels.astype(np.int64),
         indices=np.arange(indices.start, indices.stop, dtype=np.int64),
@@ -66,14 +70,14 @@ def read_shard(path: Path, indices: range, image_shape: tuple[int, int, int] | N
         with np.load(path) as z:
             images, labels, idx = z["samples"], z["labels"], z["indices"]
     except Exception as e:  # corrupt zip, missing key, ...
-        raise ValueError(f"shard {path} is unreadable ({e}); delete it to regenerate it") from e
+        raise SamplingError(f"shard {path} is unreadable ({e}); delete it to regenerate it") from e
     want = np.arange(indices.start, indices.stop)
     ok = images.dtype == np.uint8 and images.ndim == 4 and images.shape[0] == len(want)
     ok = ok and np.array_equal(idx, want) and labels.shape == (len(want),)
     if image_shape is not None:
         ok = ok and tuple(images.shape[1:]) == tuple(image_shape)
     if not ok:
-        raise ValueError(
+        raise SamplingError(
             f"shard {path} does not hold samples {indices.start}..{indices.stop - 1} of this run "
             f"(shape {images.shape}, dtype {images.dtype}); delete it to regenerate it"
         )
@@ -104,7 +108,8 @@ def stream_npz(
     """
     path = Path(path)
     labels_all = np.empty(total, dtype=np.int64)
-    with atomic_path(path) as tmp:
+    need = total * (int(np.prod(item_shape)) + 8) + 4096  # images, labels, zip and npy headers
+    with atomic_path(path, what="the samples file", need=need, resumable=True) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             written = 0
             with zf.open("arr_0.npy", "w", force_zip64=True) as f:
@@ -129,11 +134,11 @@ def save_pngs(directory: Path, images: np.ndarray, start: int) -> None:
     """Save images as ``{index:06d}.png`` (atomic per file, mode per umask)."""
     from PIL import Image
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_dir(directory, "the PNG images (--png)")
     for j, img in enumerate(images):
         final = directory / f"{start + j:06d}.png"
-        with atomic_open(final, "wb", durable=False) as f:  # 50K files: no per-file fsync
+        # 50K files: no per-file fsync
+        with atomic_open(final, "wb", durable=False, what="the PNG image", need=img.nbytes, resumable=True) as f:
             Image.fromarray(img).save(f, format="PNG")
 
 

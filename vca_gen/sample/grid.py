@@ -61,6 +61,6 @@ def save_grid(path: Path, rows, class_names=None) -> Path:
     """Render and save the grid atomically as PNG (mode per umask)."""
     path = Path(path)
     img = render_grid(rows, class_names)
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", what="the sample grid", resumable=True) as f:
         img.save(f, format="PNG")
     return path

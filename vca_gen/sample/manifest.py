@@ -64,7 +64,7 @@ def read_manifest(out_dir: Path) -> dict | None:
 def write_manifest(out_dir: Path, settings: dict) -> None:
     """Write ``sampling.json`` atomically."""
     p = Path(out_dir) / MANIFEST
-    atomic_write_json(p, _canon(settings), indent=2)
+    atomic_write_json(p, _canon(settings), indent=2, what="the sampling manifest", resumable=True)
 
 
 def check_resume(out_dir: Path, settings: dict, overwrite: bool) -> list[str]:

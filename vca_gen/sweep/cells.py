@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from vca_gen.sweep.plan import StageHooks
-from vca_gen.utils.io import atomic_write_json
+from vca_gen.utils.io import append_text, atomic_write_json, write_faults
+
+CELL_LOCK_PURPOSE = "sweep cell"
 
 RESULT_FORMAT, RESULT_VERSION = "vca-gen-sweep-cell", 1
 STDERR_TAIL = 40
@@ -167,8 +169,7 @@ def stages(plan) -> list[Stage]:
 # ----------------------------------------------------------------------------- events and records
 def _event(cell: Path, **fields) -> None:
     fields = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
-    with open(cell / "stages.jsonl", "a") as f:
-        f.write(json.dumps(fields) + "\n")
+    append_text(cell / "stages.jsonl", json.dumps(fields) + "\n", what="the cell's stage log", resumable=True)
 
 
 def read_events(cell_dir: Path | str) -> list[dict[str, Any]]:
@@ -331,7 +332,8 @@ def run_stage(plan, stage: Stage, env: dict[str, str] | None = None) -> int:
     """Run one stage's command, logs appended; writes the stage's output JSON or ``failure.json``."""
     cell = Path(plan.cell_dir)
     logs = cell / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    with write_faults(logs, "the cell's log folder", resumable=True):
+        logs.mkdir(parents=True, exist_ok=True)
     tag = stage.name.replace("@", "_")
     out_log, err_log = logs / f"{tag}.stdout", logs / f"{tag}.stderr"
     out0, err0 = _size(out_log), _size(err_log)
@@ -345,20 +347,31 @@ def run_stage(plan, stage: Stage, env: dict[str, str] | None = None) -> int:
         ]
     _close_interrupted_attempt(cell, stage, (out_log, err_log))
     env = stage_env(plan, env)
-    _event(cell, stage=stage.name, kind=stage.kind, event="start", threads=int(env[THREAD_VARS[0]]))
-    t0 = time.perf_counter()
-    with open(out_log, "a") as fo, open(err_log, "a") as fe:
-        fo.write(header)
-        fe.write(header)
-        fo.flush()
-        fe.flush()
+    with write_faults(out_log, "the stage's log", resumable=True):
+        fo = open(out_log, "a")
+        try:
+            fe = open(err_log, "a")
+        except BaseException:
+            fo.close()
+            raise
+    with fo, fe:
+        with write_faults(out_log, "the stage's log", resumable=True):
+            fo.write(header)
+            fe.write(header)
+            fo.flush()
+            fe.flush()
+        # the start event only once the logs are writable: a disk fault leaves no attempt open
+        _event(cell, stage=stage.name, kind=stage.kind, event="start", threads=int(env[THREAD_VARS[0]]))
+        t0 = time.perf_counter()
         rc = subprocess.run(argv, stdout=fo, stderr=fe, env=env, stdin=subprocess.DEVNULL).returncode
     secs = time.perf_counter() - t0
     if rc != 0:
         _event(cell, stage=stage.name, kind=stage.kind, event="failed", rc=rc, seconds=secs)
         atomic_write_json(
             cell / "failure.json",
-            {
+            what="the cell's failure record",
+            resumable=True,
+            obj={
                 "variant": plan.variant,
                 "seed": plan.seed,
                 "stage": stage.name,
@@ -379,14 +392,18 @@ def run_stage(plan, stage: Stage, env: dict[str, str] | None = None) -> int:
     else:
         info = None  # evaluate_fid.py wrote its --json-out itself
     if info is not None:
-        atomic_write_json(stage.output, info)
+        atomic_write_json(stage.output, info, what=f"the {stage.name} stage's record", resumable=True)
     _event(cell, stage=stage.name, kind=stage.kind, event="done", rc=0, seconds=secs)
     return 0
 
 
 def run_cell(plan, rerun: bool = False) -> dict[str, Any]:
-    """Run (or finish) one cell; returns ``{"cell", "status": done|failed|stale, ...}``. Never raises for a
-    failing stage: it is recorded in ``failure.json`` and reported."""
+    """Run (or finish) one cell; returns ``{"cell", "status": done|failed|stale|busy, ...}``. Never raises
+    for a failing stage: it is recorded in ``failure.json`` and reported. The cell's folder is locked
+    while it runs (:class:`~vca_gen.utils.lock.RunLock`): a cell another process is running is
+    reported ``busy`` and left alone (its events are never closed or counted by this process)."""
+    from vca_gen.utils.lock import RunDirLockedError, RunLock
+
     key = plan.key
     state = committed_state(plan)
     if state == "done":
@@ -394,8 +411,24 @@ def run_cell(plan, rerun: bool = False) -> dict[str, Any]:
     if state is not None and not rerun:
         return {"cell": key, "status": "stale", "detail": state}
     cell = Path(plan.cell_dir)
-    cell.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cell / "cell.json", {**asdict(plan), "stages": [asdict(s) for s in stages(plan)]})
+    try:
+        lock = RunLock(cell, CELL_LOCK_PURPOSE, heartbeat_s=600.0).acquire()
+    except RunDirLockedError as e:
+        return {"cell": key, "status": "busy", "stage": "lock", "detail": str(e)}
+    try:
+        return _run_cell(plan, cell)
+    finally:
+        lock.release()
+
+
+def _run_cell(plan, cell: Path) -> dict[str, Any]:
+    key = plan.key
+    atomic_write_json(
+        cell / "cell.json",
+        {**asdict(plan), "stages": [asdict(s) for s in stages(plan)]},
+        what="the cell's plan",
+        resumable=True,
+    )
     if not Path(plan.reference_path).is_file():
         atomic_write_json(
             cell / "failure.json",
@@ -406,6 +439,8 @@ def run_cell(plan, rerun: bool = False) -> dict[str, Any]:
                 "exit_code": None,
                 "stderr_tail": [f"reference {plan.reference_path} is missing"],
             },
+            what="the cell's failure record",
+            resumable=True,
         )
         return {"cell": key, "status": "failed", "stage": "reference"}
     for stage in stages(plan):
@@ -418,8 +453,9 @@ def run_cell(plan, rerun: bool = False) -> dict[str, Any]:
             print(f"[sweep] {key}: {stage.name} failed (exit {rc}); see {cell / 'failure.json'}", flush=True)
             return {"cell": key, "status": "failed", "stage": stage.name, "exit_code": rc}
     record = result_record(plan, read_events(cell))
-    Path(plan.result_file).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(plan.result_file, record)
+    with write_faults(plan.result_file, "the cell's result", resumable=True):
+        Path(plan.result_file).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan.result_file, record, what="the cell's result", resumable=True)
     (cell / "failure.json").unlink(missing_ok=True)
     final = record["metrics"].get(str(plan.max_steps), {}).get("fid")
     print(f"[sweep] {key}: done (FID {final})", flush=True)

@@ -9,12 +9,20 @@
   them). Job logs and pickles go to ``output_dir/submitit/``. Each job runs one cell; a
   failing stage is recorded by the cell (``failure.json``) and the job still returns, so one cell's
   failure never stops another. A job that dies (killed, timed out) is reported with submitit's error.
+
+**Locked.** While it runs cells, ``sweep.py run`` holds a :class:`~vca_gen.utils.lock.RunLock`
+(purpose ``"sweep"``) on the sweep's ``output_dir`` and on its ``results_dir``: a second ``sweep.py
+run`` of the same sweep (or another sweep writing the same results) exits 2 naming the holder (host,
+pid, start time, command). Each cell also holds a lock on its own folder while it runs (also inside
+a submitit job), so a cell's bookkeeping never closes or counts another process's attempt.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from vca_gen.sweep.cells import run_cell
@@ -22,6 +30,19 @@ from vca_gen.sweep.plan import CellPlan
 from vca_gen.sweep.spec import Execution, Sweep
 
 DEFAULT_TIMEOUT_MIN = 3 * 24 * 60
+LOCK_PURPOSE = "sweep"
+LOCK_HEARTBEAT_S = 600.0
+
+
+@contextmanager
+def sweep_lock(sweep: Sweep) -> Iterator[None]:
+    """Hold the sweep's lock on ``output_dir`` and ``results_dir`` (see the module docstring)."""
+    from vca_gen.utils.lock import RunLock
+
+    with ExitStack() as stack:
+        for d in dict.fromkeys((sweep.output_dir, sweep.results_dir)):  # once if they are one folder
+            stack.enter_context(RunLock(d, LOCK_PURPOSE, heartbeat_s=LOCK_HEARTBEAT_S))
+        yield
 
 
 def slurm_parameters(ex: Execution, name: str) -> dict[str, Any]:
@@ -103,7 +124,7 @@ def _submit_slurm(executor, sweep: Sweep, cells: list[CellPlan], rerun: bool, wa
             known[c.key] = str(job.job_id)
             print(f"[sweep] {c.key}: submitted job {job.job_id}", flush=True)
         jobs_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(jobs_file, known)
+        atomic_write_json(jobs_file, known, what="the sweep's job list", resumable=True)
     out = [{"cell": k, "status": "queued", "detail": f"job {j} is {st}"} for k, (j, st) in live.items()]
     if not wait:
         return out + [
@@ -142,12 +163,13 @@ def run_cells(
     On SLURM the jobs are submitted and, unless ``wait``, this returns at once ("queued")."""
     if not cells:
         return []
-    if sweep.execution.backend == "local":
-        out = _run_local(cells, parallel, rerun)
-    else:
-        out = _run_submitit(sweep, cells, parallel, rerun, wait)
+    with sweep_lock(sweep):
+        if sweep.execution.backend == "local":
+            out = _run_local(cells, parallel, rerun)
+        else:
+            out = _run_submitit(sweep, cells, parallel, rerun, wait)
     sys.stdout.flush()
     return out
 
 
-__all__ = ["run_cells", "slurm_parameters"]
+__all__ = ["run_cells", "slurm_parameters", "sweep_lock"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vca_gen.utils.io import atomic_open, atomic_write_json, atomic_write_text
+from vca_gen.utils.io import atomic_open, atomic_write_json, atomic_write_text, make_dir
 
 
 def _f(x: float | None, spec: str = ".2f") -> str:
@@ -42,9 +42,11 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    try:
+        with atomic_open(path, "wb", what="the report figure") as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return path
 
 
@@ -177,8 +179,8 @@ def _threads_line(res: dict[str, Any]) -> str:
 
 def write_report(res: dict[str, Any], results_dir: Path) -> Path:
     """``results.json``, the PNGs and ``report.md`` in ``results_dir``."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results_dir / "results.json", res, indent=2)
+    make_dir(results_dir, "the sweep's results")
+    atomic_write_json(results_dir / "results.json", res, indent=2, what="the sweep's results")
     pngs = []
     for m in res["metrics"]:
         for fn, name in ((plot_bars, f"{m}_final.png"), (plot_curves, f"{m}_vs_step.png")):
@@ -312,7 +314,7 @@ def write_report(res: dict[str, Any], results_dir: Path) -> Path:
         lines += ["## About the reference numbers", "", res["reference_note"].strip(), ""]
     lines += [f"![{p}]({p})" for p in pngs]
     path = results_dir / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n", what="the sweep report")
     return path
 
 

@@ -1,10 +1,15 @@
-"""One lock per run directory, so two trainings (or samplings, extractions) never write the same run.
+"""One lock per run directory, so two trainings (or samplings, extractions, sweeps) never write the same run.
 
 >>> with RunLock("runs/dit_s2", "training"):
 ...     train()
 
-``RunLock(directory, purpose)`` creates ``<directory>/.lock`` atomically (``O_CREAT | O_EXCL``)
-holding JSON::
+Built on :mod:`filelock` (a pinned dependency): every change of the lock -- taking it, taking a
+stale one over, releasing it -- happens while this process holds ``filelock.FileLock`` on
+``<directory>/.lock.break`` (an OS lock, released by the kernel if the process dies; it falls back
+to an exclusive-create marker on file systems without ``flock``), so no two processes ever decide
+at once and the decision needs no retry loop. The lock itself is ``<directory>/.lock``, a JSON
+record of its holder written atomically (temporary file + rename, so it is never seen half
+written), which outlives the short ``FileLock`` and names the holder::
 
     {"pid": 1234, "host": "node7", "purpose": "training", "started": "2025-01-02T03:04:05Z",
      "command": "train.py --config ...", "started_unix": ..., "token": "<random hex>",
@@ -24,11 +29,11 @@ purpose, since when, command) and the directory. Who may take an existing lock o
   thread that does it). Taken over with a warning.
 * ``force=True`` takes over any lock, with a warning.
 
-Taking over is itself serialised by a short-lived ``<directory>/.lock.break`` (also ``O_EXCL``), so
-two processes that both find the same stale lock cannot both win. A lock file that cannot be parsed
-(a holder that died between creating and writing it) counts as stale once it is
-``UNREADABLE_GRACE_S`` old. :meth:`RunLock.release` (and leaving the ``with`` block) removes the
-file only if it is still ours (same token and pid); a forked child never releases its parent's lock.
+A lock record that cannot be parsed (damaged, or left by an older version that wrote it in place)
+counts as stale once it is ``UNREADABLE_GRACE_S`` old. :meth:`RunLock.release` (and leaving the
+``with`` block) removes the record only if it is still ours (same token and pid); a forked child
+never releases its parent's lock. A directory that cannot be written (read-only, full) is a
+:class:`~vca_gen.utils.io.WriteFaultError` naming it.
 """
 
 from __future__ import annotations
@@ -48,14 +53,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import filelock
+
 from vca_gen.errors import UserError
+from vca_gen.utils.io import atomic_write_text, write_faults
 
 LOCK_NAME = ".lock"
-BREAK_NAME = ".lock.break"
+BREAK_NAME = ".lock.break"  # the filelock.FileLock that serialises every change of .lock
 DEFAULT_STALE_AFTER_S = 24 * 3600.0
-UNREADABLE_GRACE_S = 10.0  # an unparseable lock younger than this is probably being written
-BREAK_STALE_S = 30.0  # a .lock.break older than this was left by a process that died while breaking
-_ACQUIRE_ATTEMPTS = 20
+UNREADABLE_GRACE_S = 10.0  # an unparseable lock younger than this may be being written (older versions)
+GUARD_TIMEOUT_S = 60.0  # how long to wait for another process's change of the lock (milliseconds, normally)
+_ACQUIRE_ATTEMPTS = 20  # looks at a young unreadable record before giving up
 
 
 class RunDirLockedError(UserError):
@@ -196,34 +204,30 @@ class RunLock:
     def acquire(self) -> RunLock:
         if self.held:
             raise RuntimeError(f"{self.path} is already held by this RunLock")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for _ in range(_ACQUIRE_ATTEMPTS):
-            if self._try_create():
-                self._start_heartbeat()
-                return self
-            info = read_lock(self.directory)
-            if info is None:
-                continue  # released in between: try again
-            reason = self._takeover_reason(info)
-            if reason is None:
-                if info == {}:
-                    time.sleep(0.05)  # being written by its creator: look again
-                    continue
-                raise self._locked_error(info)
-            self._break(info, reason)
-        last = read_lock(self.directory)
-        if last == {}:
-            msg = (
-                f"run directory {self.directory} is locked: {self.path} exists but cannot be read as a lock "
-                f"record (being written, or left by a crash); it counts as stale once it is "
-                f"{UNREADABLE_GRACE_S:.0f} s old, or remove it / use the force option"
-            )
-        else:
-            msg = (
-                f"could not lock run directory {self.directory}: {self.path} kept changing while trying "
-                f"({_ACQUIRE_ATTEMPTS} attempts); another process is competing for it"
-            )
-        raise RunDirLockedError(msg, self.directory, last)
+        with write_faults(self.path, f"the {self.purpose} lock"):
+            self.directory.mkdir(parents=True, exist_ok=True)
+        for attempt in range(_ACQUIRE_ATTEMPTS):
+            with self._guard():
+                info = read_lock(self.directory)
+                if info is not None:
+                    reason = self._takeover_reason(info)
+                    if reason is None and info != {}:
+                        raise self._locked_error(info)
+                    if reason is not None:
+                        self._take_over(info, reason)
+                        info = None
+                if info is None:
+                    self._write_record()
+                    self._start_heartbeat()
+                    return self
+            time.sleep(0.05 * (attempt + 1))  # a young unreadable record: look again
+        raise RunDirLockedError(
+            f"run directory {self.directory} is locked: {self.path} exists but cannot be read as a lock "
+            f"record (being written, or left by a crash); it counts as stale once it is "
+            f"{UNREADABLE_GRACE_S:.0f} s old, or remove it / use the force option",
+            self.directory,
+            {},
+        )
 
     def release(self) -> None:
         """Remove the lock file if it is still ours (same token, our pid); idempotent."""
@@ -232,11 +236,13 @@ class RunLock:
             return  # never acquired, already released, or a forked child
         mine, self.info = self.info, None
         assert mine is not None  # self.held
-        current = read_lock(self.directory)
-        if current and current.get("token") == mine["token"] and current.get("pid") == mine["pid"]:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-        elif current is not None:
+        with self._guard():
+            current = read_lock(self.directory)
+            if current and current.get("token") == mine["token"] and current.get("pid") == mine["pid"]:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                return
+        if current is not None:
             warnings.warn(
                 f"not removing {self.path}: it is no longer ours (now held by "
                 f"{describe_holder(current) if current else 'an unreadable record'})",
@@ -276,24 +282,47 @@ class RunLock:
             "pid_start": stat[1] if stat else None,
         }
 
-    def _try_create(self) -> bool:
-        record = self._record()
+    @contextlib.contextmanager
+    def _guard(self):
+        """Hold ``filelock.FileLock(<directory>/.lock.break)`` for one change of the lock record; the
+        file is removed before it is released (filelock re-checks the inode, so a waiter that opened
+        the removed file retries on a new one) and never stays behind."""
+        guard = filelock.FileLock(self.directory / BREAK_NAME, timeout=GUARD_TIMEOUT_S, thread_local=False)
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
+            with write_faults(self.directory / BREAK_NAME, f"the {self.purpose} lock"):
+                guard.acquire()
+        except filelock.Timeout:
+            raise RunDirLockedError(
+                f"could not lock run directory {self.directory}: {self.directory / BREAK_NAME} was held by "
+                f"another process for {GUARD_TIMEOUT_S:.0f} s; another process is competing for it",
+                self.directory,
+                read_lock(self.directory),
+            ) from None
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(record, indent=1) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
+            yield
+        finally:
             with contextlib.suppress(OSError):
-                self.path.unlink()
-            raise
+                (self.directory / BREAK_NAME).unlink()
+            guard.release()
+
+    def _write_record(self) -> None:
+        """Write our record to ``.lock`` (atomically; call with the guard held)."""
+        record = self._record()
+        atomic_write_text(self.path, json.dumps(record, indent=1) + "\n", what=f"the {self.purpose} lock")
         self.info = record
         self._owner_pid = record["pid"]
-        return True
+
+    def _take_over(self, info: dict[str, Any], reason: str) -> None:
+        """Remove the stale lock ``info`` (call with the guard held, after reading ``info``)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.taken_over = info
+        what = describe_holder(info) if info else "an unreadable lock record"
+        warnings.warn(
+            f"taking over the lock of run directory {self.directory} held by {what}: {reason}",
+            StaleLockWarning,
+            stacklevel=4,
+        )
 
     def _age(self, info: dict[str, Any]) -> float | None:
         """Seconds since the lock was written or last refreshed (None if the file vanished)."""
@@ -352,37 +381,12 @@ class RunLock:
         return RunDirLockedError(f"run directory {self.directory} is locked by {holder}; {hint}", self.directory, info)
 
     def _break(self, info: dict[str, Any], reason: str) -> None:
-        """Remove the stale lock ``info`` (only if it is still that one), serialised by .lock.break."""
-        brk = self.directory / BREAK_NAME
-        try:
-            fd = os.open(brk, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                if time.time() - brk.stat().st_mtime > BREAK_STALE_S:
-                    brk.unlink()  # left by a process that died while breaking
-            except FileNotFoundError:
-                pass
-            time.sleep(0.05)
-            return  # someone else is breaking it: the caller looks again
-        try:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
+        """Remove the stale lock ``info`` if it is still that one (a process that read ``info``
+        earlier must not remove a fresh lock another process has taken since)."""
+        with self._guard():
             current = read_lock(self.directory)
-            same = current is not None and (current == info if info else current == {})
-            if same:
-                self.path.unlink()
-                self.taken_over = info
-                what = describe_holder(info) if info else "an unreadable lock record"
-                warnings.warn(
-                    f"taking over the lock of run directory {self.directory} held by {what}: {reason}",
-                    StaleLockWarning,
-                    stacklevel=4,
-                )
-        except FileNotFoundError:
-            pass
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                brk.unlink()
+            if current is not None and (current == info if info else current == {}):
+                self._take_over(info, reason)
 
     def _start_heartbeat(self) -> None:
         if self.heartbeat_s is None:
