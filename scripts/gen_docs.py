@@ -284,7 +284,8 @@ def results_table(name: str) -> str:
     threads = ", ".join(map(str, t.get("counts") or [])) or "not recorded"
     if t.get("unrecorded"):
         threads += f" ({t['unrecorded']} cells from before the count was recorded)"
-    out += f"\n{done} of {total} cells; torch threads per process: {threads}; from `docs/results/{name}/results.json`.\n"
+    out += f"\n{done} of {total} cells; torch threads per process: {threads}; "
+    out += f"from `docs/results/{name}/results.json`.\n"
     return out
 
 
