@@ -294,9 +294,7 @@ def tests_table() -> str:
     rows, total = [], 0
     for path in sorted((REPO / "tests").glob("test_*.py")):
         tree = ast.parse(path.read_text())
-        n = sum(
-            1 for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
-        )
+        n = sum(1 for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"))
         slow = path.read_text().count("@pytest.mark.slow")
         doc = (ast.get_docstring(tree) or "").split("\n\n")[0].replace("\n", " ")
         total += n
