@@ -133,7 +133,7 @@ def _add_metric_args(ap: argparse.ArgumentParser) -> None:
             ap.add_argument(
                 p.flag(m.name),
                 type=int,  # its minimum: registry.resolve_params, before the Inception pass
-                default=p.default,
+                default=None,  # absent: the entry's default (``p.default``)
                 dest=_param_dest(m, p),
                 metavar=p.name.upper(),
                 help=p.help,
@@ -160,6 +160,12 @@ def _check_args(ap, a) -> None:
         ap.error(f"{' / '.join(flags)} score samples; they do not apply to --make-ref")
     if a.overwrite and not a.make_ref:
         ap.error("--overwrite applies to --make-ref OUT only")
+    if a.make_ref is None and a.ref_features != ap.get_default("ref_features"):
+        ap.error("--ref-features applies to --make-ref OUT only")
+    for m in registry.all_metrics():  # a parameter of an unselected metric is allowed (ignored) when scoring
+        for p in m.params:
+            if a.make_ref and getattr(a, _param_dest(m, p)) is not None:
+                ap.error(f"{p.flag(m.name)} scores samples; it does not apply to --make-ref")
 
 
 def metric_selection(a) -> tuple[list[str], dict[str, dict[str, int]]]:
@@ -168,7 +174,7 @@ def metric_selection(a) -> tuple[list[str], dict[str, dict[str, int]]]:
     names = registry.default_names() if given is None else registry.parse_names(given, "--metrics")
     names = registry.ordered([*names, *_selected_flags(a)])
     params = {
-        m.name: {p.name: getattr(a, _param_dest(m, p)) for p in m.params}
+        m.name: {p.name: v for p in m.params if (v := getattr(a, _param_dest(m, p))) is not None}
         for m in registry.all_metrics()
         if m.name in names
     }
