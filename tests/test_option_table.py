@@ -582,7 +582,7 @@ def _fill(text: str, t: Path) -> str:
 
 def _drop(argv: list[str], drop: tuple[str, ...]) -> list[str]:
     out, skip = [], 0
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip -= 1
             continue
@@ -673,7 +673,11 @@ SUBPROCESS_ROWS = [
     ("train.py", ["--config", "{t}/broken.yaml"], "broken.yaml"),
     ("train.py", ["--config", str(DEMO), "train.seed=abc", "train.output_dir={t}/run"], "train.seed"),
     ("sample.py", ["--ckpt", "{t}/missing", "--out", "{t}/out"], "--ckpt"),
-    ("evaluate_fid.py", ["{t}/s.npz", "--ref", "{t}/r.npz", "--device", "cuda:99", "--json-out", "{t}/o.json"], "--device"),
+    (
+        "evaluate_fid.py",
+        ["{t}/s.npz", "--ref", "{t}/r.npz", "--device", "cuda:99", "--json-out", "{t}/o.json"],
+        "--device",
+    ),
     ("extract_latents.py", ["--images", "{t}/images", "--out", "{t}/store", "--timeout-s", "nan"], "--timeout-s"),
     ("sweep.py", ["run", "{t}/sweep.yaml", "--seeds", "-1"], "--seeds"),
     ("sweep.py", ["run", "{t}/dir"], "is a directory"),
@@ -716,3 +720,32 @@ def test_yaml_is_read_like_omegaconf(tmp_path):
     p.write_text("a: 1e-4\nb: '1e-4'\nc: ${a}\n")
     assert yaml.safe_load(p.read_text())["a"] == "1e-4"
     assert read_yaml_unique(p) == {"a": 1e-4, "b": "1e-4", "c": "${a}"}
+
+
+def test_yaml_errors_are_one_line_naming_the_file_or_override(tmp_path):
+    """The shared reader (sweep files now, experiment files once `typed` calls it)."""
+    from vca_gen.errors import UserError
+    from vca_gen.utils import yaml_files as Y
+
+    _make_inputs(tmp_path)
+    cases = {
+        "dir": "is a directory; accepted: a YAML file",
+        "missing.yaml": "does not exist",
+        "latin1.yaml": "not UTF-8 text (byte 0xe9 at offset 9, line 1)",
+        "broken.yaml": "not valid YAML:",
+        "dup.yaml": "key 'name' appears twice (again at line 2)",
+    }
+    for name, needle in cases.items():
+        with pytest.raises(UserError) as e:
+            Y.read_yaml_mapping(tmp_path / name, "config file")
+        assert needle in str(e.value) and str(tmp_path / name) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError, match="a config file must be a mapping at the top level, got list"):
+        Y.read_yaml_mapping(tmp_path / "list.yaml")
+    assert Y.read_yaml_mapping(tmp_path / "base_int.yaml") == {"_base_": 5, "name": "x"}
+    for text, needle in [("train.lr", "not of the form key=value"), ("train.lr=[1,", "'train.lr=[1,'")]:
+        with pytest.raises(UserError, match=re.escape(needle)) as e:
+            Y.parse_overrides(["model.depth=2", text])
+        assert "model.depth" not in str(e.value) and "\n" not in str(e.value)
+    assert Y.parse_override("train.betas=[0.9, 0.95]") == ("train.betas", [0.9, 0.95])
+    assert Y.parse_override("train.lr=2e-4") == ("train.lr", 2e-4)
+    assert Y.scalar_round_trips("stage1") and not Y.scalar_round_trips("1e-4") and not Y.scalar_round_trips("10")

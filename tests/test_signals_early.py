@@ -86,7 +86,6 @@ def _stop_while_starting(cmd: list[str], sig: int = signal.SIGTERM) -> tuple[int
     return proc.returncode, err
 
 
-
 @needs_proc
 def test_sample_py_sigterm_while_starting_exits_75_nothing_written(tmp_path):
     out = tmp_path / "samples"

@@ -435,8 +435,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--images", required=True, type=T.nonempty, help="class-folder root: DIR/<class>/<image>")
     ap.add_argument("--out", required=True, type=T.output_path, help="store directory (created; re-run to resume)")
-    ap.add_argument("--vae", default=DEFAULT_VAE, type=T.nonempty, help=f"hub id or local AutoencoderKL folder (default {DEFAULT_VAE})")
-    ap.add_argument("--vae-subfolder", default=None, type=T.nonempty, help="subfolder inside --vae (e.g. 'vae' of a pipeline)")
+    ap.add_argument(
+        "--vae",
+        default=DEFAULT_VAE,
+        type=T.nonempty,
+        help=f"hub id or local AutoencoderKL folder (default {DEFAULT_VAE})",
+    )
+    ap.add_argument(
+        "--vae-subfolder", default=None, type=T.nonempty, help="subfolder inside --vae (e.g. 'vae' of a pipeline)"
+    )
     ap.add_argument("--image-size", type=T.positive_int, default=256, help="ADM centre-crop resolution (default 256)")
     ap.add_argument("--batch-size", type=T.positive_int, default=32, help="images per VAE call (x2 with flips)")
     ap.add_argument("--shard-size", type=T.positive_int, default=4096, help="source images per shard")

@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sigma_s, arr_0]), or another image set (.npz arr_0 / folder / dataset:animal_mnist)",
     )
     ap.add_argument(
-        "--make-ref", metavar="OUT", type=T.output_path, help="instead of scoring, write the statistics of SAMPLES to OUT (.npz)"
+        "--make-ref",
+        metavar="OUT",
+        type=T.output_path,
+        help="instead of scoring, write the statistics of SAMPLES to OUT (.npz)",
     )
     ap.add_argument(
         "--overwrite",
@@ -75,8 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="DataLoader workers decoding image folders (default: min(2, CPUs))",
     )
-    ap.add_argument("--device", default=None, type=T.device, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    ap.add_argument("--threads", type=T.positive_int, default=None, help="torch CPU threads (default: all usable cores)")
+    ap.add_argument(
+        "--device",
+        default=None,
+        type=T.device,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)",
+    )
+    ap.add_argument(
+        "--threads", type=T.positive_int, default=None, help="torch CPU threads (default: all usable cores)"
+    )
     ap.add_argument(
         "--inception",
         metavar="PATH",
@@ -108,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=32,
         help="dataset:animal_mnist images zero-padded to this size (the demo trains at 32)",
     )
-    ap.add_argument("--json-out", metavar="FILE", type=T.output_path, help="also write the JSON result to FILE (atomically)")
+    ap.add_argument(
+        "--json-out", metavar="FILE", type=T.output_path, help="also write the JSON result to FILE (atomically)"
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 

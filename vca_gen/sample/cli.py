@@ -23,8 +23,8 @@ from pathlib import Path
 from ..errors import cli_boundary
 from ..experiment.checkpoint import _find_weights_dir
 from ..objectives import registry
-from ..utils import dist
 from ..utils import cli_types as T
+from ..utils import dist
 from ..utils.faults import Faults
 from ..utils.io import refuse_input_as_output
 from .engine import EXIT_PREEMPTED, RunSpec, StopRequest, run_sampling
@@ -120,15 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --model: the image resolution of the official file (256)",
     )
     p.add_argument("--num-classes", type=T.positive_int, default=1000, help="with --model: classes of the file (1000)")
-    p.add_argument("--out", required=True, type=T.output_path, help="output directory (created; resumed when it holds the same run)")
-    p.add_argument("--num-samples", type=T.positive_int, default=50_000, help="N, a multiple of the number of classes (50000)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=T.output_path,
+        help="output directory (created; resumed when it holds the same run)",
+    )
+    p.add_argument(
+        "--num-samples", type=T.positive_int, default=50_000, help="N, a multiple of the number of classes (50000)"
+    )
     p.add_argument("--seed", type=T.seed, default=0, help="base seed: sample i uses seed + i (0)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per process per forward batch (32)")
-    p.add_argument("--shard-size", type=T.positive_int, default=256, help="samples per shard file, the unit of resume (256)")
+    p.add_argument(
+        "--shard-size", type=T.positive_int, default=256, help="samples per shard file, the unit of resume (256)"
+    )
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the live weights of a training checkpoint")
     p.add_argument("--sampler", default=None, type=T.nonempty, help=f"{_sampler_names()} (see the list below)")
-    p.add_argument("--steps", default=None, type=T.nonempty, help="steps or respacing string (ddpm: 250, ddim: ddim50, ...)")
-    p.add_argument("--cfg-scale", type=T.finite_float, default=1.0, help="classifier-free guidance scale; 1.0 = none (1.0)")
+    p.add_argument(
+        "--steps", default=None, type=T.nonempty, help="steps or respacing string (ddpm: 250, ddim: ddim50, ...)"
+    )
+    p.add_argument(
+        "--cfg-scale", type=T.finite_float, default=1.0, help="classifier-free guidance scale; 1.0 = none (1.0)"
+    )
     p.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None, help=CFG_INTERVAL_HELP)
     p.add_argument(
         "--guide-channels",
@@ -161,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(TF32 off); bf16 = bf16 autocast (auto)",
     )
     p.add_argument("--save-png", action="store_true", help="also write OUT/png/XXXXXX.png")
-    p.add_argument("--grid-classes", type=T.non_negative_int, default=10, help="classes (rows) in OUT/grid.png; 0 = no grid (10)")
+    p.add_argument(
+        "--grid-classes", type=T.non_negative_int, default=10, help="classes (rows) in OUT/grid.png; 0 = no grid (10)"
+    )
     p.add_argument("--grid-per-class", type=T.non_negative_int, default=10, help="samples per row of the grid (10)")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run with other settings in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--only", metavar="VARIANT[,..]", type=_variants, help="only these variants")
         sp.add_argument("--seeds", metavar="S[,..]", type=_seeds, help="only these seeds (of the file's)")
     run.add_argument("--dry-run", action="store_true", help="list every cell, stage and command; run nothing")
-    run.add_argument("--parallel", type=T.positive_int, default=None, help="cells at a time (default: execution.parallel)")
+    run.add_argument(
+        "--parallel", type=T.positive_int, default=None, help="cells at a time (default: execution.parallel)"
+    )
     run.add_argument(
         "--rerun",
         action="store_true",
@@ -137,6 +139,7 @@ def cmd_run(args, hooks=None) -> int:
     from vca_gen.sweep.cells import committed_state
     from vca_gen.sweep.execute import run_cells
     from vca_gen.sweep.reference import ensure_reference
+
     sweep, validated, cells = _load(args, allow_missing_reference=args.dry_run, hooks=hooks)
     if args.dry_run:
         return dry_run(sweep, validated, cells)

@@ -1,4 +1,5 @@
-"""The sweep file (YAML): read as experiment files are (OmegaConf's loader, duplicate keys refused) and validated before a cell runs.
+"""The sweep file (YAML): read as experiment files are (OmegaConf's loader, duplicate keys refused),
+validated before a cell runs.
 
 Keys (``*`` required)::
 
@@ -64,7 +65,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
 
 from vca_gen.errors import UserError
 from vca_gen.utils.yaml_files import read_yaml_file, scalar_round_trips

@@ -57,7 +57,8 @@ def parse_yaml_text(text: str, source: str, error: type[UserError] = UserError) 
     except yaml.YAMLError as e:
         raise error(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
     except OmegaConfBaseException as e:
-        raise error(f"{source}: not a valid config: {_one_line(str(e).splitlines()[0] if str(e) else e)}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise error(f"{source}: not a valid config: {_one_line(first)}") from None
     if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, resolve=False)
     return node
