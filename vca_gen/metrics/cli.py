@@ -8,7 +8,10 @@ Prints a human summary, then exactly one JSON line (the last line of stdout). Er
 :func:`vca_gen.errors.cli_boundary`): ``evaluate_fid.py: error: <message>`` on one line of stderr
 and exit code 2; nothing is written under a final name unless the run succeeds.
 
-Outputs (``--make-ref OUT``, ``--json-out FILE``) are checked before the slow Inception pass: one
+Every option's type and range (seeds in [0, 2**63), counts, a ``--device`` this machine has, an existing
+``--inception`` file: :mod:`vca_gen.utils.cli_types`), the inputs SAMPLES / ``--ref`` and the metric
+selection are checked before anything is loaded. Outputs (``--make-ref OUT``, ``--json-out FILE``) are
+checked before the slow Inception pass: one
 that is the same file as an input (SAMPLES, ``--ref``) or as the other output is always refused;
 an existing ``--make-ref`` file is refused unless ``--overwrite``; a folder that cannot be created
 is an error. Every file is written with :mod:`vca_gen.utils.io` (atomic, mode per umask).

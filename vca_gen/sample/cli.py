@@ -4,7 +4,11 @@ Writes ``OUT/shard_XXXXX.npz`` as shards finish, ``OUT/sampling.json`` (the run'
 then ``OUT/samples.npz`` (``arr_0`` uint8 (N, H, W, 3), ``arr_1`` labels), ``OUT/grid.png`` and,
 with ``--save-png``, ``OUT/png/XXXXXX.png``. Re-running the same command resumes a killed run.
 
-Exit status: 0 done; 2 bad input (checkpoint, settings, ``--out`` locked by another sampling run or
+Options are checked (types and ranges: :mod:`vca_gen.utils.cli_types`; then :func:`check_args`) before
+anything is loaded or written. A stop signal while the script is still starting (importing torch)
+exits 75 with nothing written (:mod:`vca_gen.utils.signals`, installed by ``sample.py`` first).
+
+Exit status: 0 done; 2 bad input (options, checkpoint, settings, ``--out`` locked by another sampling run or
 holding another run, processes that do not see the same ``--out``); 75 (EX_TEMPFAIL) stopped by
 SIGTERM / SIGUSR1 / Ctrl-C after finishing and writing the current shard: re-run the same command
 to continue (the result is byte-identical to an uninterrupted run).

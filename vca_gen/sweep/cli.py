@@ -9,7 +9,9 @@
 :mod:`vca_gen.sweep.cells`), then writes the report. A cell whose committed result file matches its
 experiment and protocol hashes is done and never recomputed; a mismatching one is reported and only
 recomputed with ``--rerun``. Exit status: 0 when every selected cell is done, 1 when some failed or are
-stale, 2 on invalid input. ``--dry-run`` lists every cell and stage with its exact command and runs nothing.
+stale, 2 on invalid input (every option is checked before the file is read: :mod:`vca_gen.utils.cli_types`),
+141 when the reader of stdout left (``sweep.py run --dry-run | head``: no traceback). ``--dry-run`` lists
+every cell and stage with its exact command and runs nothing.
 """
 
 from __future__ import annotations
