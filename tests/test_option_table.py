@@ -34,6 +34,8 @@ import numpy as np
 import pytest
 import yaml
 
+from test_data_common import tiny_setup  # noqa: F401 (fixture)
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "demo.yaml"
 HUGE = str(2**63)
@@ -749,3 +751,32 @@ def test_yaml_errors_are_one_line_naming_the_file_or_override(tmp_path):
     assert Y.parse_override("train.betas=[0.9, 0.95]") == ("train.betas", [0.9, 0.95])
     assert Y.parse_override("train.lr=2e-4") == ("train.lr", 2e-4)
     assert Y.scalar_round_trips("stage1") and not Y.scalar_round_trips("1e-4") and not Y.scalar_round_trips("10")
+
+
+def test_damaged_store_files_on_rerun_exit_2(tiny_setup, tmp_path, capsys):
+    """A re-run of extract_latents.py over a store whose files were damaged: a shard record that is not
+    UTF-8 / not a mapping is recomputed; a damaged extract_params.json or other pinned options exit 2
+    with one line (they used to be a traceback / exit 1)."""
+    import shutil
+
+    from vca_gen.data.extract import main
+
+    images, vae_dir, store = tiny_setup
+    broken = tmp_path / "store"
+    shutil.copytree(store, broken)
+    args = ["--images", str(images), "--out", str(broken), "--vae", str(vae_dir), "--image-size", "32"]
+    args += ["--batch-size", "4", "--shard-size", "5", "--num-workers", "0"]
+    want = (broken / "shard_00000.safetensors").read_bytes()
+    (broken / "shard_00000.json").write_bytes(b"\xff\xfe not utf-8")
+    (broken / "shard_00001.json").write_text("[1, 2]")
+    assert main(args) == 0, capsys.readouterr().err
+    assert (broken / "shard_00000.safetensors").read_bytes() == want  # recomputed, identical
+    capsys.readouterr()
+    assert main([*args, "--image-size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("extract_latents.py: error: ") and len(err.strip().splitlines()) == 1
+    assert "different options" in err and "image_size: store has 32, now 64" in err
+    (broken / "extract_params.json").write_bytes(b'{"images": ')
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "extract_params.json is damaged" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
