@@ -6,8 +6,8 @@ Every CLI wraps its work in :func:`cli_boundary`: a ``UserError`` prints
 ``<tool>: error: <message>`` on one line and exits with the error's :attr:`UserError.exit_code`
 (:data:`EXIT_USAGE` = 2 unless the error says otherwise: a full disk met by a command whose re-run
 continues where it stopped exits :data:`EXIT_TEMPFAIL` = 75, as a preempted run does), with no
-traceback. Any other exception is a bug and propagates with its traceback (it is never disguised as
-a user error).
+traceback; a closed stdout (``| head``) ends it quietly with 141. Any other exception is a bug and
+propagates with its traceback (it is never disguised as a user error).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 EXIT_USAGE = 2
 EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: re-running the same command continues (preempted, or out of space mid-run)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader left
 
 
 class UserError(Exception):
@@ -51,7 +52,31 @@ def cli_boundary(tool: str, fn: Callable[[], int | None]) -> int:
     except UserError as e:
         report(tool, e)
         return exit_status(e)
+    except BrokenPipeError:  # the reader left (``sweep.py run --dry-run | head``): stop quietly
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     return 0 if rc is None else int(rc)
 
 
-__all__ = ["UserError", "ConfigError", "EXIT_USAGE", "EXIT_TEMPFAIL", "exit_status", "report", "cli_boundary"]
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured in-process)
+        pass
+
+
+__all__ = [
+    "UserError",
+    "ConfigError",
+    "EXIT_USAGE",
+    "EXIT_TEMPFAIL",
+    "EXIT_BROKEN_PIPE",
+    "exit_status",
+    "report",
+    "cli_boundary",
+]

@@ -26,7 +26,9 @@ shard is stored. ``--dtype float16`` with a VAE whose config sets ``force_upcast
 (``manifest["vae"]["compute_dtype"]``).
 
 Exit status: 0 done; 2 bad input (images, VAE, options, non-finite latents, store locked by another
-extraction, ranks not seeing the same store); 1 options differing from the store's pinned ones.
+extraction, ranks not seeing the same store, options differing from the store's pinned ones, a damaged
+``extract_params.json``). Options are checked (types and ranges, :mod:`vca_gen.utils.cli_types`; the
+image root and the store path) before anything is loaded or written.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -48,6 +51,7 @@ from vca_gen.data.images import ImageFolderDataset, UnreadableImageError, to_ten
 from vca_gen.data.latents import FORMAT, MANIFEST, VERSION, shard_name, write_json_atomic
 from vca_gen.data.vae import encode_moments, load_vae, parse_dtype, vae_downsample_factor
 from vca_gen.errors import UserError, exit_status, report
+from vca_gen.utils import cli_types as T
 from vca_gen.utils import dist
 from vca_gen.utils.faults import Faults
 from vca_gen.utils.io import atomic_save_tensors, sha256_file
@@ -61,6 +65,15 @@ POLL_S = 0.25  # how often the main process looks for the other ranks' shard rec
 
 class ExtractionError(UserError, ValueError):
     """Extraction cannot go on (non-finite latents, ranks disagreeing, another rank failed)."""
+
+
+class PinnedOptionsError(ExtractionError, SystemExit):
+    """Options differing from the store's pinned ones: a user error (exit 2); also a ``SystemExit``, as
+    callers of :func:`extract` have always caught it."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = 2
 
 
 class _ShardItems(Dataset):
@@ -95,7 +108,9 @@ def shard_complete(out: Path, k: int) -> bool:
         return False
     try:
         rec = json.loads(rec_path.read_text())
-    except json.JSONDecodeError:
+    except (OSError, ValueError):  # torn, not UTF-8, not JSON: recomputed
+        return False
+    if not isinstance(rec, dict):
         return False
     return rec.get("bytes") == f.stat().st_size and rec.get("sha256") == sha256_file(f)
 
@@ -220,15 +235,23 @@ def pin_params(out: Path, params: dict, write: bool = True) -> None:
     """Check the content-defining options against an earlier (interrupted) run, or record them
     (``write``: main process only; every rank checks, so a mismatch stops all of them)."""
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: --out {out} exists and is not a directory")
+        raise ExtractionError(f"--out {out} exists and is not a directory; accepted: a store directory")
     p = out / PARAMS
     if p.is_file():
-        old = json.loads(p.read_text())
+        try:
+            old = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            old = e
+        if not isinstance(old, dict):
+            raise ExtractionError(
+                f"{p} is damaged ({type(old).__name__}: {old}); it pins the options of the store {out}: restore "
+                f"it, or extract into a new --out directory"
+            )
         diff = {k: (old.get(k), params[k]) for k in params if old.get(k) != params[k]}
         if diff:
             lines = "\n  ".join(f"{k}: store has {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise SystemExit(
-                f"error: {out} was extracted with different options:\n  {lines}\n"
+            raise PinnedOptionsError(
+                f"{out} was extracted with different options:\n  {lines}\n"
                 f"Use the original options to resume, or a new --out directory."
             )
     elif write:
@@ -327,8 +350,7 @@ def extract(
     for name, v in (("image-size", image_size), ("batch-size", batch_size), ("shard-size", shard_size)):
         if int(v) <= 0:
             raise ExtractionError(f"--{name} must be a positive integer, got {v}")
-    if not scale_factor > 0:
-        raise ExtractionError(f"--scale-factor must be > 0, got {scale_factor}")
+    _check_scale_factor(scale_factor)
     folder = ImageFolderDataset(images, image_size, random_flip=False, strict=True)
     outp = Path(out)
     import diffusers  # noqa: F401 - imported by every rank now: the main-first wait is only the load itself
@@ -408,16 +430,23 @@ def extract(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="python -m vca_gen.data.extract",
+        prog="extract_latents.py",
         description="Encode an image-folder tree (and its flips) into a sharded latent store.",
     )
-    ap.add_argument("--images", required=True, help="class-folder root: DIR/<class>/<image>")
-    ap.add_argument("--out", required=True, help="store directory (created; re-run to resume)")
-    ap.add_argument("--vae", default=DEFAULT_VAE, help=f"hub id or local AutoencoderKL folder (default {DEFAULT_VAE})")
-    ap.add_argument("--vae-subfolder", default=None, help="subfolder inside --vae (e.g. 'vae' of a pipeline)")
-    ap.add_argument("--image-size", type=int, default=256, help="ADM centre-crop resolution (default 256)")
-    ap.add_argument("--batch-size", type=int, default=32, help="images per VAE call (x2 with flips)")
-    ap.add_argument("--shard-size", type=int, default=4096, help="source images per shard")
+    ap.add_argument("--images", required=True, type=T.nonempty, help="class-folder root: DIR/<class>/<image>")
+    ap.add_argument("--out", required=True, type=T.output_path, help="store directory (created; re-run to resume)")
+    ap.add_argument(
+        "--vae",
+        default=DEFAULT_VAE,
+        type=T.nonempty,
+        help=f"hub id or local AutoencoderKL folder (default {DEFAULT_VAE})",
+    )
+    ap.add_argument(
+        "--vae-subfolder", default=None, type=T.nonempty, help="subfolder inside --vae (e.g. 'vae' of a pipeline)"
+    )
+    ap.add_argument("--image-size", type=T.positive_int, default=256, help="ADM centre-crop resolution (default 256)")
+    ap.add_argument("--batch-size", type=T.positive_int, default=32, help="images per VAE call (x2 with flips)")
+    ap.add_argument("--shard-size", type=T.positive_int, default=4096, help="source images per shard")
     norm = ap.add_mutually_exclusive_group()
     norm.add_argument(
         "--scale-factor",
@@ -430,7 +459,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="record per-channel (z - mean_c) / std_c as the store's default normalisation",
     )
-    ap.add_argument("--num-workers", type=int, default=4, help="image-decoding workers per process")
+    ap.add_argument("--num-workers", type=T.non_negative_int, default=4, help="image-decoding workers per process")
     ap.add_argument(
         "--dtype",
         default="float32",
@@ -445,21 +474,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--timeout-s",
-        type=float,
+        type=T.timeout_s,
         default=dist.DEFAULT_TIMEOUT_S,
         help="process-group timeout (s) of the short start-up collectives; the main process's wait "
         "for the other ranks' shards is not bounded by it (default 1800)",
     )
-    args = ap.parse_args(argv)
-    if args.num_workers < 0:
-        ap.error(f"--num-workers must be >= 0, got {args.num_workers}")
-    return args
+    return ap.parse_args(argv)
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """The option values argparse's types leave open, before anything is loaded or written (one line
+    naming the option, exit 2): the image root, the store path, the scale factor."""
+    images, out = Path(args.images), Path(args.out)
+    if not images.exists():
+        raise ExtractionError(f"--images {images} does not exist; accepted: a class-folder root DIR/<class>/<image>")
+    if not images.is_dir():
+        raise ExtractionError(f"--images {images} is a file; accepted: a class-folder root DIR/<class>/<image>")
+    if out.exists() and not out.is_dir():
+        raise ExtractionError(f"--out {out} exists and is not a directory; accepted: a store directory")
+    _check_scale_factor(args.scale_factor)
+
+
+def _check_scale_factor(scale_factor: float) -> None:
+    if not scale_factor > 0:
+        raise ExtractionError(f"--scale-factor must be > 0, got {scale_factor}")
+    if not math.isfinite(scale_factor):
+        raise ExtractionError(f"--scale-factor must be finite, got {scale_factor}")
 
 
 def main(argv: Sequence[str] | None = None, faults: Faults | None = None) -> int:
     """``extract_latents.py`` with ``argv``; ``faults``: injected by tests."""
     args = parse_args(argv)
     try:
+        check_inputs(args)
         manifest = extract(
             args.images,
             args.out,

@@ -8,7 +8,10 @@ Prints a human summary, then exactly one JSON line (the last line of stdout). Er
 :func:`vca_gen.errors.cli_boundary`): ``evaluate_fid.py: error: <message>`` on one line of stderr
 and exit code 2; nothing is written under a final name unless the run succeeds.
 
-Outputs (``--make-ref OUT``, ``--json-out FILE``) are checked before the slow Inception pass: one
+Every option's type and range (seeds in [0, 2**63), counts, a ``--device`` this machine has, an existing
+``--inception`` file: :mod:`vca_gen.utils.cli_types`), the inputs SAMPLES / ``--ref`` and the metric
+selection are checked before anything is loaded. Outputs (``--make-ref OUT``, ``--json-out FILE``) are
+checked before the slow Inception pass: one
 that is the same file as an input (SAMPLES, ``--ref``) or as the other output is always refused;
 an existing ``--make-ref`` file is refused unless ``--overwrite``; a folder that cannot be created
 is an error. Every file is written with :mod:`vca_gen.utils.io` (atomic, mode per umask).
@@ -28,6 +31,7 @@ import torch
 from vca_gen.errors import cli_boundary
 from vca_gen.metrics import registry
 from vca_gen.metrics.inception import MODES, InceptionFeatureExtractor, default_device
+from vca_gen.utils import cli_types as T
 from vca_gen.utils.io import (
     atomic_write_text,
     check_output_path,
@@ -54,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sigma_s, arr_0]), or another image set (.npz arr_0 / folder / dataset:animal_mnist)",
     )
     ap.add_argument(
-        "--make-ref", metavar="OUT", help="instead of scoring, write the statistics of SAMPLES to OUT (.npz)"
+        "--make-ref",
+        metavar="OUT",
+        type=T.output_path,
+        help="instead of scoring, write the statistics of SAMPLES to OUT (.npz)",
     )
     ap.add_argument(
         "--overwrite",
@@ -67,28 +74,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="feature mode; default: the reference's (ADM batches: legacy_tensorflow), else clean",
     )
-    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--batch-size", type=T.positive_int, default=50)
     ap.add_argument(
         "--num-workers",
-        type=int,
+        type=T.non_negative_int,
         default=None,
         help="DataLoader workers decoding image folders (default: min(2, CPUs))",
     )
-    ap.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all usable cores)")
+    ap.add_argument(
+        "--device",
+        default=None,
+        type=T.device,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)",
+    )
+    ap.add_argument(
+        "--threads", type=T.positive_int, default=None, help="torch CPU threads (default: all usable cores)"
+    )
     ap.add_argument(
         "--inception",
         metavar="PATH",
         default=None,
+        type=T.existing_file,
         help="Inception TorchScript file (else $VCA_GEN_INCEPTION, clean-fid's temp-folder file, "
         "<assets>/inception/default_1.pt)",
     )
     _add_metric_args(ap)
-    ap.add_argument("--seed", type=int, default=0, help="seed of KID subsets and of stored feature subsets")
-    ap.add_argument("--max-images", type=int, default=None, help="use only the first N images of SAMPLES")
+    ap.add_argument("--seed", type=T.seed, default=0, help="seed of KID subsets and of stored feature subsets")
+    ap.add_argument("--max-images", type=T.positive_int, default=None, help="use only the first N images of SAMPLES")
     ap.add_argument(
         "--ref-features",
-        type=int,
+        type=T.non_negative_int,
         default=10000,
         help="with --make-ref: store a random subset of this many pool3 features (for "
         + ", ".join(registry.needing(registry.names(), "features"))
@@ -102,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--dataset-size",
-        type=int,
+        type=T.positive_int,
         default=32,
         help="dataset:animal_mnist images zero-padded to this size (the demo trains at 32)",
     )
-    ap.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE (atomically)")
+    ap.add_argument(
+        "--json-out", metavar="FILE", type=T.output_path, help="also write the JSON result to FILE (atomically)"
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
@@ -130,8 +147,8 @@ def _add_metric_args(ap: argparse.ArgumentParser) -> None:
         for p in m.params:
             ap.add_argument(
                 p.flag(m.name),
-                type=int,
-                default=p.default,
+                type=int,  # its minimum: registry.resolve_params, before the Inception pass
+                default=None,  # absent: the entry's default (``p.default``)
                 dest=_param_dest(m, p),
                 metavar=p.name.upper(),
                 help=p.help,
@@ -153,15 +170,17 @@ def _selected_flags(a) -> list[str]:
 def _check_args(ap, a) -> None:
     if (a.ref is None) == (a.make_ref is None):
         ap.error("give exactly one of --ref REF (score SAMPLES) or --make-ref OUT (write statistics)")
-    if a.batch_size < 1:
-        ap.error("--batch-size must be >= 1")
     if a.make_ref and (hasattr(a, "metrics") or _selected_flags(a)):
         flags = ["--metrics"] * hasattr(a, "metrics") + [registry.get(n).flag or n for n in _selected_flags(a)]
         ap.error(f"{' / '.join(flags)} score samples; they do not apply to --make-ref")
-    if a.threads is not None and a.threads < 1:
-        ap.error("--threads must be >= 1")
     if a.overwrite and not a.make_ref:
         ap.error("--overwrite applies to --make-ref OUT only")
+    if a.make_ref is None and a.ref_features != ap.get_default("ref_features"):
+        ap.error("--ref-features applies to --make-ref OUT only")
+    for m in registry.all_metrics():  # a parameter of an unselected metric is allowed (ignored) when scoring
+        for p in m.params:
+            if a.make_ref and getattr(a, _param_dest(m, p)) is not None:
+                ap.error(f"{p.flag(m.name)} scores samples; it does not apply to --make-ref")
 
 
 def metric_selection(a) -> tuple[list[str], dict[str, dict[str, int]]]:
@@ -170,7 +189,7 @@ def metric_selection(a) -> tuple[list[str], dict[str, dict[str, int]]]:
     names = registry.default_names() if given is None else registry.parse_names(given, "--metrics")
     names = registry.ordered([*names, *_selected_flags(a)])
     params = {
-        m.name: {p.name: getattr(a, _param_dest(m, p)) for p in m.params}
+        m.name: {p.name: v for p in m.params if (v := getattr(a, _param_dest(m, p))) is not None}
         for m in registry.all_metrics()
         if m.name in names
     }
@@ -196,6 +215,17 @@ def _refuse_outputs_that_are_inputs(a) -> None:
     )
 
 
+def _check_inputs(a) -> None:
+    """SAMPLES and --ref exist (a ``dataset:`` spec is checked when opened): one line naming the option."""
+    from vca_gen.metrics.sources import InputFormatError
+
+    for flag, path in (("SAMPLES", a.samples), ("--ref", a.ref)):
+        if path is not None and not _is_dataset(path) and not Path(path).exists():
+            raise InputFormatError(
+                f"{flag} {path}: no such file or folder (accepted: an .npz, an image folder or dataset:animal_mnist)"
+            )
+
+
 def _check_outputs(a) -> None:
     """After the inputs are validated, before the slow work: existing --make-ref, uncreatable folders."""
     if a.make_ref:
@@ -217,6 +247,7 @@ def run(a) -> dict:
     progress = not a.no_progress
     # validate every input and output before the (slow) Inception load
     names, params = metric_selection(a)
+    _check_inputs(a)
     _refuse_outputs_that_are_inputs(a)
     ds_opts = {"split": a.dataset_split, "image_size": a.dataset_size}
     is_ds = _is_dataset(a.samples)

@@ -4,7 +4,11 @@ Writes ``OUT/shard_XXXXX.npz`` as shards finish, ``OUT/sampling.json`` (the run'
 then ``OUT/samples.npz`` (``arr_0`` uint8 (N, H, W, 3), ``arr_1`` labels), ``OUT/grid.png`` and,
 with ``--save-png``, ``OUT/png/XXXXXX.png``. Re-running the same command resumes a killed run.
 
-Exit status: 0 done; 2 bad input (checkpoint, settings, ``--out`` locked by another sampling run or
+Options are checked (types and ranges: :mod:`vca_gen.utils.cli_types`; then :func:`check_args`) before
+anything is loaded or written. A stop signal while the script is still starting (importing torch)
+exits 75 with nothing written (:mod:`vca_gen.utils.signals`, installed by ``sample.py`` first).
+
+Exit status: 0 done; 2 bad input (options, checkpoint, settings, ``--out`` locked by another sampling run or
 holding another run, processes that do not see the same ``--out``); 75 (EX_TEMPFAIL) stopped by
 SIGTERM / SIGUSR1 / Ctrl-C after finishing and writing the current shard: re-run the same command
 to continue (the result is byte-identical to an uninterrupted run).
@@ -23,6 +27,7 @@ from pathlib import Path
 from ..errors import cli_boundary
 from ..experiment.checkpoint import _find_weights_dir
 from ..objectives import registry
+from ..utils import cli_types as T
 from ..utils import dist
 from ..utils.faults import Faults
 from ..utils.io import refuse_input_as_output
@@ -100,36 +105,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ckpt",
         required=True,
+        type=T.existing_path,
         help="export dir, training checkpoint step_XXXXXXXX/, run dir (latest), "
         "or an official DiT/SiT .pt file (with --model)",
     )
     p.add_argument(
         "--model",
         default=None,
+        type=_model_name,
         help="with an official .pt file: its model, e.g. DiT-XL/2 or SiT-XL/2 "
         "(the family sets the paper protocol: DiT DDPM 250, SiT SDE 250)",
     )
     p.add_argument(
         "--image-size",
-        type=int,
+        type=T.int_choice(256, 512),
         default=256,
         choices=(256, 512),
         help="with --model: the image resolution of the official file (256)",
     )
-    p.add_argument("--num-classes", type=int, default=1000, help="with --model: classes of the file (1000)")
-    p.add_argument("--out", required=True, help="output directory (created; resumed when it holds the same run)")
-    p.add_argument("--num-samples", type=int, default=50_000, help="N, a multiple of the number of classes (50000)")
-    p.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed + i (0)")
+    p.add_argument("--num-classes", type=T.positive_int, default=1000, help="with --model: classes of the file (1000)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=T.output_path,
+        help="output directory (created; resumed when it holds the same run)",
+    )
+    p.add_argument(
+        "--num-samples", type=T.positive_int, default=50_000, help="N, a multiple of the number of classes (50000)"
+    )
+    p.add_argument("--seed", type=T.seed, default=0, help="base seed: sample i uses seed + i (0)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per process per forward batch (32)")
-    p.add_argument("--shard-size", type=int, default=256, help="samples per shard file, the unit of resume (256)")
+    p.add_argument(
+        "--shard-size", type=T.positive_int, default=256, help="samples per shard file, the unit of resume (256)"
+    )
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the live weights of a training checkpoint")
-    p.add_argument("--sampler", default=None, help=f"{_sampler_names()} (see the list below)")
-    p.add_argument("--steps", default=None, help="steps or respacing string (ddpm: 250, ddim: ddim50, ...)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale; 1.0 = none (1.0)")
+    p.add_argument("--sampler", default=None, type=T.nonempty, help=f"{_sampler_names()} (see the list below)")
+    p.add_argument(
+        "--steps", default=None, type=T.nonempty, help="steps or respacing string (ddpm: 250, ddim: ddim50, ...)"
+    )
+    p.add_argument(
+        "--cfg-scale", type=T.finite_float, default=1.0, help="classifier-free guidance scale; 1.0 = none (1.0)"
+    )
     p.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None, help=CFG_INTERVAL_HELP)
     p.add_argument(
         "--guide-channels",
-        type=int,
+        type=T.positive_int,
         default=None,
         help="guide only the first K prediction channels (3 = DiT's paper setting); default all",
     )
@@ -138,16 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
+        type=_sampler_option,
         help="extra sampler option, repeatable; accepted keys per sampler: "
         + "; ".join(f"{e.name}: {', '.join(e.option_names) or 'none'}" for e in registry.entries()),
     )
     p.add_argument(
         "--vae",
         default=None,
+        type=T.nonempty,
         help="decoder hub id or folder, overriding the checkpoint's decoder "
         "(official files default to stabilityai/sd-vae-ft-mse, as DiT reports)",
     )
-    p.add_argument("--vae-batch-size", type=int, default=16, help="images per VAE decode call (16)")
+    p.add_argument("--vae-batch-size", type=T.positive_int, default=16, help="images per VAE decode call (16)")
     p.add_argument(
         "--precision",
         default="auto",
@@ -156,18 +178,59 @@ def build_parser() -> argparse.ArgumentParser:
         "(TF32 off); bf16 = bf16 autocast (auto)",
     )
     p.add_argument("--save-png", action="store_true", help="also write OUT/png/XXXXXX.png")
-    p.add_argument("--grid-classes", type=int, default=10, help="classes (rows) in OUT/grid.png; 0 = no grid (10)")
-    p.add_argument("--grid-per-class", type=int, default=10, help="samples per row of the grid (10)")
+    p.add_argument(
+        "--grid-classes", type=T.non_negative_int, default=10, help="classes (rows) in OUT/grid.png; 0 = no grid (10)"
+    )
+    p.add_argument("--grid-per-class", type=T.non_negative_int, default=10, help="samples per row of the grid (10)")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run with other settings in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument(
         "--timeout-s",
-        type=float,
+        type=T.timeout_s,
         default=dist.DEFAULT_TIMEOUT_S,
         help="process-group timeout (s) of the (short) start-up collectives; waiting for the other "
         "processes' shards at the end is not bounded by it (1800)",
     )
     return p
+
+
+def _model_name(text: str) -> str:
+    """``--model``: a registered DiT / SiT name."""
+    from ..models.registry import parse_model_name
+
+    try:
+        parse_model_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _sampler_option(text: str) -> str:
+    """``--sampler-option``: ``KEY=VALUE`` (the keys each sampler accepts are checked with the objective)."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. eta=0.5 or last_step=tweedie")
+    return text
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Relations between options and the values argparse's types cannot see, before anything is
+    loaded or written (``p.error``: ``sample.py: error: ...``, exit 2)."""
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.steps is not None:
+        s = str(args.steps).strip()
+        if not (s.isdigit() and int(s) >= 1) and not (s[:1].isalpha() and s.isprintable() and " " not in s):
+            p.error(
+                f"argument --steps: {args.steps!r} is not valid; accepted: a step count >= 1 or a respacing "
+                "string such as ddim50"
+            )
+    if args.model is None:
+        given = [
+            f for f, v in (("--image-size", args.image_size != 256), ("--num-classes", args.num_classes != 1000)) if v
+        ]
+        if given:
+            p.error(f"argument {given[0]}: applies to an official .pt file only, with --model NAME")
 
 
 def run(args: argparse.Namespace, faults: Faults | None = None) -> dict:
@@ -185,10 +248,6 @@ def _run(args: argparse.Namespace, stop: StopRequest, faults: Faults | None) -> 
     configure_tf32(device, precision)
     steps = parse_steps(args.steps)
     options = parse_options(args.sampler_option)
-    if args.vae_batch_size < 1:
-        raise SamplingError(f"--vae-batch-size must be >= 1, got {args.vae_batch_size}")
-    if args.grid_classes < 0 or args.grid_per_class < 0:
-        raise SamplingError("--grid-classes and --grid-per-class must be >= 0")
 
     def load_all():
         loaded = load(
@@ -345,7 +404,14 @@ def _weights_dir(ckpt) -> Path:
 
 def main(argv: Sequence[str] | None = None, faults: Faults | None = None) -> int:
     """``sample.py`` with ``argv``; ``faults``: injected by tests."""
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    try:
+        args = p.parse_args(argv)
+        check_args(p, args)
+    except SystemExit as e:  # a bad option: one line from argparse; returned like every other bad input
+        if e.code in (0, None):  # --help
+            raise
+        return int(e.code) if isinstance(e.code, int) else 2
 
     def work() -> int:
         return EXIT_PREEMPTED if run(args, faults).get("stopped_by") else 0

@@ -9,7 +9,9 @@
 :mod:`vca_gen.sweep.cells`), then writes the report. A cell whose committed result file matches its
 experiment and protocol hashes is done and never recomputed; a mismatching one is reported and only
 recomputed with ``--rerun``. Exit status: 0 when every selected cell is done, 1 when some failed or are
-stale, 2 on invalid input. ``--dry-run`` lists every cell and stage with its exact command and runs nothing.
+stale, 2 on invalid input (every option is checked before the file is read: :mod:`vca_gen.utils.cli_types`),
+141 when the reader of stdout left (``sweep.py run --dry-run | head``: no traceback). ``--dry-run`` lists
+every cell and stage with its exact command and runs nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +23,36 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vca_gen.errors import cli_boundary
+from vca_gen.utils import cli_types as T
 
 TOOL = "sweep.py"
+
+
+def _variants(text: str) -> str:
+    """``--only``: comma-separated variant names (which exist is checked against the file)."""
+    from vca_gen.sweep.spec import NAME_RE
+
+    names = [v.strip() for v in text.split(",")]
+    if not any(names) or not all(NAME_RE.match(v) for v in names if v):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid; accepted: comma-separated variant names (letters, digits, '.', '_', '-')"
+        )
+    return text
+
+
+def _seeds(text: str) -> str:
+    """``--seeds``: comma-separated seeds in [0, 2**63) (which exist is checked against the file)."""
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; accepted: comma-separated integers >= 0")
+    for v in items:
+        try:
+            T.seed(v)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {v!r} is not valid; accepted: comma-separated integers in [0, 2**63)"
+            ) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="table of cells and stages (train step, samples, scores, failures)")
     report = sub.add_parser("report", help="aggregate the committed cell results into results.json / report.md")
     for sp in (run, status, report):
-        sp.add_argument("file", metavar="FILE", help="sweep YAML")
+        sp.add_argument("file", metavar="FILE", type=T.nonempty, help="sweep YAML")
     for sp in (run, status):
-        sp.add_argument("--only", metavar="VARIANT[,..]", help="only these variants")
-        sp.add_argument("--seeds", metavar="S[,..]", help="only these seeds (of the file's)")
+        sp.add_argument("--only", metavar="VARIANT[,..]", type=_variants, help="only these variants")
+        sp.add_argument("--seeds", metavar="S[,..]", type=_seeds, help="only these seeds (of the file's)")
     run.add_argument("--dry-run", action="store_true", help="list every cell, stage and command; run nothing")
-    run.add_argument("--parallel", type=int, default=None, help="cells at a time (default: execution.parallel)")
+    run.add_argument(
+        "--parallel", type=T.positive_int, default=None, help="cells at a time (default: execution.parallel)"
+    )
     run.add_argument(
         "--rerun",
         action="store_true",
@@ -109,11 +141,8 @@ def cmd_run(args, hooks=None) -> int:
     from vca_gen.sweep.cells import committed_state
     from vca_gen.sweep.execute import run_cells
     from vca_gen.sweep.reference import ensure_reference
-    from vca_gen.sweep.spec import SweepError
 
     sweep, validated, cells = _load(args, allow_missing_reference=args.dry_run, hooks=hooks)
-    if args.parallel is not None and args.parallel < 1:
-        raise SweepError(f"--parallel {args.parallel}: accepted: an integer >= 1")
     if args.dry_run:
         return dry_run(sweep, validated, cells)
     todo, stale, done = [], [], []

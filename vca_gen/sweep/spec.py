@@ -1,4 +1,5 @@
-"""The sweep file (YAML): load it (duplicate keys refused) and validate everything before a cell runs.
+"""The sweep file (YAML): read as experiment files are (OmegaConf's loader, duplicate keys refused),
+validated before a cell runs.
 
 Keys (``*`` required)::
 
@@ -65,9 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vca_gen.errors import UserError
+from vca_gen.utils.yaml_files import read_yaml_file, scalar_round_trips
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 BACKENDS = ("local", "submitit")
@@ -125,37 +125,12 @@ class SweepError(UserError, ValueError):
     """The sweep file (or a command-line choice) is invalid; the message names the key and what is accepted."""
 
 
-# ----------------------------------------------------------------------------- YAML with duplicate detection
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (safe_load keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise SweepError(
-                    f"{self.name}: key {key!r} appears twice (lines {seen[key]} and {line}); "
-                    f"YAML would silently keep only the last one"
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
+# ----------------------------------------------------------------------------- the file, read as experiments are
 def read_yaml_unique(path: Path) -> Any:
-    if not path.is_file():
-        raise SweepError(f"sweep file {path} does not exist")
-    try:
-        text = path.read_text()
-        loader = _UniqueKeyLoader(text)
-        loader.name = str(path)
-        try:
-            return loader.get_single_data()
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as e:
-        raise SweepError(f"{path}: not valid YAML: {e}") from None
+    """The sweep file as plain data, read by :mod:`vca_gen.utils.yaml_files` (OmegaConf's YAML loader, as
+    experiment files): a directory, a missing or non-UTF-8 file, invalid YAML or a key given twice is one
+    :class:`SweepError` line naming the file."""
+    return read_yaml_file(path, "sweep file", SweepError)
 
 
 # ----------------------------------------------------------------------------- the sweep, parsed
@@ -291,10 +266,7 @@ def flatten(value: dict[str, Any], where: str, prefix: str = "") -> dict[str, An
 def format_override(key: str, value: Any) -> str:
     """``key=value`` whose value parses back (YAML, as ``load_config``'s overrides) to ``value``."""
     if isinstance(value, str):
-        try:
-            plain = yaml.safe_load(value) == value and "," not in value and value.strip() == value
-        except yaml.YAMLError:
-            plain = False
+        plain = scalar_round_trips(value) and "," not in value and value.strip() == value
         return f"{key}={value}" if plain and value else f"{key}={json.dumps(value)}"
     if value is None or isinstance(value, (bool, int, float, list, dict)):
         return f"{key}={json.dumps(value)}"
