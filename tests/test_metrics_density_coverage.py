@@ -139,3 +139,17 @@ def test_evaluate_fid_density_coverage_on_inception_features(
     assert result["coverage"] == 1.0  # every reference image is among the samples
     print(f"\ndensity/coverage of 20 real + 10 noise vs the 20 real (k=3): {want}")
     assert f"density   : {result['density']:.4f}" in out and f"coverage  : {result['coverage']:.4f}" in out
+
+
+@pytest.mark.parametrize("block", [3, 7, 64, 2048])
+def test_exact_ties_do_not_depend_on_the_tiling(block):
+    """Duplicated samples sit exactly on other balls' radii: the product form rounds them differently
+    with the tile shape, the exact tie-break must not (closed form: every ball holds exactly k copies
+    per copy of the set, so density 1 and coverage 1 for any tiling and order)."""
+    from vca_gen.metrics.density_coverage import ball_counts
+
+    rng = np.random.default_rng(5)
+    real = rng.normal(size=(40, 16)) * 30.0  # large norms: the product form's round-off is largest
+    fake = np.concatenate([real, real[::-1], real[rng.permutation(40)]])  # every point three times
+    inside, covered = ball_counts(real, fake, k=5, block=block)
+    assert inside == 3 * 40 * 5 and covered.all()

@@ -16,13 +16,16 @@ it); the expected density of samples from the reference distribution is 1. Ident
 1 and coverage 1 (with distinct pairwise distances); sets far apart give 0 and 0.
 
 Arithmetic: squared Euclidean distances ||x||² + ||y||² − 2 x·y (clamped at 0) in float64 by default
-(``dtype=torch.float32`` is faster; ties within its round-off may then flip), compared with squared
-radii. Tiles of ``block × block`` distances on any torch device: memory O((N + M)·D + block²) (the
-features in ``dtype`` plus one tile), so reference sets of 50k features run on a CPU or a GPU; time
-O((N + M)·N·D) (measured: 5k × 5k features, float64, 2 busy CPU cores: 23 s; float32: 11 s). Every
-tile of reference rows is computed the same way for the radii (against the reference) and for the
-balls (against the samples), so identical inputs give bit-identical distances and the strict
-comparisons are consistent.
+(``dtype=torch.float32`` is faster), in tiles of ``block × block`` on any torch device: memory
+O((N + M)·D + block²), so reference sets of 50k features run on a CPU or a GPU; time O((N + M)·N·D)
+(measured: 5k × 5k features, float64, 2 busy CPU cores: 23 s; float32: 11 s). The matrix product
+rounds differently with the tile's shape, so a distance and a radius that are equal in exact
+arithmetic (a duplicate of a reference point, a sample set holding every sample twice) could land on
+either side of the strict comparison. Every decision that is that close is therefore made on the
+exact form Σ (x − y)²: the radii are the exact distances of the k + 1 + ``EXTRA`` nearest candidates
+found by the product, and a pair whose product distance is within ``TIE_EPS`` × (||x||² + ||y||²)
+of the radius is compared on its exact distance. Identical pairs then give identical distances and
+the open-ball comparisons are consistent, whatever the tiling.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from vca_gen.metrics.registry import Field, Metric, MetricInput, Needs, Param, S
 
 DEFAULT_K = 5  # the paper's choice
 BLOCK = 2048  # rows / columns per distance tile: 32 MB in float64
+EXTRA = 4  # candidates beyond the k + 1 nearest whose exact distances decide the radius
+TIE_EPS = 1e4  # x machine epsilon: relative band around a radius decided on exact distances
 
 
 # ----------------------------------------------------------------------------- computation
@@ -52,23 +57,35 @@ def _sq_tile(a: torch.Tensor, aa: torch.Tensor, b: torch.Tensor, bb: torch.Tenso
     return (aa[:, None] + bb[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0)  # (R, C)
 
 
+def _exact_sq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise squared distances Σ (a − b)² of (..., D) tensors: the same rounding for the same pair."""
+    return ((a - b) ** 2).sum(-1)
+
+
 def knn_sq_radii(real: torch.Tensor, k: int, block: int = BLOCK) -> torch.Tensor:
     """(N,) squared distance from each row of ``real`` (N, D) to its k-th nearest neighbour, itself
-    excluded: the (k+1)-th smallest of its distances to all rows, itself included. Running top-(k+1)
-    over column tiles: memory O(block² + N·k)."""
+    excluded: the (k+1)-th smallest of its distances to all rows, itself included. The product form
+    finds the k + 1 + EXTRA nearest candidates over column tiles (memory O(block² + N·k)); their exact
+    distances decide."""
     n = len(real)
     if n <= k:
         raise InputFormatError(f"density/coverage with k={k} need more than {k} reference features, got {n}")
+    keep = min(k + 1 + EXTRA, n)
     rr = (real * real).sum(1)  # (N,)
     out = torch.empty(n, dtype=real.dtype, device=real.device)
     for i in range(0, n, block):
-        best = None  # (R, <= k+1) smallest so far
+        best_d, best_i = None, None  # (R, <= keep) smallest so far and their column indices
         for j in range(0, n, block):
             d = _sq_tile(real[i : i + block], rr[i : i + block], real[j : j + block], rr[j : j + block])
-            cand = d if best is None else torch.cat([best, d], dim=1)
-            best = torch.topk(cand, min(k + 1, cand.shape[1]), dim=1, largest=False).values
-        assert best is not None
-        out[i : i + block] = best[:, k]  # topk sorts ascending with largest=False
+            idx = torch.arange(j, j + d.shape[1], device=real.device).expand_as(d)  # (R, C)
+            if best_d is not None and best_i is not None:
+                d, idx = torch.cat([best_d, d], dim=1), torch.cat([best_i, idx], dim=1)
+            best_d, pos = torch.topk(d, min(keep, d.shape[1]), dim=1, largest=False)
+            best_i = torch.gather(idx, 1, pos)
+        assert best_i is not None
+        rows = real[i : i + block]  # (R, D)
+        exact = _exact_sq(rows[:, None, :], real[best_i])  # (R, keep)
+        out[i : i + block] = torch.sort(exact, dim=1).values[:, k]
     return out
 
 
@@ -81,12 +98,20 @@ def ball_counts(real, fake, k: int = DEFAULT_K, device=None, dtype=torch.float64
         raise InputFormatError(f"density/coverage: feature dimensions differ ({x.shape[1]} vs {y.shape[1]})")
     r2 = knn_sq_radii(x, k, block)  # (N,)
     xx, yy = (x * x).sum(1), (y * y).sum(1)
+    tol = TIE_EPS * torch.finfo(dtype).eps
     inside = torch.zeros((), dtype=torch.int64, device=x.device)
     covered = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for i in range(0, len(x), block):
         for j in range(0, len(y), block):
             d = _sq_tile(x[i : i + block], xx[i : i + block], y[j : j + block], yy[j : j + block])  # (R, C)
-            hit = d < r2[i : i + block, None]  # open balls, as prdc
+            r = r2[i : i + block, None]  # (R, 1)
+            hit = d < r  # open balls, as prdc
+            band = tol * (xx[i : i + block, None] + yy[None, j : j + block])  # (R, C)
+            near = ((d - r).abs() <= band).nonzero()  # (P, 2): too close to the radius for the product form
+            if len(near):
+                a, b = near[:, 0], near[:, 1]
+                exact = _exact_sq(x[i + a], y[j + b])  # (P,)
+                hit[a, b] = exact < r2[i + a]
             inside += hit.sum()
             covered[i : i + block] |= hit.any(dim=1)
     return int(inside.item()), covered.cpu().numpy()
