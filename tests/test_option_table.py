@@ -153,9 +153,9 @@ def _eval_main(argv):
 
 
 def _extract_parser():
-    from vca_gen.data.extract import parse_args
+    from vca_gen.data.extract import build_parser
 
-    return _grab_parser(lambda: parse_args([]))
+    return build_parser()
 
 
 def _extract_main(argv):

@@ -428,7 +428,8 @@ def extract(
             lock.release()
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """``extract_latents.py``'s options (the docs' option table is generated from it)."""
     ap = argparse.ArgumentParser(
         prog="extract_latents.py",
         description="Encode an image-folder tree (and its flips) into a sharded latent store.",
@@ -479,7 +480,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="process-group timeout (s) of the short start-up collectives; the main process's wait "
         "for the other ranks' shards is not bounded by it (default 1800)",
     )
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
