@@ -335,13 +335,18 @@ def _leaves(cfg: DictConfig) -> Iterator[tuple[FieldInfo, Any]]:
                 yield f, v
 
 
-def check_representable(cfg: DictConfig) -> None:
-    """Every number a config field holds is finite, and every seed (a key named ``seed``) is in
-    [0, 2^63) (raises :class:`ConfigError` naming the key, the value and what is accepted)."""
+SELF_CHECKED = ("train.grid.", "train.fid.")  # sampling settings: the sampler registry's entries check them
+
+
+def check_representable(cfg: DictConfig, finite: bool = False) -> None:
+    """Every number a config field holds is finite (``finite``: only that, and not in the sampling
+    settings of :data:`SELF_CHECKED`, whose checks state their exact range), and every seed (a key
+    named ``seed``) is in [0, 2^63); else a :class:`ConfigError` naming the key, the value and what
+    is accepted."""
     for f, v in _leaves(cfg):
-        if isinstance(v, float) and not math.isfinite(v):
+        if isinstance(v, float) and not math.isfinite(v) and not (finite and f.key.startswith(SELF_CHECKED)):
             raise ConfigError(f"{f.key}={v!r} is not valid; accepted: a finite number")
-        if isinstance(v, int) and f.key.rsplit(".", 1)[-1] == "seed" and not 0 <= v < SEED_LIMIT:
+        if not finite and isinstance(v, int) and f.key.rsplit(".", 1)[-1] == "seed" and not 0 <= v < SEED_LIMIT:
             raise ConfigError(f"{f.key}={v!r} is not valid; accepted: an integer in [0, 2^63)")
 
 
@@ -399,6 +404,7 @@ def config_from_container(user: Any, source: str = "<config>") -> DictConfig:
             msg += f"; accepted: {_TYPE_WORDS.get(wanted.group(1), wanted.group(1))}"
         raise ConfigError(f"{source}: invalid value for '{key}': {msg}") from e
     try:
+        check_representable(cfg, finite=True)  # finite numbers before anything builds from them
         try:
             check_experiment(cfg)  # each section's own checks (their messages state the exact range)
         except ConfigError:
@@ -406,8 +412,8 @@ def config_from_container(user: Any, source: str = "<config>") -> DictConfig:
         except Exception:
             check_representable(cfg)  # a non-finite number or a huge seed broke a build: name it
             raise
-        check_representable(cfg)  # then what no section check covers: finite numbers, 63-bit seeds,
-        check_counts(cfg)  # counts >= 0
+        check_representable(cfg)  # then what no section check covers: 63-bit seeds, counts >= 0
+        check_counts(cfg)
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from vca_gen.data.config import model_in_channels, model_input_size, validate_data_config
 from vca_gen.errors import ConfigError
-from vca_gen.experiment.build import build_model
+from vca_gen.experiment.build import ARCH_KEYS, build_model
 from vca_gen.experiment.typed import data_config, plain
 from vca_gen.metrics.evaluation import check_selection
 from vca_gen.models import ATTENTION_KINDS, list_models, parse_model_name
@@ -79,6 +79,9 @@ def _check_model(exp: DictConfig) -> None:
             f"model.class_dropout_prob={m.class_dropout_prob!r} is not valid; accepted: a number in [0, 1)"
         )
     positive("model.num_classes", m.num_classes)
+    for key in ARCH_KEYS:  # architecture overrides (None: the named size's)
+        if m[key] is not None:
+            positive(f"model.{key}", m[key])
     data_obj = data_config(exp)
     for key, derived in (("input_size", model_input_size(data_obj)), ("in_channels", model_in_channels(data_obj))):
         given = m[key]
@@ -160,14 +163,14 @@ def _check_train(exp: DictConfig, objective) -> None:
             f"train.fid.num_samples={f.num_samples} is not valid; accepted: a multiple of "
             f"model.num_classes={m.num_classes} (class-balanced, as sample.py)"
         )
-    if f.every and not f.ref:
+    if f.every > 0 and not f.ref:
         raise ConfigError(
             "train.fid.every > 0 needs train.fid.ref (reference statistics from evaluate_fid.py "
             "--make-ref, or an ADM reference batch)"
         )
-    if f.every and not Path(f.ref).is_file():
+    if f.every > 0 and not Path(f.ref).is_file():
         raise ConfigError(f"train.fid.ref={f.ref!r} is not a file; accepted: reference statistics .npz")
-    _user(check_selection, list(f.metrics), f.ref if f.every else None, f.num_samples, "train.fid.metrics")
+    _user(check_selection, list(f.metrics), f.ref if f.every > 0 else None, f.num_samples, "train.fid.metrics")
     _check_sampling("train.fid", f, objective, exp)
     choice("logging.tracker", exp.logging.tracker, TRACKERS)
 

@@ -71,7 +71,8 @@ def _main(argv, faults) -> int:
         if args.export:
             from vca_gen.experiment.checkpoint import export
 
-            print(f"exported {'live' if args.live else 'EMA'} weights to {export(*args.export, use_ema=not args.live)}")
+            source, out = args.export
+            print(f"exported {'live' if args.live else 'EMA'} weights to {export(source, out, use_ema=not args.live)}")
             return 0
         if not args.config:
             ap.error("--config is required (or --export CKPT OUT)")

@@ -107,9 +107,11 @@ class InLoopFID:
         self.params = registry.resolve_params(self.metrics)
         self.need_features = bool(registry.needing(self.metrics, "features"))
         self.need_spatial = bool(registry.needing(self.metrics, "spatial"))
-        mode = load_reference(f.ref).mode
+        ref = f.ref
+        assert ref is not None  # train.fid.every > 0 needs it (checked at load time)
+        mode = load_reference(ref).mode
         self.extractor = InceptionFeatureExtractor(mode=mode, device=device)
-        self.ref = prepare_reference(f.ref, self.extractor, mode, need_features=self.need_features)
+        self.ref = prepare_reference(ref, self.extractor, mode, need_features=self.need_features)
 
     def batches(self, rank: int, world: int) -> list[list[int]]:
         """Sample indices of the batches process ``rank`` of ``world`` evaluates."""

@@ -49,6 +49,6 @@ def in_loop_fid(tr: Trainer) -> float | None:
         tr.acc.print(f"step {tr.step}: in-loop FID ({f.num_samples} samples) {shown}")
         record = tr.out_dir / "fid.jsonl"  # one line per evaluation, full precision
         before = record.read_text() if record.is_file() else ""
-        line = {"step": tr.step, **values, "num_samples": f.num_samples, "seed": f.seed, "reference": str(f.ref)}
+        line = {"step": tr.step, **values, "num_samples": f.num_samples, "seed": f.seed, "reference": f.ref}
         ckpt.atomic_write_text(record, before + json.dumps(line) + "\n")
     return values.get("fid")
