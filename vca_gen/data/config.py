@@ -34,9 +34,7 @@ class DataConfig:
     """Where the training data comes from and how it is turned into model inputs."""
 
     kind: str = "latents"  # "latents" | "images" | "animal_mnist"
-    path: str | None = setting(
-        None, run_defining=False
-    )  # store dir / image root / Animal-MNIST folder (None: assets default)
+    path: str | None = setting(None, run_defining=False)  # store / image root / Animal-MNIST (None: assets)
     image_size: int = 256  # pixel resolution (latents: the resolution they were extracted at)
     random_flip: bool = True  # horizontal flip (latents: pick the stored flip copy)
     seed: int = 0  # data order + per-item randomness seed

@@ -58,9 +58,7 @@ class ModelConfig:
     mlp_ratio: float | None = None
     input_size: int | None = None  # derived from data (error if set and different)
     in_channels: int | None = None  # derived from data (error if set and different)
-    init_from: str | None = setting(
-        None, run_defining=False
-    )  # start from these weights (official DiT/SiT .pt, checkpoint, export)
+    init_from: str | None = setting(None, run_defining=False)  # start from: official .pt, checkpoint, export
 
 
 @dataclass
