@@ -3,7 +3,12 @@
 
 import sys
 
-from vca_gen.train.cli import main
+if __name__ == "__main__":
+    from vca_gen.utils.signals import install_early_stop_handlers
+
+    install_early_stop_handlers("train.py")  # first: a stop while starting exits 75, nothing written
+
+from vca_gen.train.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

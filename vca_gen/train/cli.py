@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vca_gen.train.signals import install_stop_handlers, restore_stop_handlers
-
 PROG = "train.py"
 
 
@@ -53,15 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None, faults=None) -> int:
-    """``train.py`` with ``argv``; ``faults`` (a :class:`vca_gen.utils.faults.Faults`): injected by tests."""
-    stop = install_stop_handlers()  # first: a signal during the slow start-up is recorded, not fatal
-    try:
-        return _main(argv, faults)
-    finally:
-        restore_stop_handlers(stop)
+    """``train.py`` with ``argv``; ``faults`` (a :class:`vca_gen.utils.faults.Faults`): injected by tests.
 
-
-def _main(argv, faults) -> int:
+    Signals: ``train.py`` installs :func:`vca_gen.utils.signals.install_early_stop_handlers` before
+    importing this module (a stop while starting exits 75 with nothing written); the trainer replaces
+    them with the loop's (:func:`vca_gen.train.signals.install_stop_handlers`: finish the step,
+    checkpoint, exit 75) when its loop starts."""
     ap = build_parser()
     args = ap.parse_args(argv)
 
@@ -77,8 +72,10 @@ def _main(argv, faults) -> int:
         if not args.config:
             ap.error("--config is required (or --export CKPT OUT)")
         from vca_gen.experiment.schema import load_config, to_yaml
+        from vca_gen.train.helpers import check_runnable
 
         cfg = load_config(args.config, args.overrides)
+        check_runnable(cfg)  # this machine: precision, output dir, resume path, data folder
         if args.print_config:
             print(to_yaml(cfg))
             return 0

@@ -1,8 +1,9 @@
 """Stop signals of a training run: SIGTERM, SIGUSR1 and SIGINT (Ctrl-C).
 
-:func:`install_stop_handlers` is the first thing ``train.py`` (:func:`vca_gen.train.cli.main`) does,
-so a signal that arrives during the slow start-up (imports, data checks, latent-store verification)
-is recorded rather than killing the process. The trainer reads the same :class:`StopRequest`: every
+:func:`install_stop_handlers` installs the loop's handlers (the trainer calls it when its loop starts,
+replacing the start-up handlers of :func:`vca_gen.utils.signals.install_early_stop_handlers`, which
+``train.py`` installs first: a stop while starting exits 75 with nothing written; a caller may also
+install them earlier and the trainer then reads that :class:`StopRequest`). From then on every
 process finishes the current step (the stop is agreed through that step's all-reduce), writes a
 checkpoint and returns with ``stopped_by`` set; ``train.py`` then exits :data:`EXIT_PREEMPTED`.
 A second Ctrl-C aborts at once (``KeyboardInterrupt``).
