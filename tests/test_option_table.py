@@ -454,7 +454,7 @@ CONFIG: dict[str, list[tuple[str, str | None]] | str] = {
     "objective.flow.rtol": [("0", None), ("nan", None)],
     "objective.flow.ode_method": [("rk4", None)],
     "data.kind": [("nosuch", None)],
-    "data.path": [("{t}/missing", None)],
+    "data.path": [("{t}/missing", P)],
     "data.image_size": [("0", None), ("abc", None), ("20", None)],
     "data.random_flip": [("maybe", None)],
     "data.seed": [("-1", None), (HUGE, None), ("abc", None)],

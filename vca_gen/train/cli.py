@@ -75,7 +75,7 @@ def main(argv=None, faults=None) -> int:
         from vca_gen.train.helpers import check_runnable
 
         cfg = load_config(args.config, args.overrides)
-        check_runnable(cfg)  # this machine: precision, output dir, resume path, data folder
+        check_runnable(cfg)  # this machine: precision, output dir, resume path
         if args.print_config:
             print(to_yaml(cfg))
             return 0

@@ -36,9 +36,10 @@ def resolve_mixed_precision(mode: str) -> str:
 def check_runnable(cfg: DictConfig) -> None:
     """What a validated experiment needs of this machine to train, checked by ``train.py`` before
     anything is written (under ``--print-config`` too): a precision the device runs, an output dir
-    that is not a file, an existing ``train.resume`` path and data folder. (Not part of loading an
-    experiment: a recorded experiment must still load for sampling on another machine.)"""
-    t, d = cfg.train, cfg.data
+    that is not a file, an existing ``train.resume`` path. (Not part of loading an experiment: a
+    recorded experiment must still load for sampling on another machine. The data are checked when
+    the trainer builds them, also before anything is written.)"""
+    t = cfg.train
     resolve_mixed_precision(t.mixed_precision)
     if Path(t.output_dir).exists() and not Path(t.output_dir).is_dir():
         raise ConfigError(f"train.output_dir={t.output_dir!r} is a file; accepted: a new or existing run directory")
@@ -46,9 +47,6 @@ def check_runnable(cfg: DictConfig) -> None:
         raise ConfigError(
             f"train.resume={t.resume!r} does not exist; accepted: auto, none, a checkpoint or a run directory"
         )
-    if d.path is not None and not Path(d.path).is_dir():  # None: animal_mnist's asset folder
-        what = {"latents": "latent store", "images": "image folder"}.get(d.kind, "Animal-MNIST folder")
-        raise ConfigError(f"data.path={d.path!r} is not a directory; accepted: the {what} of data.kind={d.kind}")
 
 
 def build_dataset_for(cfg: DictConfig):
