@@ -1,86 +1,14 @@
 #!/usr/bin/env python
-"""Train DiT / SiT with MHSA, VCA or DIFF attention.
+"""Train DiT / SiT with MHSA, VCA or DIFF attention: ``python train.py --help`` (vca_gen/train/cli.py)."""
 
-    accelerate launch train.py --config configs/dit_s2_vca.yaml [key=value ...]
-    python train.py --config configs/demo.yaml train.max_steps=100 train.output_dir=runs/try
-    python train.py --export RUN_OR_CHECKPOINT OUT_DIR      # EMA weights + config.json + decoder.json
-
-Overrides are dotted config keys (``train.lr=2e-4 model.attention=mhsa``). The run directory is
-``train.output_dir`` (locked while a training runs in it); ``train.resume=auto`` (default)
-continues from its newest intact checkpoint (checksums verified; a damaged one is skipped with a
-warning naming the file).
-
-Preemption: SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) finish the current step on every process, write a
-checkpoint and exit 75; re-running the same command continues exactly where it stopped (a second
-Ctrl-C aborts at once). Multi-node: ``train.timeout_s`` (default 1800) bounds every collective wait.
-SLURM recipes (requeue on exit 75): docs/slurm.md.
-
-Exit status: 0 done; 2 bad input (config / data / checkpoint, run directory locked by another
-run, processes disagreeing on the checkpoint); 3 stopped on non-finite losses; 75 (EX_TEMPFAIL)
-stopped by a signal with a checkpoint written: re-run (requeue) the same command to continue.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
 
+if __name__ == "__main__":
+    from vca_gen.utils.signals import install_early_stop_handlers
 
-def main(argv=None, faults=None) -> int:
-    """``train.py`` with ``argv``; ``faults`` (a :class:`vca_gen.utils.faults.Faults`): injected by tests."""
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 2)[2],
-    )
-    ap.add_argument("--config", help="experiment YAML (see configs/)")
-    ap.add_argument(
-        "--export",
-        nargs=2,
-        metavar=("CKPT", "OUT"),
-        help="write a stand-alone export (EMA weights, experiment, decoder.json) of a checkpoint or run dir",
-    )
-    ap.add_argument("--live", action="store_true", help="with --export: the live weights instead of the EMA")
-    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    ap.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
-    args = ap.parse_args(argv)
+    install_early_stop_handlers("train.py")  # first: a stop while starting exits 75, nothing written
 
-    from vca_gen.errors import cli_boundary
-
-    def work() -> int:
-        if args.export:
-            from vca_gen.experiment.checkpoint import export
-
-            print(f"exported {'live' if args.live else 'EMA'} weights to {export(*args.export, use_ema=not args.live)}")
-            return 0
-        if not args.config:
-            ap.error("--config is required (or --export CKPT OUT)")
-        from vca_gen.experiment.schema import load_config, to_yaml
-
-        cfg = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(to_yaml(cfg))
-            return 0
-        from vca_gen.train.trainer import EXIT_PREEMPTED, NonFiniteLossError, train
-
-        try:
-            summary = train(cfg, faults=faults)
-        except NonFiniteLossError as e:
-            print(f"train.py: error: {e}", file=sys.stderr)
-            return 3
-        if summary.get("stopped_by"):
-            return EXIT_PREEMPTED  # the trainer printed where the checkpoint is
-        if summary["is_main_process"]:
-            print(f"finished at step {summary['step']}; run directory {summary['output_dir']}")
-        return 0
-
-    from vca_gen.utils import dist
-
-    try:
-        return cli_boundary("train.py", work)
-    finally:
-        dist.close()
-
+from vca_gen.train.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -143,12 +143,9 @@ def test_checkpoint_from_a_different_model_names_the_mismatch(tmp_path, cfg_mode
 
 
 def train_cli(*argv) -> int:
-    import importlib.util
+    from vca_gen.train.cli import main
 
-    spec = importlib.util.spec_from_file_location("train_cli", Path(__file__).resolve().parent.parent / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main(list(argv))
+    return main(list(argv))
 
 
 def test_export_and_load_for_sampling(tmp_path, cfg_model, capsys):

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -33,10 +32,9 @@ SHIPPED = {"diffusion": REPO / "configs/dit_s2_vca.yaml", "flow": REPO / "config
 
 
 def _load_train_py():
-    spec = importlib.util.spec_from_file_location("train_cli_experiment", REPO / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from vca_gen.train import cli
+
+    return cli
 
 
 TRAIN_PY = _load_train_py()

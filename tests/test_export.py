@@ -9,7 +9,6 @@ E[z] = mean(mean), E[z^2] = mean(mean^2 + std^2)).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,16 +18,15 @@ import torch
 from safetensors.torch import load_file
 
 from test_data_common import make_image_folder, make_tiny_vae
-from test_training_common import REPO, reset_accelerate, run, tiny_dict
+from test_training_common import reset_accelerate, run, tiny_dict
 from vca_gen.sample.cli import main as sample_main
 
 
 def train_cli(*args: str) -> int:
-    spec = importlib.util.spec_from_file_location("train_cli", REPO / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from vca_gen.train.cli import main
+
     reset_accelerate()
-    return mod.main(list(args))
+    return main(list(args))
 
 
 def sample(capsys, ckpt: Path, out: Path) -> tuple[dict, bytes, np.ndarray]:

@@ -418,10 +418,10 @@ CONFIG: dict[str, list[tuple[str, str | None]] | str] = {
     "model.num_classes": [("0", None), ("-1", None), ("abc", None)],
     # the architecture overrides are checked by the model builder today, in messages without the key
     # ("depth must be >= 1"), and a negative hidden_size / mlp_ratio is a torch traceback
-    "model.depth": [("0", P), ("-2", P), ("1.5", None)],
-    "model.hidden_size": [("0", P), ("-4", P)],
-    "model.num_heads": [("0", P), ("3", P)],  # 128 is not divisible by 3
-    "model.mlp_ratio": [("0", P), ("-1", P), ("nan", P)],
+    "model.depth": [("0", None), ("-2", None), ("1.5", None)],
+    "model.hidden_size": [("0", None), ("-4", None)],
+    "model.num_heads": [("0", None), ("3", P)],  # 128 is not divisible by 3
+    "model.mlp_ratio": [("0", None), ("-1", None), ("nan", None)],
     "model.input_size": [("7", None)],
     "model.in_channels": [("7", None)],
     "model.init_from": [("{t}/missing.pt", None)],
@@ -457,7 +457,7 @@ CONFIG: dict[str, list[tuple[str, str | None]] | str] = {
     "data.path": [("{t}/missing", P)],
     "data.image_size": [("0", None), ("abc", None), ("20", None)],
     "data.random_flip": [("maybe", None)],
-    "data.seed": [("-1", P), (HUGE, P), ("abc", None)],
+    "data.seed": [("-1", None), (HUGE, None), ("abc", None)],
     "data.num_workers": [("-1", None), ("abc", None)],
     "data.vae": [("stabilityai/sd-vae-ft-mse", None)],  # demo is Animal-MNIST: grayscale, pixel space
     "data.vae_subfolder": [("vae", P)],  # without data.vae
@@ -479,10 +479,10 @@ CONFIG: dict[str, list[tuple[str, str | None]] | str] = {
     "train.max_steps": [("0", None), ("-1", None), ("abc", None)],
     "train.ema_decay": [("1.5", None), ("-0.1", None), ("nan", None)],
     "train.ema_warmup": [("maybe", None)],
-    "train.mixed_precision": [("fp8", None), ("fp16", P)],  # fp16 on a CPU: refused (issue 17)
+    "train.mixed_precision": [("fp8", None), ("fp16", None)],  # fp16 on a CPU: refused (issue 17)
     "train.tf32": [("maybe", None)],
     "train.compile": [("maybe", None)],
-    "train.seed": [("-1", P), (HUGE, P), ("abc", None)],
+    "train.seed": [("-1", None), (HUGE, None), ("abc", None)],
     "train.log_every": [("0", None), ("-1", None)],
     "train.ckpt_every": [("-1", None), ("abc", None)],
     "train.keep_last": [("-1", None)],
@@ -491,7 +491,7 @@ CONFIG: dict[str, list[tuple[str, str | None]] | str] = {
     "train.grid.num": [("0", None), ("-1", None)],
     "train.grid.classes": [("[-1]", None), ("[99]", None), ("[a]", None)],
     "train.grid.nrow": [("-1", None)],
-    "train.grid.seed": [("-1", P), (HUGE, P)],
+    "train.grid.seed": [("-1", None), (HUGE, None)],
     "train.grid.sampler": [("nosuch", None)],
     "train.grid.steps": [("0", None), ("nosuch", None)],
     "train.grid.cfg_scale": [("-1", None), ("nan", None)],
@@ -500,7 +500,7 @@ CONFIG: dict[str, list[tuple[str, str | None]] | str] = {
     "train.fid.every": [("-1", None)],
     "train.fid.num_samples": [("0", None), ("7", None)],
     "train.fid.ref": [("{t}/missing.npz", None)],
-    "train.fid.seed": [("-1", P), (HUGE, P)],
+    "train.fid.seed": [("-1", None), (HUGE, None)],
     "train.fid.sampler": [("nosuch", None)],
     "train.fid.steps": [("0", None), ("nosuch", None)],
     "train.fid.cfg_scale": [("-1", None), ("nan", None)],
@@ -509,9 +509,9 @@ CONFIG: dict[str, list[tuple[str, str | None]] | str] = {
     "train.fid.batch_size": [("0", None), ("-1", None)],
     "train.fid.metrics": [("[nosuch]", None), ("[]", None)],
     "train.max_nonfinite": [("-1", None)],
-    "train.output_dir": [("{t}/afile", P)],  # an existing file
-    "train.resume": [("{t}/missing", P)],
-    "train.timeout_s": [("0", None), ("-1", None), ("nan", None), ("inf", P)],
+    "train.output_dir": [("{t}/afile", None)],  # an existing file
+    "train.resume": [("{t}/missing", None)],
+    "train.timeout_s": [("0", None), ("-1", None), ("nan", None), ("inf", None)],
     "logging.tracker": [("nosuch", None)],
     "logging.project": FREE,
 }

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from test_training_common import (
-    REPO,
     assert_identical,
     ckpt_tensors,
     launch_direct,
@@ -113,17 +112,15 @@ def test_ctrl_c_single_process_checkpoints_without_traceback_and_resumes(tmp_pat
 
 
 def test_second_training_into_a_locked_run_dir_exits_2_and_the_first_finishes(tmp_path, capsys):
-    import importlib.util
 
     cfg = config(tmp_path, "run")
     first = launch_direct(cfg, 1, faults=["--step-sleep", "1.5"])[0]  # outlives the second attempt
     try:
         wait_for(tmp_path / "run/checkpoints/step_00000002/COMPLETE", [first])
-        spec = importlib.util.spec_from_file_location("train_cli", REPO / "train.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        from vca_gen.train.cli import main
+
         reset_accelerate()
-        assert mod.main(["--config", str(cfg)]) == 2
+        assert main(["--config", str(cfg)]) == 2
         err = capsys.readouterr().err
         assert f"run directory {tmp_path / 'run'} is locked by pid {first.pid}" in err and "(train)" in err
         ((rc, out, ferr),) = wait_all([first])

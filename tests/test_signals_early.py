@@ -103,6 +103,8 @@ def _train_via_runpy(out: Path, early: bool) -> list[str]:
     real start-up (imports, config, data) either way, independent of where the call will sit."""
     install = "from vca_gen.utils.signals import install_early_stop_handlers as i; i('train.py'); " if early else ""
     code = f"{install}import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path('train.py', run_name='__main__')"
+    if not early:  # train.py installs them itself: the control runs its CLI without the wrapper
+        code = "import sys; from vca_gen.train.cli import main; sys.exit(main(sys.argv[2:]))"
     return [sys.executable, "-c", code, "train.py", *TRAIN_ARGS, f"train.output_dir={out}"]
 
 

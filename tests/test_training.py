@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from test_training_common import (
-    REPO,
     ckpt_tensors,
     image_data,
     make_images,
@@ -21,13 +20,10 @@ from vca_gen.experiment import schema as C
 
 
 def train_cli(*args: str) -> int:
-    import importlib.util
+    from vca_gen.train.cli import main
 
-    spec = importlib.util.spec_from_file_location("train_cli", REPO / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     reset_accelerate()
-    return mod.main(list(args))
+    return main(list(args))
 
 
 @pytest.fixture(scope="module")

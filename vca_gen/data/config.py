@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vca_gen.utils.settings import setting
+
 DATA_KINDS = ("latents", "images", "animal_mnist")
 LATENT_NORMS = ("scale", "per_channel")
 VERIFY_MODES = ("eager", "lazy", "size")
@@ -32,11 +34,11 @@ class DataConfig:
     """Where the training data comes from and how it is turned into model inputs."""
 
     kind: str = "latents"  # "latents" | "images" | "animal_mnist"
-    path: str | None = None  # store dir / image root / Animal-MNIST folder (None: assets default)
+    path: str | None = setting(None, run_defining=False)  # store / image root / Animal-MNIST (None: assets)
     image_size: int = 256  # pixel resolution (latents: the resolution they were extracted at)
     random_flip: bool = True  # horizontal flip (latents: pick the stored flip copy)
     seed: int = 0  # data order + per-item randomness seed
-    num_workers: int = 4  # DataLoader worker processes per training process
+    num_workers: int = setting(4, run_defining=False)  # DataLoader worker processes per training process
     vae: str | None = DEFAULT_VAE  # hub id or local folder; None = pixel space (images/animal_mnist)
     vae_subfolder: str | None = None  # e.g. "vae" inside a full pipeline folder
     latent_channels: int = 4  # VAE latent channels (sd-vae: 4)
@@ -44,8 +46,10 @@ class DataConfig:
     latent_norm: str = "scale"  # "scale": z * scale_factor | "per_channel": (z - mean_c) / std_c
     scale_factor: float = DEFAULT_SCALE_FACTOR
     split: str = "all"  # animal_mnist: "all" | "a" | "b" (deterministic halves)
-    strict: bool = False  # images: raise on an unreadable file instead of substituting
-    verify: str = "size"  # latents: "size" (file sizes) | "lazy" | "eager" (sha256), see latents.py
+    strict: bool = setting(False, run_defining=False)  # images: raise on an unreadable file instead of substituting
+    verify: str = setting(
+        "size", run_defining=False
+    )  # latents: "size" (file sizes) | "lazy" | "eager" (sha256), see latents.py
 
 
 def validate_data_config(cfg: DataConfig) -> None:

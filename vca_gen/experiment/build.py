@@ -24,31 +24,30 @@ from vca_gen.data.vae import LatentNormalizer
 from vca_gen.errors import ConfigError
 from vca_gen.experiment.typed import plain
 from vca_gen.models import create_model
-from vca_gen.models.attention import attention_options
 from vca_gen.objectives import Objective, build_objective
 
 ARCH_KEYS = ("depth", "hidden_size", "num_heads", "mlp_ratio")
 
 
 def model_kwargs(model_cfg: Any) -> dict[str, Any]:
-    """Keyword arguments of ``create_model`` for a validated ``model`` section."""
+    """Keyword arguments of ``create_model`` for a validated ``model`` section (its
+    ``attention_options`` are already exactly the options of ``model.attention``: the experiment
+    validator resolved them, and the attention factory checks them where it builds each layer)."""
     m = model_cfg
     kw: dict[str, Any] = dict(
         attention=m.attention,
-        input_size=int(m.input_size),
-        in_channels=int(m.in_channels),
-        num_classes=int(m.num_classes),
-        learn_sigma=bool(m.learn_sigma),
-        class_dropout_prob=float(m.class_dropout_prob),
-        grad_checkpointing=bool(m.grad_checkpointing),
+        input_size=m.input_size,
+        in_channels=m.in_channels,
+        num_classes=m.num_classes,
+        learn_sigma=m.learn_sigma,
+        class_dropout_prob=m.class_dropout_prob,
+        grad_checkpointing=m.grad_checkpointing,
     )
     for key in ARCH_KEYS:
-        if m[key] is not None:
-            kw[key] = m[key]
+        if getattr(m, key) is not None:
+            kw[key] = getattr(m, key)
     opts = m.attention_options
-    opts = plain(opts) if isinstance(opts, DictConfig) else dict(opts or {})
-    accepted = attention_options(m.attention)
-    kw.update({k: v for k, v in opts.items() if k in accepted})
+    kw.update(plain(opts) if isinstance(opts, DictConfig) else dict(opts or {}))
     return kw
 
 
@@ -91,13 +90,13 @@ def decoder_spec(exp: DictConfig, normalizer: LatentNormalizer | None = None, na
                 f"data.latent_norm={d.latent_norm!r}: the per-channel statistics come from the latent store at "
                 f"data.path={d.path!r}; build the decoder from the training data (or a checkpoint that recorded them)"
             )
-        normalizer = LatentNormalizer("scale", float(d.scale_factor))
+        normalizer = LatentNormalizer("scale", d.scale_factor)
     return DecoderSpec(
         vae=d.vae,
         subfolder=d.vae_subfolder,
         normalizer=normalizer.to_dict(),
         image_channels=3,
-        downsample=int(d.vae_downsample),
+        downsample=d.vae_downsample,
         class_names=names,
     )
 

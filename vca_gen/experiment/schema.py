@@ -18,15 +18,16 @@ import dataclasses
 import difflib
 import functools
 import json
+import math
 import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vca_gen.data.config import DataConfig
@@ -34,6 +35,7 @@ from vca_gen.errors import ConfigError
 from vca_gen.experiment.typed import data_config, merged, plain
 from vca_gen.experiment.validate import MIXED_PRECISION, TRACKERS, check_experiment  # noqa: F401
 from vca_gen.objectives import ObjectiveConfig
+from vca_gen.utils.settings import declared_run_defining, setting
 
 BASE_KEY = "_base_"
 _TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}  # OmegaConf type names
@@ -48,7 +50,7 @@ class ModelConfig:
     attention_options: dict[str, Any] = field(default_factory=dict)  # kind-specific (validated)
     learn_sigma: bool = True  # out_channels = 2 * in_channels
     class_dropout_prob: float = 0.1  # label dropout for classifier-free guidance
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = setting(False, run_defining=False)
     num_classes: int = 1000
     depth: int | None = None  # architecture overrides for custom small models
     hidden_size: int | None = None
@@ -56,7 +58,7 @@ class ModelConfig:
     mlp_ratio: float | None = None
     input_size: int | None = None  # derived from data (error if set and different)
     in_channels: int | None = None  # derived from data (error if set and different)
-    init_from: str | None = None  # start from these weights (official DiT/SiT .pt, checkpoint, export)
+    init_from: str | None = setting(None, run_defining=False)  # start from: official .pt, checkpoint, export
 
 
 @dataclass
@@ -104,33 +106,38 @@ class FidConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, precision, checkpointing, sampling and evaluation during training."""
+    """Optimisation, precision, checkpointing, sampling and evaluation during training.
 
-    global_batch_size: int = 256  # over all processes; must divide by the process count
-    micro_batch_size: int | None = None  # per-process forward batch (None: whole share) → accumulation
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_steps: int = 0  # linear warm-up from 0 to lr
-    grad_clip: float = 0.0  # max grad norm; 0 disables clipping
-    max_steps: int = 400_000
-    ema_decay: float = 0.9999
-    ema_warmup: bool = False  # decay min(ema_decay, (1+n)/(10+n)) after n steps (short runs)
-    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16
-    tf32: bool = True
-    compile: bool = False  # torch.compile the training forward
-    seed: int = 0  # weights init, noise/time/label-dropout streams
-    log_every: int = 100
-    ckpt_every: int = 10_000
-    keep_last: int = 2  # newest checkpoints kept (plus milestones); 0 keeps all
-    milestone_every: int = 100_000  # checkpoints at multiples are never pruned; 0 = none
-    grid: GridConfig = field(default_factory=GridConfig)  # EMA preview grids
-    fid: FidConfig = field(default_factory=FidConfig)  # in-loop FID
-    max_nonfinite: int = 10  # stop after this many consecutive non-finite steps
-    output_dir: str = "runs/${name}"
-    resume: str = "auto"  # auto | none | PATH (checkpoint or run dir)
-    timeout_s: float = 1800.0  # process-group collective timeout (s): a rank stuck longer fails
+    Every field declares ``run_defining``: ``True`` when changing it changes what the run computes,
+    so resume refuses the change (naming the key); ``False`` when it may change between resumes
+    (:func:`run_defining_fields` refuses a field that declares neither).
+    """
+
+    global_batch_size: int = setting(256, run_defining=True)  # over all processes; divides by the process count
+    micro_batch_size: int | None = setting(None, run_defining=False)  # per-process forward batch → accumulation
+    lr: float = setting(1e-4, run_defining=True)
+    weight_decay: float = setting(0.0, run_defining=True)
+    betas: list[float] = setting(factory=lambda: [0.9, 0.999], run_defining=True)
+    eps: float = setting(1e-8, run_defining=True)
+    warmup_steps: int = setting(0, run_defining=True)  # linear warm-up from 0 to lr
+    grad_clip: float = setting(0.0, run_defining=True)  # max grad norm; 0 disables clipping
+    max_steps: int = setting(400_000, run_defining=False)
+    ema_decay: float = setting(0.9999, run_defining=True)
+    ema_warmup: bool = setting(False, run_defining=True)  # decay min(ema_decay, (1+n)/(10+n)) after n steps
+    mixed_precision: str = setting("auto", run_defining=False)  # auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16
+    tf32: bool = setting(True, run_defining=False)
+    compile: bool = setting(False, run_defining=False)  # torch.compile the training forward
+    seed: int = setting(0, run_defining=True)  # weights init, noise/time/label-dropout streams
+    log_every: int = setting(100, run_defining=False)
+    ckpt_every: int = setting(10_000, run_defining=False)
+    keep_last: int = setting(2, run_defining=False)  # newest checkpoints kept (plus milestones); 0 keeps all
+    milestone_every: int = setting(100_000, run_defining=False)  # multiples are never pruned; 0 = none
+    grid: GridConfig = setting(factory=GridConfig, run_defining=False)  # EMA preview grids
+    fid: FidConfig = setting(factory=FidConfig, run_defining=False)  # in-loop FID
+    max_nonfinite: int = setting(10, run_defining=False)  # stop after this many consecutive non-finite steps
+    output_dir: str = setting("runs/${name}", run_defining=False)
+    resume: str = setting("auto", run_defining=False)  # auto | none | PATH (checkpoint or run dir)
+    timeout_s: float = setting(1800.0, run_defining=False)  # collective timeout (s): a rank stuck longer fails
 
 
 @dataclass
@@ -241,29 +248,117 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from e
 
 
-# Settings that define what a run computes: resume refuses any change to them (naming each key).
-# Everything else (max_steps, logging, checkpoint cadence, grids, FID, workers, paths) may change.
+# ----------------------------------------------------------------------------- run-defining settings
+# What a run computes is defined by the sections model / objective / data (every field, unless it
+# declares ``run_defining=False``) and by the train fields that declare ``run_defining=True``; resume
+# refuses any change to them, naming each key. Everything else (max_steps, logging, checkpoint
+# cadence, grids, FID, workers, paths) may change. The rule is declared on each field with
+# :func:`vca_gen.utils.settings.setting`.
 RUN_DEFINING_SECTIONS = ("model", "objective", "data")
-RUN_FREE_KEYS = {
-    "model.grad_checkpointing",
-    "model.init_from",
-    "data.num_workers",
-    "data.path",
-    "data.verify",
-    "data.strict",
-}
-RUN_DEFINING_TRAIN = (
-    "seed",
-    "global_batch_size",
-    "lr",
-    "betas",
-    "eps",
-    "weight_decay",
-    "warmup_steps",
-    "grad_clip",
-    "ema_decay",
-    "ema_warmup",
-)
+
+
+def run_defining_fields(schema: type, default: bool | None) -> tuple[str, ...]:
+    """Names of the fields of dataclass ``schema`` that define the run. A field without a declaration
+    counts as ``default``; with ``default=None`` every field must declare it (else a TypeError naming it)."""
+    out = []
+    for f in dataclasses.fields(schema):
+        declared = declared_run_defining(f)
+        if declared is None and default is None:
+            raise TypeError(
+                f"{schema.__name__}.{f.name} does not declare whether changing it breaks resume: write "
+                f"`{f.name}: ... = setting(default, run_defining=True|False)` (vca_gen.utils.settings)"
+            )
+        if default if declared is None else declared:
+            out.append(f.name)
+    return tuple(out)
+
+
+def _free_keys() -> frozenset[str]:
+    """Keys of the run-defining sections that declare ``run_defining=False``."""
+    free = set()
+    for section in RUN_DEFINING_SECTIONS:
+        cls = _type_hints(ExperimentConfig)[section]
+        defining = set(run_defining_fields(cls, default=True))
+        free |= {f"{section}.{f.name}" for f in dataclasses.fields(cls) if f.name not in defining}
+    return frozenset(free)
+
+
+RUN_DEFINING_TRAIN = run_defining_fields(TrainConfig, default=None)  # every train field must declare
+RUN_FREE_KEYS = _free_keys()
+
+
+# ----------------------------------------------------------------------------- every field
+@dataclass(frozen=True)
+class FieldInfo:
+    """One config value: its dotted ``key`` (``train.grid.seed``), its ``type`` (the annotation:
+    ``int``, ``int | None``, ``list[float]``, ``dict[str, Any]``...), its ``default`` and whether
+    changing it breaks resume (``run_defining``)."""
+
+    key: str
+    type: Any
+    default: Any
+    run_defining: bool
+
+
+def iter_fields(schema: type = ExperimentConfig, prefix: str = "", inherited: bool = False) -> Iterator[FieldInfo]:
+    """Every leaf field of the experiment schema, depth first in declaration order (nested dataclass
+    sections are walked, not listed). The one enumeration of the config keys: the resume rule, the
+    value checks at load time and table-driven tests of bad values read it.
+
+    ``run_defining``: what the field declares (:func:`~vca_gen.utils.settings.setting`), else what its
+    section is (the sections ``model``, ``objective`` and ``data`` define the run; others do not)."""
+    hints = _type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        declared = declared_run_defining(f)
+        section = f.name in RUN_DEFINING_SECTIONS if not prefix else inherited
+        defining = section if declared is None else declared
+        sub = hints[f.name]
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            yield from iter_fields(sub, key, defining)
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        yield FieldInfo(key, sub, default, defining)
+
+
+SEED_LIMIT = 2**63  # seeds are 63-bit (vca_gen.data.sampler.mix_seed, torch generators)
+
+
+def _leaves(cfg: DictConfig) -> Iterator[tuple[FieldInfo, Any]]:
+    """``(field, value)`` of every scalar config value (list items one by one)."""
+    for f in iter_fields():
+        value = OmegaConf.select(cfg, f.key)
+        for v in value if isinstance(value, (list, tuple, ListConfig)) else [value]:
+            if v is not None and not isinstance(v, bool):
+                yield f, v
+
+
+SELF_CHECKED = ("train.grid.", "train.fid.")  # sampling settings: the sampler registry's entries check them
+
+
+def check_representable(cfg: DictConfig, finite: bool = False) -> None:
+    """Every number a config field holds is finite (``finite``: only that, and not in the sampling
+    settings of :data:`SELF_CHECKED`, whose checks state their exact range), and every seed (a key
+    named ``seed``) is in [0, 2^63); else a :class:`ConfigError` naming the key, the value and what
+    is accepted."""
+    for f, v in _leaves(cfg):
+        if isinstance(v, float) and not math.isfinite(v) and not (finite and f.key.startswith(SELF_CHECKED)):
+            raise ConfigError(f"{f.key}={v!r} is not valid; accepted: a finite number")
+        if not finite and isinstance(v, int) and f.key.rsplit(".", 1)[-1] == "seed" and not 0 <= v < SEED_LIMIT:
+            raise ConfigError(f"{f.key}={v!r} is not valid; accepted: an integer in [0, 2^63)")
+
+
+def check_counts(cfg: DictConfig) -> None:
+    """Every integer config value is >= 0 (the sections check their own stricter ranges first)."""
+    for f, v in _leaves(cfg):
+        if isinstance(v, int) and v < 0:
+            raise ConfigError(f"{f.key}={v!r} is not valid; accepted: an integer >= 0")
+
+
+def typed_experiment(cfg: DictConfig) -> ExperimentConfig:
+    """A validated experiment as its typed section objects (:class:`ExperimentConfig` and the
+    dataclasses under it): what the trainer, grids and in-loop FID read, without casts."""
+    return cast(ExperimentConfig, OmegaConf.to_object(cfg))
 
 
 def _dict_diff(a: Any, b: Any, prefix: str) -> dict[str, Any]:
@@ -307,7 +402,16 @@ def config_from_container(user: Any, source: str = "<config>") -> DictConfig:
             msg += f"; accepted: {_TYPE_WORDS.get(wanted.group(1), wanted.group(1))}"
         raise ConfigError(f"{source}: invalid value for '{key}': {msg}") from e
     try:
-        check_experiment(cfg)
+        check_representable(cfg, finite=True)  # finite numbers before anything builds from them
+        try:
+            check_experiment(cfg)  # each section's own checks (their messages state the exact range)
+        except ConfigError:
+            raise
+        except Exception:
+            check_representable(cfg)  # a non-finite number or a huge seed broke a build: name it
+            raise
+        check_representable(cfg)  # then what no section check covers: 63-bit seeds, counts >= 0
+        check_counts(cfg)
     except ConfigError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None

@@ -24,17 +24,18 @@ from omegaconf import DictConfig
 
 from vca_gen.data.config import model_in_channels, model_input_size, validate_data_config
 from vca_gen.errors import ConfigError
-from vca_gen.experiment.build import build_model
+from vca_gen.experiment.build import ARCH_KEYS, build_model
 from vca_gen.experiment.typed import data_config, plain
 from vca_gen.metrics.evaluation import check_selection
 from vca_gen.models import ATTENTION_KINDS, list_models, parse_model_name
 from vca_gen.models.attention import attention_options, resolve_options
 from vca_gen.objectives import OBJECTIVE_KINDS, build_objective
 from vca_gen.objectives.base import parse_steps
-from vca_gen.utils.checks import choice, positive
+from vca_gen.utils.checks import choice, in_range, positive
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "none")
+TIMEOUT_MAX_S = 1e9  # seconds (~31 years): any finite bound a collective timeout can represent
 DATA_CLASSES = {"animal_mnist": 10}  # class count fixed by the data source
 
 
@@ -78,6 +79,9 @@ def _check_model(exp: DictConfig) -> None:
             f"model.class_dropout_prob={m.class_dropout_prob!r} is not valid; accepted: a number in [0, 1)"
         )
     positive("model.num_classes", m.num_classes)
+    for key in ARCH_KEYS:  # architecture overrides (None: the named size's)
+        if m[key] is not None:
+            positive(f"model.{key}", m[key])
     data_obj = data_config(exp)
     for key, derived in (("input_size", model_input_size(data_obj)), ("in_channels", model_in_channels(data_obj))):
         given = m[key]
@@ -99,7 +103,7 @@ def _check_model(exp: DictConfig) -> None:
         raise ConfigError(
             f"model.num_classes={m.num_classes}: data.kind={exp.data.kind} has {fixed} classes; accepted: >= {fixed}"
         )
-    if m.init_from is not None and not Path(str(m.init_from)).exists():
+    if m.init_from is not None and not Path(m.init_from).exists():
         raise ConfigError(
             f"model.init_from={m.init_from!r} does not exist; accepted: an official DiT/SiT .pt file, "
             f"a training checkpoint, a run directory or an export"
@@ -112,7 +116,7 @@ def _check_sampling(section: str, s: DictConfig, objective, exp: DictConfig) -> 
     positive(f"{section}.every", s.every, allow_zero=True)
     interval = None if s.cfg_interval is None else list(s.cfg_interval)
     objective.check_guidance(s.cfg_scale, interval, section)
-    if float(s.cfg_scale) != 1.0 and float(exp.model.class_dropout_prob) <= 0:
+    if s.cfg_scale != 1.0 and exp.model.class_dropout_prob <= 0:
         raise ConfigError(
             f"{section}.cfg_scale={s.cfg_scale}: guidance needs a model trained with label dropout "
             f"(model.class_dropout_prob > 0); accepted here: 1.0"
@@ -135,7 +139,7 @@ def _check_train(exp: DictConfig, objective) -> None:
         positive(f"train.{key}", t[key], allow_zero=True)
     positive("train.lr", t.lr)
     positive("train.eps", t.eps)
-    positive("train.timeout_s", t.timeout_s)
+    in_range("train.timeout_s", t.timeout_s, 0.0, TIMEOUT_MAX_S, "(]")  # finite: a timedelta holds it
     if t.micro_batch_size is not None:
         positive("train.micro_batch_size", t.micro_batch_size)
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
@@ -154,19 +158,19 @@ def _check_train(exp: DictConfig, objective) -> None:
     _check_sampling("train.grid", g, objective, exp)
     positive("train.fid.num_samples", f.num_samples)
     positive("train.fid.batch_size", f.batch_size)
-    if f.num_samples % int(m.num_classes):
+    if f.num_samples % m.num_classes:
         raise ConfigError(
             f"train.fid.num_samples={f.num_samples} is not valid; accepted: a multiple of "
             f"model.num_classes={m.num_classes} (class-balanced, as sample.py)"
         )
-    if f.every and not f.ref:
+    if f.every > 0 and not f.ref:
         raise ConfigError(
             "train.fid.every > 0 needs train.fid.ref (reference statistics from evaluate_fid.py "
             "--make-ref, or an ADM reference batch)"
         )
-    if f.every and not Path(str(f.ref)).is_file():
+    if f.every > 0 and not Path(f.ref).is_file():
         raise ConfigError(f"train.fid.ref={f.ref!r} is not a file; accepted: reference statistics .npz")
-    _user(check_selection, list(f.metrics), str(f.ref) if f.every else None, int(f.num_samples), "train.fid.metrics")
+    _user(check_selection, list(f.metrics), f.ref if f.every > 0 else None, f.num_samples, "train.fid.metrics")
     _check_sampling("train.fid", f, objective, exp)
     choice("logging.tracker", exp.logging.tracker, TRACKERS)
 

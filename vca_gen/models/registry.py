@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vca_gen.models.attention import ATTENTION_KINDS, check_attention_options
+from vca_gen.models.attention import ATTENTION_KINDS
 from vca_gen.models.dit import DiT
 
 # size -> (depth, hidden_size, num_heads); DiT's published configurations plus a tiny demo size.
@@ -51,7 +51,7 @@ def create_model(
     ``input_size`` is the latent (or pixel) size, an int or (H, W), divisible by the patch size.
     ``options`` may override the architecture (``depth``, ``hidden_size``, ``num_heads``,
     ``mlp_ratio``); every other keyword is an option of the attention kind (e.g. VCA's
-    ``num_contrast_tokens``), validated against that kind.
+    ``num_contrast_tokens``), checked by the attention factory that builds each layer.
     """
     family, size, patch = parse_model_name(name)
     if attention not in ATTENTION_KINDS:
@@ -61,7 +61,6 @@ def create_model(
     for key in _ARCH_OVERRIDES:
         if key in options:
             arch[key] = options.pop(key)
-    check_attention_options(attention, options)
     return DiT(
         input_size=input_size,
         patch_size=patch,

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from vca_gen.experiment.schema import plain
+from vca_gen.experiment.schema import ExperimentConfig, FidConfig, GridConfig, plain
 from vca_gen.metrics import InceptionFeatureExtractor, load_reference, registry
 from vca_gen.metrics.evaluation import prepare_reference, score
 from vca_gen.metrics.inception import FeatureBatch
@@ -33,26 +33,29 @@ from vca_gen.metrics.statistics import statistics_from_features
 from vca_gen.sample.model import generate, image_maker
 from vca_gen.utils.io import atomic_open
 
+Experiment = ExperimentConfig | DictConfig  # the typed sections, or the validated DictConfig (same values)
 
-def grid_labels(exp: DictConfig) -> list[int]:
+
+def grid_labels(exp: Experiment) -> list[int]:
     """``train.grid.classes`` cycled to ``train.grid.num`` (default 0, 1, 2, …)."""
     g = exp.train.grid
-    classes = list(g.classes) or list(range(int(exp.model.num_classes)))
-    return [int(classes[i % len(classes)]) for i in range(int(g.num))]
+    classes = list(g.classes) or list(range(exp.model.num_classes))
+    return [classes[i % len(classes)] for i in range(g.num)]
 
 
-def _maker(exp: DictConfig, section: DictConfig, model, objective, decoder, device):
+def _maker(exp: Experiment, section: GridConfig | FidConfig | DictConfig, model, objective, decoder, device):
     m = exp.model
+    options = section.options
     return image_maker(
         model,
         objective,
         decoder,
-        (int(m.in_channels), int(m.input_size), int(m.input_size)),
+        (m.in_channels, m.input_size, m.input_size),
         device,
         sampler=section.sampler,
         steps=section.steps,
-        cfg_scale=float(section.cfg_scale),
-        options=plain(section.options),
+        cfg_scale=section.cfg_scale,
+        options=plain(options) if isinstance(options, DictConfig) else dict(options),
         cfg_interval=None if section.cfg_interval is None else list(section.cfg_interval),
     )
 
@@ -69,7 +72,7 @@ def tile(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
 
 
 @torch.no_grad()
-def save_grid(exp: DictConfig, model, objective, decoder, out: Path, device) -> Path:
+def save_grid(exp: Experiment, model, objective, decoder, out: Path, device) -> Path:
     """Write the fixed-seed grid of ``model`` to ``out`` (PNG, atomically) and return the path."""
     g = exp.train.grid
     was_training = model.training
@@ -79,13 +82,13 @@ def save_grid(exp: DictConfig, model, objective, decoder, out: Path, device) -> 
         images = generate(
             _maker(exp, g, model, objective, decoder, device),
             labels,
-            [int(g.seed) + i for i in range(len(labels))],
+            [g.seed + i for i in range(len(labels))],
             device,
             batch_size=64,
         )
     finally:
         model.train(was_training)
-    nrow = int(g.nrow) or max(1, math.ceil(math.sqrt(len(images))))
+    nrow = g.nrow or max(1, math.ceil(math.sqrt(len(images))))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "wb") as f:
@@ -97,20 +100,22 @@ class InLoopFID:
     """``train.fid`` evaluation of the ``train.fid.metrics`` registry entries (default: FID); the
     Inception network and the reference (with its features when a metric needs them) are loaded once."""
 
-    def __init__(self, exp: DictConfig, device):
+    def __init__(self, exp: Experiment, device):
         f = exp.train.fid
         self.exp, self.device = exp, device
         self.metrics = registry.parse_names(list(f.metrics), "train.fid.metrics")
         self.params = registry.resolve_params(self.metrics)
         self.need_features = bool(registry.needing(self.metrics, "features"))
         self.need_spatial = bool(registry.needing(self.metrics, "spatial"))
-        mode = load_reference(str(f.ref)).mode
+        ref = f.ref
+        assert ref is not None  # train.fid.every > 0 needs it (checked at load time)
+        mode = load_reference(ref).mode
         self.extractor = InceptionFeatureExtractor(mode=mode, device=device)
-        self.ref = prepare_reference(str(f.ref), self.extractor, mode, need_features=self.need_features)
+        self.ref = prepare_reference(ref, self.extractor, mode, need_features=self.need_features)
 
     def batches(self, rank: int, world: int) -> list[list[int]]:
         """Sample indices of the batches process ``rank`` of ``world`` evaluates."""
-        n, b = int(self.exp.train.fid.num_samples), int(self.exp.train.fid.batch_size)
+        n, b = self.exp.train.fid.num_samples, self.exp.train.fid.batch_size
         starts = list(range(0, n, b))[rank::world]
         return [list(range(s, min(n, s + b))) for s in starts]
 
@@ -118,7 +123,7 @@ class InLoopFID:
     def features(self, model, objective, decoder, rank: int = 0, world: int = 1) -> dict:
         """``{batch start: FeatureBatch}`` of this process's batches: (B, 2048) float32 pool3 features,
         and the (B, 2023) spatial ones when a metric needs them."""
-        f, nc = self.exp.train.fid, int(self.exp.model.num_classes)
+        f, nc = self.exp.train.fid, self.exp.model.num_classes
         make = _maker(self.exp, f, model, objective, decoder, self.device)
         was_training = model.training
         model.eval()
@@ -126,7 +131,7 @@ class InLoopFID:
         try:
             for idx in self.batches(rank, world):
                 images = generate(
-                    make, [i % nc for i in idx], [int(f.seed) + i for i in idx], self.device, batch_size=len(idx)
+                    make, [i % nc for i in idx], [f.seed + i for i in idx], self.device, batch_size=len(idx)
                 )
                 fb = self.extractor(images)
                 out[idx[0]] = FeatureBatch(fb.pool, fb.spatial if self.need_spatial else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,12 +13,40 @@ from vca_gen.utils import dist
 
 
 def resolve_mixed_precision(mode: str) -> str:
-    """``auto`` → ``bf16`` on a CUDA device that supports it, else ``no`` (fp32 on CPU)."""
-    if mode != "auto":
-        return mode
-    if not dist.use_cpu() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+    """``train.mixed_precision`` for accelerate on this run's device: ``auto`` → ``bf16`` on a CUDA
+    device that supports it, else ``no`` (fp32). A precision the device cannot run is refused with a
+    :class:`ConfigError` (accelerate would accept ``fp16`` on a CPU and silently train in fp32)."""
+    cpu = dist.use_cpu()
+    bf16 = not cpu and torch.cuda.is_bf16_supported()
+    if mode == "auto":
+        return "bf16" if bf16 else "no"
+    if cpu and mode == "fp16":
+        raise ConfigError(
+            "train.mixed_precision=fp16 cannot run on this device (CPU: no fp16 autocast, the run would train "
+            "in fp32); accepted here: auto, no, bf16"
+        )
+    if not cpu and mode == "bf16" and not bf16:
+        raise ConfigError(
+            f"train.mixed_precision=bf16 cannot run on this device ({torch.cuda.get_device_name()} has no bf16); "
+            f"accepted here: auto, no, fp16"
+        )
+    return mode
+
+
+def check_runnable(cfg: DictConfig) -> None:
+    """What a validated experiment needs of this machine to train, checked by ``train.py`` before
+    anything is written (under ``--print-config`` too): a precision the device runs, an output dir
+    that is not a file, an existing ``train.resume`` path. (Not part of loading an experiment: a
+    recorded experiment must still load for sampling on another machine. The data are checked when
+    the trainer builds them, also before anything is written.)"""
+    t = cfg.train
+    resolve_mixed_precision(t.mixed_precision)
+    if Path(t.output_dir).exists() and not Path(t.output_dir).is_dir():
+        raise ConfigError(f"train.output_dir={t.output_dir!r} is a file; accepted: a new or existing run directory")
+    if t.resume not in ("auto", "none") and not Path(t.resume).exists():
+        raise ConfigError(
+            f"train.resume={t.resume!r} does not exist; accepted: auto, none, a checkpoint or a run directory"
+        )
 
 
 def build_dataset_for(cfg: DictConfig):
@@ -36,7 +65,7 @@ def build_dataset_for(cfg: DictConfig):
         raise ConfigError(f"data (kind={data_cfg.kind}, path={data_cfg.path}): {e}") from e
     if len(dataset) == 0:
         raise ConfigError(f"data (kind={data_cfg.kind}, path={data_cfg.path}) has no items")
-    batch = int(cfg.train.global_batch_size)
+    batch = cfg.train.global_batch_size
     if len(dataset) < batch:
         raise ConfigError(
             f"data (kind={data_cfg.kind}, path={data_cfg.path}) has {len(dataset)} items, fewer than one global "
@@ -51,7 +80,7 @@ def check_batch_shape(dataset, cfg: DictConfig, encodes_on_the_fly: bool) -> Non
     from vca_gen.data.sampler import ItemKey
 
     classes = list(getattr(dataset, "classes", []) or [])
-    if len(classes) > int(cfg.model.num_classes):
+    if len(classes) > cfg.model.num_classes:
         raise ConfigError(
             f"the data has {len(classes)} classes "
             f"({', '.join(map(str, classes[:5]))}{', …' if len(classes) > 5 else ''}) "
@@ -62,10 +91,10 @@ def check_batch_shape(dataset, cfg: DictConfig, encodes_on_the_fly: bool) -> Non
     if encodes_on_the_fly:
         from vca_gen.data.config import image_channels
 
-        expected = (image_channels(cfg.data), int(cfg.data.image_size), int(cfg.data.image_size))
+        expected = (image_channels(cfg.data), cfg.data.image_size, cfg.data.image_size)
         what = "images for on-the-fly VAE encoding"
     else:
-        expected = (int(m.in_channels), int(m.input_size), int(m.input_size))
+        expected = (m.in_channels, m.input_size, m.input_size)
         what = f"model inputs of {m.name} (in_channels={m.in_channels}, input_size={m.input_size})"
     if tuple(x.shape) != expected:
         raise ConfigError(
@@ -105,7 +134,7 @@ def batch_geometry(global_batch: int, num_processes: int, micro_batch: int | Non
             f"({num_processes}); use a multiple of {num_processes}"
         )
     local = global_batch // num_processes
-    micro = int(micro_batch or local)
+    micro = micro_batch or local
     if local % micro:
         raise ConfigError(
             f"train.micro_batch_size={micro} must divide the per-process batch {local} "

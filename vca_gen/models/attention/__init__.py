@@ -49,8 +49,8 @@ def _attention_class(kind: str) -> Any:
 
 def resolve_options(kind: str, given: dict[str, Any]) -> dict[str, Any]:
     """The options of ``kind`` as an experiment records them: its defaults updated by ``given`` (which
-    must hold only options of ``kind``), without the late options that are at their default."""
-    check_attention_options(kind, given)
+    must hold only options of ``kind``: the experiment validator passes only those, and
+    :func:`build_attention` checks them), without the late options that are at their default."""
     cls = _attention_class(kind)
     out = dict(cls.OPTIONS)
     out.update(given)
