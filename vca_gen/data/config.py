@@ -76,6 +76,11 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise ValueError(
             f"data.image_size={cfg.image_size} is not divisible by data.vae_downsample={cfg.vae_downsample}"
         )
+    if cfg.vae_subfolder and cfg.vae is None:
+        raise ValueError(
+            f"data.vae_subfolder={cfg.vae_subfolder!r} without data.vae: the subfolder is looked up inside "
+            f"data.vae; accepted: data.vae=<hub id or folder> with it, or data.vae_subfolder=null"
+        )
     if cfg.kind == "animal_mnist" and cfg.vae is not None:
         raise ValueError(
             f"data.vae={cfg.vae!r} with data.kind='animal_mnist': Animal-MNIST is grayscale (1 channel) and an "

@@ -35,7 +35,9 @@ from vca_gen.errors import ConfigError
 from vca_gen.experiment.typed import data_config, merged, plain
 from vca_gen.experiment.validate import MIXED_PRECISION, TRACKERS, check_experiment  # noqa: F401
 from vca_gen.objectives import ObjectiveConfig
+from vca_gen.utils import yaml_files
 from vca_gen.utils.settings import declared_run_defining, setting
+from vca_gen.utils.yaml_files import read_yaml_mapping
 
 BASE_KEY = "_base_"
 _TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}  # OmegaConf type names
@@ -210,17 +212,9 @@ def merge_layer(composed: DictConfig, layer: DictConfig) -> DictConfig:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping at the top level, got {type(data).__name__}")
-    return data
+    """One experiment file as plain data, read as sweep files are (OmegaConf's YAML loader): a directory,
+    a missing file, non-UTF-8 bytes, invalid YAML, a duplicate key or a non-mapping is one line naming it."""
+    return read_yaml_mapping(path, "config file", ConfigError)
 
 
 def compose_yaml(path: Path | str, _seen: Sequence[Path] = ()) -> DictConfig:
@@ -230,7 +224,11 @@ def compose_yaml(path: Path | str, _seen: Sequence[Path] = ()) -> DictConfig:
         raise ConfigError(f"{path}: circular _base_ chain: {' -> '.join(map(str, (*_seen, path)))}")
     data = _read_yaml(path)
     bases = data.pop(BASE_KEY, [])
-    bases = [bases] if isinstance(bases, str) else list(bases or [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(
+            f"{path}: {BASE_KEY} must be a file name or a list of file names (relative to this file), got {bases!r}"
+        )
     base = OmegaConf.create()
     for b in bases:
         base = merge_layer(base, compose_yaml(path.parent / b, (*_seen, path)))
@@ -238,14 +236,9 @@ def compose_yaml(path: Path | str, _seen: Sequence[Path] = ()) -> DictConfig:
 
 
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:
-    """Dotted ``key=value`` strings (values parsed as YAML) → DictConfig."""
-    for o in overrides:
-        if "=" not in o or o.startswith("="):
-            raise ConfigError(f"override {o!r} is not of the form key=value (e.g. train.lr=2e-4)")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse overrides {list(overrides)}: {e}") from e
+    """Dotted ``key=value`` strings (values parsed as YAML, as OmegaConf does) → DictConfig; a bad one is
+    one line naming it (``vca_gen.utils.yaml_files``, shared with the sweep files)."""
+    return yaml_files.parse_overrides(overrides, ConfigError)
 
 
 # ----------------------------------------------------------------------------- run-defining settings

@@ -29,6 +29,7 @@ from vca_gen.experiment.typed import data_config, plain
 from vca_gen.metrics.evaluation import check_selection
 from vca_gen.models import ATTENTION_KINDS, list_models, parse_model_name
 from vca_gen.models.attention import attention_options, resolve_options
+from vca_gen.models.registry import SIZES
 from vca_gen.objectives import OBJECTIVE_KINDS, build_objective
 from vca_gen.objectives.base import parse_steps
 from vca_gen.utils.checks import choice, in_range, positive
@@ -82,6 +83,17 @@ def _check_model(exp: DictConfig) -> None:
     for key in ARCH_KEYS:  # architecture overrides (None: the named size's)
         if m[key] is not None:
             positive(f"model.{key}", m[key])
+    _, size, _ = parse_model_name(m.name)
+    _, size_hidden, size_heads = SIZES[size]
+    hidden = m.hidden_size if m.hidden_size is not None else size_hidden
+    heads = m.num_heads if m.num_heads is not None else size_heads
+    if hidden % heads:
+        key = "model.num_heads" if m.num_heads is not None else "model.hidden_size"
+        raise ConfigError(
+            f"{key}: the width {hidden} is not divisible by the {heads} heads (model.hidden_size="
+            f"{m.hidden_size}, model.num_heads={m.num_heads}, {m.name}: {size_hidden} x {size_heads} heads); "
+            f"accepted: a number of heads dividing the width"
+        )
     data_obj = data_config(exp)
     for key, derived in (("input_size", model_input_size(data_obj)), ("in_channels", model_in_channels(data_obj))):
         given = m[key]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 PROG = "train.py"
 
@@ -61,6 +62,15 @@ def main(argv=None, faults=None) -> int:
     args = ap.parse_args(argv)
 
     from vca_gen.errors import cli_boundary
+
+    if args.live and not args.export:
+        ap.error("--live applies only with --export CKPT OUT (it picks the live weights instead of the EMA)")
+    if args.export:
+        source = Path(args.export[0])
+        if not source.exists():
+            ap.error(f"--export: {source} does not exist; accepted: a run directory or a checkpoint directory")
+        if Path(args.export[1]).is_file():
+            ap.error(f"--export: the output {args.export[1]} is a file; accepted: a directory (created)")
 
     def work() -> int:
         if args.export:

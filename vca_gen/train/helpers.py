@@ -61,7 +61,12 @@ def build_dataset_for(cfg: DictConfig):
     try:
         dataset = build_dataset(data_cfg)
         normalizer = getattr(dataset, "normalizer", None) if data_cfg.kind == "latents" else latent_normalizer(data_cfg)
-    except (FileNotFoundError, NotADirectoryError, ValueError, OSError) as e:
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise ConfigError(
+            f"data (kind={data_cfg.kind}, path={data_cfg.path}): {e}; accepted: data.path naming the existing "
+            f"data of data.kind={data_cfg.kind!r}"
+        ) from e
+    except (ValueError, OSError) as e:
         raise ConfigError(f"data (kind={data_cfg.kind}, path={data_cfg.path}): {e}") from e
     if len(dataset) == 0:
         raise ConfigError(f"data (kind={data_cfg.kind}, path={data_cfg.path}) has no items")
