@@ -91,7 +91,8 @@ def save_grid(exp: Experiment, model, objective, decoder, out: Path, device) -> 
     nrow = g.nrow or max(1, math.ceil(math.sqrt(len(images))))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out, "wb") as f:
+    # a full disk here exits 75: a re-run resumes from the newest checkpoint and draws this grid again
+    with atomic_open(out, "wb", what="training preview grid (PNG)", resumable=True) as f:
         Image.fromarray(tile(images, nrow)).save(f, format="PNG")
     return out
 
