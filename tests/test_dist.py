@@ -150,6 +150,30 @@ def test_the_main_process_error_reaches_every_rank_and_verify_never_runs():
     assert verified == [] and all(g.calls == ["broadcast"] for g in groups)
 
 
+def test_every_rank_exits_with_the_main_process_exit_status():
+    """A user error with its own exit status on the main process (a full disk at a checkpoint: 75,
+    re-run to continue) stops the other ranks with that status, not the generic 2."""
+    from vca_gen.errors import UserError
+
+    class DiskFull(UserError):
+        exit_code = 75
+
+    def body(g):
+        def decide():
+            raise DiskFull("checkpoint step 4: no space left on /runs")
+
+        return dist.agree(g, decide, lambda d: None)
+
+    out, _ = in_threads(3, body)
+    assert isinstance(out[0], DiskFull)
+    for e in out[1:]:
+        assert isinstance(e, dist.DistributedError) and e.exit_code == 75
+        assert "DiskFull: checkpoint step 4: no space left on /runs" in str(e)
+    # without an exit status of its own, the others keep their error's class default
+    out, _ = in_threads(2, lambda g: dist.agree(g, lambda: 1 / 0, lambda d: None))
+    assert isinstance(out[0], ZeroDivisionError) and out[1].exit_code == dist.DistributedError.exit_code
+
+
 def test_one_process_needs_no_collective():
     class NoCollectives:
         process_index, num_processes, is_main_process = 0, 1, True

@@ -526,3 +526,30 @@ def test_lock_on_a_read_only_fs_is_a_write_fault(small_fs):
     with pytest.raises(WriteFaultError) as ei:
         RunLock(run, "training").acquire()
     assert_fault(ei.value, errno.EROFS, EXIT_USAGE, "the training lock", str(run), "read-only file system")
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_full_disk_stop_together_with_exit_75(small_fs, tmp_path):
+    """Two gloo processes (no launcher: each exit status is its own): the disk fills before the
+    step-4 checkpoint. The main process's write fails (one line, exit 75); the other process stops
+    with the same status and the main's message at once, instead of waiting in the next collective
+    until the process-group timeout (600 s here: the test would time out first)."""
+    from test_training_common import image_data, launch_direct, make_images, run, tiny_dict, wait_all, write_yaml
+
+    fs = small_fs.path
+    images = make_images(tmp_path / "images")
+    d = tiny_dict(fs / "run", data=image_data(images), max_steps=2, ckpt_every=2)
+    run(d)  # step 2 written by one process
+    first = fs / "run" / "checkpoints" / "step_00000002"
+    before = snapshot(first)
+    filler = fill(fs, leave=48 * PAGE)
+    cfg = write_yaml(tmp_path / "c.yaml", {**d, "train": {**d["train"], "max_steps": 6, "timeout_s": 600}})
+    results = wait_all(launch_direct(cfg, 2), timeout=300)
+    for rank, (rc, _out, err) in enumerate(results):
+        assert rc == EXIT_TEMPFAIL, f"rank {rank}: {err[-3000:]}"
+        assert "Traceback" not in err, err[-3000:]
+        assert "checkpoint step 4" in err and "re-run the same command" in err, err[-3000:]
+    assert "the main process stopped" in results[1][2]
+    assert sorted(p.name for p in (fs / "run" / "checkpoints").iterdir()) == ["step_00000002"]
+    assert snapshot(first) == before and temp_files(fs / "run") == []
+    filler.unlink()

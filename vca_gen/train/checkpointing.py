@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from vca_gen.experiment import checkpoint as ckpt
 from vca_gen.experiment.schema import ConfigError, run_defining_diff, to_container, to_yaml
 from vca_gen.models.official import load_matching, read_checkpoint_file
+from vca_gen.utils import dist
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -88,38 +89,57 @@ def init_from(tr: Trainer, source: str) -> None:
     tr.acc.print(f"model.init_from={source}: {tr.init_report.summary()}")
 
 
+class CheckpointWriteStopped(dist.DistributedError):
+    """On the other processes: the main process could not write the checkpoint (a full disk, a
+    read-only file system); they stop at once with its message and its exit status instead of
+    waiting for it until the process-group timeout."""
+
+
 def save(tr: Trainer) -> Path | None:
-    """Checkpoint the current step (main process writes; all processes must call)."""
+    """Checkpoint the current step (main process writes; all processes must call).
+
+    The write is agreed (:func:`vca_gen.utils.dist.agree`): when it fails on the main process (a
+    :class:`vca_gen.utils.io.WriteFaultError`: exit 75 for a full disk, 2 for a read-only file
+    system), every other process stops with the same message and exit status at once."""
     from accelerate.utils import gather_object
 
     t = tr.exp.train
     rng_states = gather_object([ckpt.capture_rng_state()])
-    path = None
-    if tr.acc.is_main_process:
-        state = {
-            "step": tr.step,
-            "data": tr.loader.state_dict(),
-            "counters": dict(tr.counters),
-            "global_batch_size": t.global_batch_size,
-            "num_processes": tr.acc.num_processes,
-            "images_seen": tr.counters["batches"] * t.global_batch_size,
-            "model": tr.exp.model.name,
-            "attention": tr.exp.model.attention,
-        }
-        if tr.scaler is not None:  # fp16 loss scaling
-            state["grad_scaler"] = {k: v for k, v in tr.scaler.state_dict().items()}
-        path = ckpt.save_checkpoint(
-            tr.ckpt_root,
-            tr.step,
-            model_state=tr.model.state_dict(),
-            ema_state=tr.ema.state_dict(),
-            optimizer_state=tr.optimizer.state_dict(),
-            rng_states=rng_states,
-            state=state,
-            config_yaml=to_yaml(tr.cfg),
-            decoder=tr.decoder_spec,
-            faults=tr.faults,
-        )
-        ckpt.prune_checkpoints(tr.ckpt_root, t.keep_last, t.milestone_every)
+    path = dist.agree(
+        dist.as_group(tr.acc),
+        lambda: _write(tr, t, rng_states),
+        lambda _: None,
+        error=CheckpointWriteStopped,
+    )
     tr.acc.wait_for_everyone()
-    return path
+    return Path(path) if path else None
+
+
+def _write(tr: Trainer, t, rng_states: list) -> str:
+    """The main process's part of :func:`save`: the files, then pruning; returns the checkpoint's path."""
+    state = {
+        "step": tr.step,
+        "data": tr.loader.state_dict(),
+        "counters": dict(tr.counters),
+        "global_batch_size": t.global_batch_size,
+        "num_processes": tr.acc.num_processes,
+        "images_seen": tr.counters["batches"] * t.global_batch_size,
+        "model": tr.exp.model.name,
+        "attention": tr.exp.model.attention,
+    }
+    if tr.scaler is not None:  # fp16 loss scaling
+        state["grad_scaler"] = {k: v for k, v in tr.scaler.state_dict().items()}
+    path = ckpt.save_checkpoint(
+        tr.ckpt_root,
+        tr.step,
+        model_state=tr.model.state_dict(),
+        ema_state=tr.ema.state_dict(),
+        optimizer_state=tr.optimizer.state_dict(),
+        rng_states=rng_states,
+        state=state,
+        config_yaml=to_yaml(tr.cfg),
+        decoder=tr.decoder_spec,
+        faults=tr.faults,
+    )
+    ckpt.prune_checkpoints(tr.ckpt_root, t.keep_last, t.milestone_every)
+    return str(path)

@@ -257,14 +257,18 @@ def _agree(
         try:
             outcome = ("decided", decide())
         except BaseException as e:
-            if multi:  # release the others with the error instead of leaving them in the broadcast
-                group.broadcast_object(("failed", f"{type(e).__name__}: {e}"))
+            if multi:  # release the others with the error (and its exit status) instead of leaving them waiting
+                group.broadcast_object(("failed", (f"{type(e).__name__}: {e}", getattr(e, "exit_code", None))))
             raise
     if multi:
         outcome = group.broadcast_object(outcome)
     kind, decision = outcome
     if kind == "failed":
-        raise error(f"the main process stopped: {decision}")
+        text, code = decision
+        stopped = error(f"the main process stopped: {text}")
+        if isinstance(code, int):  # every process exits as the main does (75: re-run to continue)
+            stopped.exit_code = code  # type: ignore[attr-defined]
+        raise stopped
     cause: Exception | None = None
     try:
         problem = verify(decision)
