@@ -8,12 +8,6 @@ traceback, and nothing written (the output directory / file of the command does 
 :func:`test_every_option_has_a_row` fails for an option or key without a row: new options must
 join the table. The rows run the CLIs in-process (``main(argv)``; argparse's ``SystemExit`` is the
 exit status); a few subprocess rows at the end prove the same of the real scripts.
-
-Rows marked ``pending=...`` need the ``typed`` branch (train.py as ``vca_gen.train.cli``, the config
-value checks): they are strict xfails, so they fail loudly (XPASS) once that branch lands and the
-marker must go. Switching the train rows to the new CLI: :func:`_train_parser` / :func:`_train_main`
-try ``vca_gen.train.cli`` first; the config keys come from ``vca_gen.experiment.schema.iter_fields``
-when it exists, else from the schema dataclasses.
 """
 
 from __future__ import annotations
@@ -21,12 +15,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.util
 import io
 import re
 import subprocess
 import sys
-import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,11 +43,10 @@ class Bad:
     needle: str | None = None
     pos: bool = False
     drop: tuple[str, ...] = ()
-    pending: str | None = None  # needs the `typed` branch (strict xfail until it lands)
 
 
-def bad(*argv: str, needle: str | None = None, pos: bool = False, drop=(), pending: str | None = None) -> Bad:
-    return Bad(tuple(argv), needle, pos, tuple(drop), pending)
+def bad(*argv: str, needle: str | None = None, pos: bool = False, drop=()) -> Bad:
+    return Bad(tuple(argv), needle, pos, tuple(drop))
 
 
 def flag_value(opt: str) -> Bad:
@@ -76,55 +67,15 @@ class Cli:
     outputs: Callable[[Path], list[Path]]  # what must not exist afterwards
 
 
-class _Grabbed(Exception):
-    pass
-
-
-def _grab_parser(call: Callable[[], object]) -> argparse.ArgumentParser:
-    """The parser a ``main`` builds inside itself (train.py before ``typed``; extract's ``parse_args``)."""
-    grabbed: list[argparse.ArgumentParser] = []
-    original = argparse.ArgumentParser.parse_args
-
-    def grab(self, *a, **k):
-        grabbed.append(self)
-        raise _Grabbed
-
-    argparse.ArgumentParser.parse_args = grab  # type: ignore[method-assign]
-    try:
-        with contextlib.suppress(_Grabbed):
-            call()
-    finally:
-        argparse.ArgumentParser.parse_args = original  # type: ignore[method-assign]
-    return grabbed[0]
-
-
-_TRAIN_MODULE = None
-
-
-def _train_module():
-    global _TRAIN_MODULE
-    if _TRAIN_MODULE is None:
-        spec = importlib.util.spec_from_file_location("train_cli_option_table", REPO / "train.py")
-        assert spec is not None and spec.loader is not None
-        _TRAIN_MODULE = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_TRAIN_MODULE)
-    return _TRAIN_MODULE
-
-
 def _train_parser() -> argparse.ArgumentParser:
-    try:  # after the `typed` merge: train.py is a thin wrapper over vca_gen.train.cli
-        from vca_gen.train.cli import build_parser  # type: ignore[import-not-found]
+    from vca_gen.train.cli import build_parser
 
-        return build_parser()
-    except ImportError:
-        return _grab_parser(lambda: _train_module().main([]))
+    return build_parser()
 
 
 def _train_main(argv: list[str]):
-    try:
-        from vca_gen.train.cli import main  # type: ignore[import-not-found]
-    except ImportError:
-        main = _train_module().main
+    from vca_gen.train.cli import main
+
     return main(argv)
 
 
@@ -264,10 +215,6 @@ CLIS: dict[str, Cli] = {
     "sweep.py report": Cli("sweep.py", _sweep_parser, _sweep_main, _sweep_base("report"), _sweep_outputs),
 }
 
-PENDING_TRAIN_CLI = "train.py's own checks (vca_gen/train/cli.py, `typed` branch)"
-PENDING_CONFIG = "config value checks of the `typed` branch"
-PENDING_YAML = "schema._read_yaml / parse_overrides through vca_gen.utils.yaml_files (`typed` branch)"
-
 # ----------------------------------------------------------------------------- the table: CLI options
 SWEEP_FILE_ROWS = [
     bad("{t}/missing.yaml", pos=True, needle="{t}/missing.yaml"),
@@ -401,141 +348,122 @@ OPTIONS: dict[str, dict[str, list[Bad] | str]] = {
 # ----------------------------------------------------------------------------- the table: config keys
 # Every key of the experiment schema, with values that must be refused (as ``train.py --config demo.yaml
 # KEY=VALUE``). FREE: any text is accepted (names, paths resolved later, tracker project names).
-T_INT = ["abc", "1.5"]
-T_FLOAT = ["abc"]
-T_BOOL = ["maybe"]
-P = PENDING_CONFIG
 
-CONFIG: dict[str, list[tuple[str, str | None]] | str] = {
+CONFIG: dict[str, list[str] | str] = {
     "name": FREE,
-    "model.name": [("DiT-Q/3", None), ("123", None)],
-    "model.attention": [("nosuch", None)],
-    "model.attention_options": [("{nosuch: 1}", None), ("5", None)],
-    "model.learn_sigma": [("maybe", None)],
-    "model.class_dropout_prob": [("-0.1", None), ("1.5", None), ("nan", None)],
-    "model.grad_checkpointing": [("maybe", None)],
-    "model.num_classes": [("0", None), ("-1", None), ("abc", None)],
+    "model.name": ["DiT-Q/3", "123"],
+    "model.attention": ["nosuch"],
+    "model.attention_options": ["{nosuch: 1}", "5"],
+    "model.learn_sigma": ["maybe"],
+    "model.class_dropout_prob": ["-0.1", "1.5", "nan"],
+    "model.grad_checkpointing": ["maybe"],
+    "model.num_classes": ["0", "-1", "abc"],
     # the architecture overrides are checked by the model builder today, in messages without the key
     # ("depth must be >= 1"), and a negative hidden_size / mlp_ratio is a torch traceback
-    "model.depth": [("0", None), ("-2", None), ("1.5", None)],
-    "model.hidden_size": [("0", None), ("-4", None)],
-    "model.num_heads": [("0", None), ("3", None)],  # 128 is not divisible by 3
-    "model.mlp_ratio": [("0", None), ("-1", None), ("nan", None)],
-    "model.input_size": [("7", None)],
-    "model.in_channels": [("7", None)],
-    "model.init_from": [("{t}/missing.pt", None)],
-    "objective.kind": [("nosuch", None)],
-    "objective.diffusion.num_timesteps": [("0", None), ("abc", None)],
-    "objective.diffusion.beta_schedule": [("nosuch", None)],
-    "objective.diffusion.beta_start": [("-1", None), ("nan", None)],
-    "objective.diffusion.beta_end": [("2", None), ("nan", None)],
-    "objective.diffusion.fixed_variance": [("nosuch", None)],
-    "objective.diffusion.sampler": [("nosuch", None)],
-    "objective.diffusion.sample_steps": [("0", None), ("nosuch", None)],
-    "objective.diffusion.ddim_eta": [("-1", None), ("nan", None)],
-    "objective.diffusion.dpm_solver_order": [("7", None), ("abc", None)],
-    "objective.diffusion.clip_denoised": [("maybe", None)],
-    "objective.diffusion.rescale_vb": [("maybe", None)],
-    "objective.flow.path": [("nosuch", None)],
-    "objective.flow.prediction": [("nosuch", None)],
-    "objective.flow.loss_weight": [("nosuch", None)],
-    "objective.flow.train_eps": [("-1", None), ("nan", None)],
-    "objective.flow.sample_eps": [("-1", None), ("nan", None)],
-    "objective.flow.vp_beta_min": [("-1", None), ("nan", None)],
-    "objective.flow.vp_beta_max": [("-1", None), ("nan", None)],
-    "objective.flow.sampler": [("nosuch", None)],
-    "objective.flow.sample_steps": [("0", None), ("abc", None)],
-    "objective.flow.diffusion_form": [("nosuch", None)],
-    "objective.flow.diffusion_norm": [("-1", None), ("nan", None)],
-    "objective.flow.last_step": [("nosuch", None)],
-    "objective.flow.last_step_size": [("-1", None), ("nan", None)],
-    "objective.flow.atol": [("0", None), ("-1", None), ("nan", None)],
-    "objective.flow.rtol": [("0", None), ("nan", None)],
-    "objective.flow.ode_method": [("rk4", None)],
-    "data.kind": [("nosuch", None)],
-    "data.path": [("{t}/missing", None)],
-    "data.image_size": [("0", None), ("abc", None), ("20", None)],
-    "data.random_flip": [("maybe", None)],
-    "data.seed": [("-1", None), (HUGE, None), ("abc", None)],
-    "data.num_workers": [("-1", None), ("abc", None)],
-    "data.vae": [("stabilityai/sd-vae-ft-mse", None)],  # demo is Animal-MNIST: grayscale, pixel space
-    "data.vae_subfolder": [("vae", None)],  # without data.vae
-    "data.latent_channels": [("0", None), ("abc", None)],
-    "data.vae_downsample": [("0", None), ("abc", None)],
-    "data.latent_norm": [("nosuch", None)],
-    "data.scale_factor": [("0", None), ("-1", None), ("nan", None)],
-    "data.split": [("nosuch", None)],
-    "data.strict": [("maybe", None)],
-    "data.verify": [("nosuch", None)],
-    "train.global_batch_size": [("0", None), ("-8", None), ("abc", None)],
-    "train.micro_batch_size": [("0", None), ("-1", None)],
-    "train.lr": [("0", None), ("-1", None), ("nan", None), ("abc", None)],
-    "train.weight_decay": [("-1", None), ("nan", None)],
-    "train.betas": [("[0.9]", None), ("[1.5, 0.999]", None), ("abc", None)],
-    "train.eps": [("0", None), ("-1", None), ("nan", None)],
-    "train.warmup_steps": [("-1", None), ("abc", None)],
-    "train.grad_clip": [("-1", None), ("nan", None)],
-    "train.max_steps": [("0", None), ("-1", None), ("abc", None)],
-    "train.ema_decay": [("1.5", None), ("-0.1", None), ("nan", None)],
-    "train.ema_warmup": [("maybe", None)],
-    "train.mixed_precision": [("fp8", None), ("fp16", None)],  # fp16 on a CPU: refused (issue 17)
-    "train.tf32": [("maybe", None)],
-    "train.compile": [("maybe", None)],
-    "train.seed": [("-1", None), (HUGE, None), ("abc", None)],
-    "train.log_every": [("0", None), ("-1", None)],
-    "train.ckpt_every": [("-1", None), ("abc", None)],
-    "train.keep_last": [("-1", None)],
-    "train.milestone_every": [("-1", None)],
-    "train.grid.every": [("-1", None)],
-    "train.grid.num": [("0", None), ("-1", None)],
-    "train.grid.classes": [("[-1]", None), ("[99]", None), ("[a]", None)],
-    "train.grid.nrow": [("-1", None)],
-    "train.grid.seed": [("-1", None), (HUGE, None)],
-    "train.grid.sampler": [("nosuch", None)],
-    "train.grid.steps": [("0", None), ("nosuch", None)],
-    "train.grid.cfg_scale": [("-1", None), ("nan", None)],
-    "train.grid.cfg_interval": [("[0.6,0.2]", None), ("[0.5]", None)],
-    "train.grid.options": [("{nosuch: 1}", None)],
-    "train.fid.every": [("-1", None)],
-    "train.fid.num_samples": [("0", None), ("7", None)],
-    "train.fid.ref": [("{t}/missing.npz", None)],
-    "train.fid.seed": [("-1", None), (HUGE, None)],
-    "train.fid.sampler": [("nosuch", None)],
-    "train.fid.steps": [("0", None), ("nosuch", None)],
-    "train.fid.cfg_scale": [("-1", None), ("nan", None)],
-    "train.fid.cfg_interval": [("[0.6,0.2]", None)],
-    "train.fid.options": [("{nosuch: 1}", None)],
-    "train.fid.batch_size": [("0", None), ("-1", None)],
-    "train.fid.metrics": [("[nosuch]", None), ("[]", None)],
-    "train.max_nonfinite": [("-1", None)],
-    "train.output_dir": [("{t}/afile", None)],  # an existing file
-    "train.resume": [("{t}/missing", None)],
-    "train.timeout_s": [("0", None), ("-1", None), ("nan", None), ("inf", None)],
-    "logging.tracker": [("nosuch", None)],
+    "model.depth": ["0", "-2", "1.5"],
+    "model.hidden_size": ["0", "-4"],
+    "model.num_heads": ["0", "3"],  # 128 is not divisible by 3
+    "model.mlp_ratio": ["0", "-1", "nan"],
+    "model.input_size": ["7"],
+    "model.in_channels": ["7"],
+    "model.init_from": ["{t}/missing.pt"],
+    "objective.kind": ["nosuch"],
+    "objective.diffusion.num_timesteps": ["0", "abc"],
+    "objective.diffusion.beta_schedule": ["nosuch"],
+    "objective.diffusion.beta_start": ["-1", "nan"],
+    "objective.diffusion.beta_end": ["2", "nan"],
+    "objective.diffusion.fixed_variance": ["nosuch"],
+    "objective.diffusion.sampler": ["nosuch"],
+    "objective.diffusion.sample_steps": ["0", "nosuch"],
+    "objective.diffusion.ddim_eta": ["-1", "nan"],
+    "objective.diffusion.dpm_solver_order": ["7", "abc"],
+    "objective.diffusion.clip_denoised": ["maybe"],
+    "objective.diffusion.rescale_vb": ["maybe"],
+    "objective.flow.path": ["nosuch"],
+    "objective.flow.prediction": ["nosuch"],
+    "objective.flow.loss_weight": ["nosuch"],
+    "objective.flow.train_eps": ["-1", "nan"],
+    "objective.flow.sample_eps": ["-1", "nan"],
+    "objective.flow.vp_beta_min": ["-1", "nan"],
+    "objective.flow.vp_beta_max": ["-1", "nan"],
+    "objective.flow.sampler": ["nosuch"],
+    "objective.flow.sample_steps": ["0", "abc"],
+    "objective.flow.diffusion_form": ["nosuch"],
+    "objective.flow.diffusion_norm": ["-1", "nan"],
+    "objective.flow.last_step": ["nosuch"],
+    "objective.flow.last_step_size": ["-1", "nan"],
+    "objective.flow.atol": ["0", "-1", "nan"],
+    "objective.flow.rtol": ["0", "nan"],
+    "objective.flow.ode_method": ["rk4"],
+    "data.kind": ["nosuch"],
+    "data.path": ["{t}/missing"],
+    "data.image_size": ["0", "abc", "20"],
+    "data.random_flip": ["maybe"],
+    "data.seed": ["-1", HUGE, "abc"],
+    "data.num_workers": ["-1", "abc"],
+    "data.vae": ["stabilityai/sd-vae-ft-mse"],  # demo is Animal-MNIST: grayscale, pixel space
+    "data.vae_subfolder": ["vae"],  # without data.vae
+    "data.latent_channels": ["0", "abc"],
+    "data.vae_downsample": ["0", "abc"],
+    "data.latent_norm": ["nosuch"],
+    "data.scale_factor": ["0", "-1", "nan"],
+    "data.split": ["nosuch"],
+    "data.strict": ["maybe"],
+    "data.verify": ["nosuch"],
+    "train.global_batch_size": ["0", "-8", "abc"],
+    "train.micro_batch_size": ["0", "-1"],
+    "train.lr": ["0", "-1", "nan", "abc"],
+    "train.weight_decay": ["-1", "nan"],
+    "train.betas": ["[0.9]", "[1.5, 0.999]", "abc"],
+    "train.eps": ["0", "-1", "nan"],
+    "train.warmup_steps": ["-1", "abc"],
+    "train.grad_clip": ["-1", "nan"],
+    "train.max_steps": ["0", "-1", "abc"],
+    "train.ema_decay": ["1.5", "-0.1", "nan"],
+    "train.ema_warmup": ["maybe"],
+    "train.mixed_precision": ["fp8", "fp16"],  # fp16 on a CPU: refused (issue 17)
+    "train.tf32": ["maybe"],
+    "train.compile": ["maybe"],
+    "train.seed": ["-1", HUGE, "abc"],
+    "train.log_every": ["0", "-1"],
+    "train.ckpt_every": ["-1", "abc"],
+    "train.keep_last": ["-1"],
+    "train.milestone_every": ["-1"],
+    "train.grid.every": ["-1"],
+    "train.grid.num": ["0", "-1"],
+    "train.grid.classes": ["[-1]", "[99]", "[a]"],
+    "train.grid.nrow": ["-1"],
+    "train.grid.seed": ["-1", HUGE],
+    "train.grid.sampler": ["nosuch"],
+    "train.grid.steps": ["0", "nosuch"],
+    "train.grid.cfg_scale": ["-1", "nan"],
+    "train.grid.cfg_interval": ["[0.6,0.2]", "[0.5]"],
+    "train.grid.options": ["{nosuch: 1}"],
+    "train.fid.every": ["-1"],
+    "train.fid.num_samples": ["0", "7"],
+    "train.fid.ref": ["{t}/missing.npz"],
+    "train.fid.seed": ["-1", HUGE],
+    "train.fid.sampler": ["nosuch"],
+    "train.fid.steps": ["0", "nosuch"],
+    "train.fid.cfg_scale": ["-1", "nan"],
+    "train.fid.cfg_interval": ["[0.6,0.2]"],
+    "train.fid.options": ["{nosuch: 1}"],
+    "train.fid.batch_size": ["0", "-1"],
+    "train.fid.metrics": ["[nosuch]", "[]"],
+    "train.max_nonfinite": ["-1"],
+    "train.output_dir": ["{t}/afile"],  # an existing file
+    "train.resume": ["{t}/missing"],
+    "train.timeout_s": ["0", "-1", "nan", "inf"],
+    "logging.tracker": ["nosuch"],
     "logging.project": FREE,
 }
 
 
 def _schema_keys() -> list[str]:
-    """Every leaf key of the experiment schema (``schema.iter_fields`` once `typed` lands)."""
-    from vca_gen.experiment import schema
+    """Every leaf key of the experiment schema."""
+    from vca_gen.experiment.schema import iter_fields
 
-    if hasattr(schema, "iter_fields"):
-        keys = []
-        for f in schema.iter_fields():
-            keys.append(f if isinstance(f, str) else getattr(f, "key", None) or getattr(f, "path", None) or f[0])
-        return [str(k) for k in keys]
-
-    def walk(cls, prefix: str):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            t = hints[f.name]
-            if dataclasses.is_dataclass(t):
-                yield from walk(t, f"{prefix}{f.name}.")
-            else:
-                yield f"{prefix}{f.name}"
-
-    return list(walk(schema.ExperimentConfig, ""))
+    return [f.key for f in iter_fields()]
 
 
 # ----------------------------------------------------------------------------- enumerating the parsers
@@ -624,8 +552,7 @@ def _cases():
                 continue
             for i, b in enumerate(values):
                 assert isinstance(b, Bad)
-                marks = [pytest.mark.xfail(strict=True, reason=f"PENDING: {b.pending}")] if b.pending else []
-                yield pytest.param(name, opt, b, id=f"{name}|{opt}|{i}", marks=marks)
+                yield pytest.param(name, opt, b, id=f"{name}|{opt}|{i}")
 
 
 @pytest.mark.parametrize("tool, opt, row", list(_cases()))
@@ -646,9 +573,8 @@ def _config_cases():
     for key, values in CONFIG.items():
         if values == FREE:
             continue
-        for value, pending in values:
-            marks = [pytest.mark.xfail(strict=True, reason=f"PENDING: {pending}")] if pending else []
-            yield pytest.param(key, value, id=f"{key}={value}", marks=marks)
+        for value in values:
+            yield pytest.param(key, value, id=f"{key}={value}")
 
 
 # where a key only acts with other settings, its row runs with them (a diffusion experiment for the
