@@ -211,18 +211,12 @@ def merge_layer(composed: DictConfig, layer: DictConfig) -> DictConfig:
     return merged(composed, layer)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    """One experiment file as plain data, read as sweep files are (OmegaConf's YAML loader): a directory,
-    a missing file, non-UTF-8 bytes, invalid YAML, a duplicate key or a non-mapping is one line naming it."""
-    return read_yaml_mapping(path, "config file", ConfigError)
-
-
 def compose_yaml(path: Path | str, _seen: Sequence[Path] = ()) -> DictConfig:
     """The YAML at ``path`` merged over its ``_base_`` files (recursively), as an untyped DictConfig."""
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: circular _base_ chain: {' -> '.join(map(str, (*_seen, path)))}")
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path, "config file", ConfigError)  # one line naming the file on any parse error
     bases = data.pop(BASE_KEY, [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):

@@ -41,6 +41,7 @@ from vca_gen.metrics.registry import Field, Metric, MetricInput, Needs, Param, S
 DEFAULT_K = 5  # the paper's choice
 BLOCK = 2048  # rows / columns per distance tile: 32 MB in float64
 EXTRA = 4  # candidates beyond the k + 1 nearest whose exact distances decide the radius
+EXACT_ROWS = 64  # rows whose candidates' exact distances are computed at once (memory 64·keep·D)
 TIE_EPS = 1e4  # x machine epsilon: relative band around a radius decided on exact distances
 
 
@@ -83,9 +84,10 @@ def knn_sq_radii(real: torch.Tensor, k: int, block: int = BLOCK) -> torch.Tensor
             best_d, pos = torch.topk(d, min(keep, d.shape[1]), dim=1, largest=False)
             best_i = torch.gather(idx, 1, pos)
         assert best_i is not None
-        rows = real[i : i + block]  # (R, D)
-        exact = _exact_sq(rows[:, None, :], real[best_i])  # (R, keep)
-        out[i : i + block] = torch.sort(exact, dim=1).values[:, k]
+        for r in range(0, len(best_i), EXACT_ROWS):  # (rows, keep, D) differences: a few MB at a time
+            idx = best_i[r : r + EXACT_ROWS]  # (rows, keep)
+            exact = _exact_sq(real[i + r : i + r + len(idx), None, :], real[idx])  # (rows, keep)
+            out[i + r : i + r + len(idx)] = torch.sort(exact, dim=1).values[:, k]
     return out
 
 
