@@ -76,7 +76,14 @@ def install_early_stop_handlers(tool: str) -> dict[int, Any]:
         return {}
     _state.tool = tool
     _state.received = None
-    return {sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS}
+    # the three are installed one after the other: block them meanwhile, so that a SIGUSR1 arriving
+    # just after SIGTERM's handler is in waits for its own handler instead of killing the process
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        return {sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS}
+    finally:
+        if blocked is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal that came meanwhile is delivered now
 
 
 def restore(previous: dict[int, Any]) -> None:
