@@ -284,7 +284,7 @@ WORKER = textwrap.dedent(
                 g.all_ok(True)
                 print("OK", flush=True)
             except Exception as e:
-                print("TIMEOUT", type(e).__name__, flush=True)
+                print("TIMEOUT", type(e).__name__, "|", e, "|", type(e.__cause__).__name__, flush=True)
             os._exit(3)  # no teardown of a group with a peer gone
     except dist.DistributedError as e:
         print("ERR", e, flush=True)
@@ -329,7 +329,11 @@ def test_gloo_processes_stop_together_naming_the_failing_rank():
 def test_gloo_collective_times_out_after_the_given_seconds():
     """The timeout given to set-up bounds a collective: rank 0 stops waiting for a late rank 1."""
     (rc0, out0), _ = _gloo("late", 4)
-    assert rc0 == 3 and "TIMEOUT" in out0, out0[-2000:]
+    assert rc0 == 3 and "TIMEOUT DistributedError |" in out0, out0[-2000:]
+    # one clear error naming the bound and its option, the backend's own error kept as the cause
+    assert "process 0 of 2: the all-reduce of every process's verdict failed" in out0, out0[-2000:]
+    assert "did not arrive within --timeout-s=4 s" in out0 and "needs a larger --timeout-s" in out0, out0[-2000:]
+    assert out0.rstrip().endswith("| RuntimeError") or "| DistBackendError" in out0, out0[-2000:]
 
 
 # ----------------------------------------------------------------------------- no hooks in production

@@ -5,7 +5,8 @@
 rule for the backend (``nccl`` on CUDA, ``gloo`` on CPU: without CUDA or with
 ``ACCELERATE_USE_CPU=1``); every collective is bounded by a finite, positive timeout
 (:func:`check_timeout`; ``train.timeout_s`` for training, ``--timeout-s`` for sampling and
-extraction). :func:`setup` builds accelerate's ``PartialState`` with these choices (training's
+extraction); a collective of :class:`Group` that runs past it, or loses a peer, raises one
+:class:`DistributedError` naming the bound and its option, not the backend's traceback. :func:`setup` builds accelerate's ``PartialState`` with these choices (training's
 ``Accelerator`` adopts it) and refuses a process group that does not match the launch
 (:func:`check_group`: processes that failed to form a group would each write every file). The
 device is the local rank's (accelerate's ``cuda:LOCAL_RANK``), never the global rank. :func:`close`
@@ -31,10 +32,11 @@ The protocol needs three collectives of a :class:`Collectives` (``broadcast_obje
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -45,6 +47,7 @@ from vca_gen.errors import UserError
 T = TypeVar("T")
 MAIN = 0  # rank of the process that decides
 DEFAULT_TIMEOUT_S = 1800.0
+_bound: tuple[float, str] | None = None  # (seconds, option) that :func:`setup` gave the process group
 
 
 class DistributedError(UserError, RuntimeError):
@@ -135,6 +138,8 @@ def setup(timeout_s: Any, option: str = "--timeout-s") -> Group:
         kwargs = {"backend": backend(cpu), "timeout": datetime.timedelta(seconds=seconds)}
     state = PartialState(cpu=cpu, **kwargs)
     check_group(state, launch)
+    global _bound
+    _bound = (seconds, option)
     return Group(state)
 
 
@@ -144,6 +149,8 @@ def close() -> None:
     of letting it exit with its status) and forget accelerate's state of it."""
     import torch.distributed as tdist
 
+    global _bound
+    _bound = None
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
         from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -186,14 +193,16 @@ class Group:
             return obj
         from accelerate.utils import broadcast_object_list
 
-        return broadcast_object_list([obj], from_process=MAIN)[0]
+        with self._bounded("broadcast of the main process's decision"):
+            return broadcast_object_list([obj], from_process=MAIN)[0]
 
     def gather_object(self, obj: Any) -> list[Any]:
         if self.num_processes == 1:
             return [obj]
         from accelerate.utils import gather_object
 
-        return list(gather_object([obj]))
+        with self._bounded("gather of every process's findings"):
+            return list(gather_object([obj]))
 
     def all_ok(self, ok: bool) -> bool:
         if self.num_processes == 1:
@@ -201,8 +210,27 @@ class Group:
         import torch.distributed as tdist
 
         flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=self.device)
-        tdist.all_reduce(flag, op=tdist.ReduceOp.MIN)
+        with self._bounded("all-reduce of every process's verdict"):
+            tdist.all_reduce(flag, op=tdist.ReduceOp.MIN)
         return bool(flag.item())
+
+    @contextlib.contextmanager
+    def _bounded(self, what: str) -> Iterator[None]:
+        """A collective that timed out or lost a peer becomes one clear :class:`DistributedError`
+        (gloo and NCCL raise ``RuntimeError`` subclasses, with a C++ traceback and no advice)."""
+        try:
+            yield
+        except RuntimeError as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if _bound is None:
+                bound, fix = "the process-group timeout", "a larger process-group timeout"
+            else:
+                bound, fix = f"{_bound[1]}={_bound[0]:g} s", f"a larger {_bound[1]}"
+            raise DistributedError(
+                f"process {self.process_index} of {self.num_processes}: the {what} failed: another process did "
+                f"not arrive within {bound}, or stopped ({first}). A process slower than that here (loading, a busy "
+                f"machine) needs {fix}; a process that stopped printed its own error"
+            ) from e
 
 
 def as_group(state: Any) -> Collectives:
