@@ -6,8 +6,9 @@ rule for the backend (``nccl`` on CUDA, ``gloo`` on CPU: without CUDA or with
 ``ACCELERATE_USE_CPU=1``); every collective is bounded by a finite, positive timeout
 (:func:`check_timeout`; ``train.timeout_s`` for training, ``--timeout-s`` for sampling and
 extraction); a collective of :class:`Group` that runs past it, or loses a peer, raises one
-:class:`DistributedError` naming the bound and its option, not the backend's traceback. :func:`setup` builds accelerate's ``PartialState`` with these choices (training's
-``Accelerator`` adopts it) and refuses a process group that does not match the launch
+:class:`DistributedError` naming the bound and its option, not the backend's traceback.
+:func:`setup` builds accelerate's ``PartialState`` with these choices (training's ``Accelerator``
+adopts it) and refuses a process group that does not match the launch
 (:func:`check_group`: processes that failed to form a group would each write every file). The
 device is the local rank's (accelerate's ``cuda:LOCAL_RANK``), never the global rank. :func:`close`
 tears the group down before the interpreter exits.
