@@ -199,9 +199,11 @@ def make_settings(args) -> Settings:
 # device-agnostic helpers: budget, timing, memory, precision, sync counting
 # ----------------------------------------------------------------------------------------------
 class Budget:
-    def __init__(self, seconds: float):
+    """``seconds`` of wall clock counted from ``t0`` (default: when this script started)."""
+
+    def __init__(self, seconds: float, t0: float | None = None):
         self.seconds = float(seconds)
-        self.t0 = _T0
+        self.t0 = _T0 if t0 is None else float(t0)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def test_zero_budget_skips_every_unit_and_says_so(tmp_path):
 
 
 def test_budget_refusal():
-    b = gpu.Budget(100.0)
+    # counted from now, not from when the module was imported (a long test session passes 100 s)
+    b = gpu.Budget(100.0, t0=time.perf_counter())
     assert b.refusal(10.0) is None
     assert "needs about 1000" in b.refusal(1000.0)
     b.t0 -= 200  # pretend 200 s have passed
