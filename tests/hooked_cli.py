@@ -12,6 +12,7 @@ launcher set it, 0 when unset).
 
     --save-pause S            checkpoint writes pause S seconds half-way
     --step-sleep S            training sleeps S seconds after every step
+    --stall-step RANK:STEP:S  that rank sleeps S seconds once, before training step STEP
     --hide-checkpoint RANK:F  that rank does not see file F of the checkpoint training resumes from
     --shard-sleep RANK:S      that rank sleeps S seconds before each of its shards (sample, extract)
     --hide-shards RANK:K,..   that rank does not see finished sampling shards K, ...
@@ -27,7 +28,15 @@ import inspect
 import sys
 from pathlib import Path
 
-OPTIONS = ("--save-pause", "--step-sleep", "--hide-checkpoint", "--shard-sleep", "--hide-shards", "--fail-stage")
+OPTIONS = (
+    "--save-pause",
+    "--step-sleep",
+    "--stall-step",
+    "--hide-checkpoint",
+    "--shard-sleep",
+    "--hide-shards",
+    "--fail-stage",
+)
 
 
 def split(argv: list[str]) -> tuple[list[tuple[str, str]], str, list[str]]:
@@ -60,6 +69,9 @@ def faults_for(opts: list[tuple[str, str]], rank: int):
             kw["save_pause_s"] = float(value)
         elif name == "--step-sleep":
             kw["step_sleep_s"] = float(value)
+        elif name == "--stall-step" and (v := for_rank(value, rank)) is not None:
+            step, _, seconds = v.partition(":")
+            kw["stall_step"], kw["stall_s"] = int(step), float(seconds)
         elif name == "--hide-checkpoint" and (v := for_rank(value, rank)) is not None:
             kw["hidden_checkpoint_files"] = (*kw.get("hidden_checkpoint_files", ()), v)
         elif name == "--shard-sleep" and (v := for_rank(value, rank)) is not None:

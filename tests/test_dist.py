@@ -264,6 +264,30 @@ def test_a_group_that_does_not_match_the_launch_is_refused():
     dist.check_group(Lonely(), dist.Launch())  # one process: fine
 
 
+def test_bounded_translates_only_backend_failures_when_the_block_also_computes():
+    """A training step computes around its collective: an error of the computation (an OOM, a shape
+    error) passes unchanged; the backend's report of a timeout or a lost peer becomes one clear error."""
+    import torch.distributed as tdist
+
+    gloo = RuntimeError("[/x/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer")
+    for e in (gloo, tdist.DistBackendError("NCCL watchdog timeout"), tdist.DistNetworkError("reset")):
+        assert dist.is_backend_failure(e), e
+        with pytest.raises(dist.DistributedError, match="process 1 of 2: the step x failed: .* Kept.$") as got:
+            with dist.bounded("step x", 1, 2, only_backend=True, then="Kept."):
+                raise e
+        assert got.value.__cause__ is e
+    oom = torch.OutOfMemoryError("CUDA out of memory")
+    for e in (oom, RuntimeError("mat1 and mat2 shapes cannot be multiplied")):
+        assert not dist.is_backend_failure(e), e
+        with pytest.raises(type(e)) as got:
+            with dist.bounded("step x", 1, 2, only_backend=True):
+                raise e
+        assert got.value is e
+    with pytest.raises(dist.DistributedError, match="the broadcast failed"):  # a bare collective: any error
+        with dist.bounded("broadcast", 0, 2):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
 # ----------------------------------------------------------------------------- real gloo processes
 WORKER = textwrap.dedent(
     """

@@ -23,6 +23,7 @@ from test_training_common import (
     wait_all,
     write_yaml,
 )
+from vca_gen.experiment.checkpoint import verify_checkpoint
 
 
 def free_port() -> int:
@@ -109,3 +110,23 @@ def test_processes_disagreeing_on_the_checkpoint_stop_before_the_first_step(tmp_
         assert "resumed from" not in out
     after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and "logs" not in p.parts}
     assert after == before  # nothing trained or written; the lock is released
+
+
+@pytest.mark.slow
+def test_a_rank_slower_than_the_timeout_stops_training_with_one_clear_error(tmp_path):
+    """Rank 1 stalls 15 s before step 3 with ``train.timeout_s=5``: rank 0's gradient all-reduce (DDP,
+    inside the step) times out and rank 1 then finds its peer gone. Each stops with exit 2 and one
+    error naming the step and the option, not gloo's traceback; step 2's checkpoint is kept intact."""
+    d = tiny_dict(tmp_path / "run", max_steps=4, ckpt_every=2, timeout_s=5)
+    cfg = write_yaml(tmp_path / "c.yaml", d)
+    results = wait_all(launch_direct(cfg, 2, faults=["--stall-step", "1:3:15"]))
+    ckpts = tmp_path / "run/checkpoints"
+    for rank, (rc, _out, err) in enumerate(results):
+        why = f"rank {rank}:\n{err[-3000:]}"
+        assert rc == 2, why
+        assert f"train.py: error: process {rank} of 2: the gradient all-reduce of training step 3 failed" in err, why
+        assert "needs a larger train.timeout_s" in err and f"The last checkpoint in {ckpts} is intact" in err, why
+        assert "Traceback" not in err, why
+    assert "within train.timeout_s=5 s" in results[0][2], results[0][2][-3000:]  # rank 0 waited out the bound
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000002"]
+    verify_checkpoint(ckpts / "step_00000002")  # intact: every file matches its recorded checksum

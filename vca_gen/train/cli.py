@@ -15,7 +15,8 @@ Ctrl-C aborts at once). Multi-node: ``train.timeout_s`` (default 1800) bounds ev
 SLURM recipes (requeue on exit 75): docs/slurm.md.
 
 Exit status: 0 done; 2 bad input (config / data / checkpoint, run directory locked by another
-run, processes disagreeing on the checkpoint, a precision the device cannot run); 3 stopped on
+run, processes disagreeing on the checkpoint, a precision the device cannot run, a wait for the
+other processes past train.timeout_s); 3 stopped on
 non-finite losses; 75 (EX_TEMPFAIL) stopped by a signal with a checkpoint written: re-run
 (requeue) the same command to continue.
 """

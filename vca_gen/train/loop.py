@@ -87,6 +87,8 @@ def run_loop(tr: Trainer) -> dict[str, Any]:
                     flush=True,
                 )
             x, y = next(data)
+            if tr.faults.stall_s > 0 and tr.step + 1 == tr.faults.stall_step:
+                time.sleep(tr.faults.stall_s)
             stats = tr.train_step(x, y)
             if stats["applied"]:
                 bar.update(1)

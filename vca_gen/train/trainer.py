@@ -195,8 +195,19 @@ class Trainer:
         """One global batch on this process's share: forward/backward, then the optimizer update
         unless the loss or gradient is not finite. Returns ``loss`` and ``grad_norm`` as device
         tensors (read them only when logging), ``lr``, ``skipped`` (0/1), ``applied`` and ``stop``
-        (a stop signal reached some process: every process sees the same value)."""
-        return step.train_step(self, x, y)
+        (a stop signal reached some process: every process sees the same value). Several processes:
+        the gradient all-reduce running past ``train.timeout_s``, or losing a peer, is one clear
+        :class:`~vca_gen.utils.dist.DistributedError`."""
+        if self.acc.num_processes == 1:
+            return step.train_step(self, x, y)
+        with dist.bounded(
+            f"gradient all-reduce of training step {self.step + 1}",
+            self.acc.process_index,
+            self.acc.num_processes,
+            only_backend=True,
+            then=f"The last checkpoint in {self.ckpt_root} is intact: re-run the same command to continue from it",
+        ):
+            return step.train_step(self, x, y)
 
     def sample_grid(self) -> Path | None:
         return periodic.sample_grid(self)

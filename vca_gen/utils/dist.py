@@ -215,23 +215,45 @@ class Group:
             tdist.all_reduce(flag, op=tdist.ReduceOp.MIN)
         return bool(flag.item())
 
-    @contextlib.contextmanager
-    def _bounded(self, what: str) -> Iterator[None]:
-        """A collective that timed out or lost a peer becomes one clear :class:`DistributedError`
-        (gloo and NCCL raise ``RuntimeError`` subclasses, with a C++ traceback and no advice)."""
-        try:
-            yield
-        except RuntimeError as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            if _bound is None:
-                bound, fix = "the process-group timeout", "a larger process-group timeout"
-            else:
-                bound, fix = f"{_bound[1]}={_bound[0]:g} s", f"a larger {_bound[1]}"
-            raise DistributedError(
-                f"process {self.process_index} of {self.num_processes}: the {what} failed: another process did "
-                f"not arrive within {bound}, or stopped ({first}). A process slower than that here (loading, a busy "
-                f"machine) needs {fix}; a process that stopped printed its own error"
-            ) from e
+    def _bounded(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return bounded(what, self.process_index, self.num_processes)
+
+
+def is_backend_failure(e: BaseException) -> bool:
+    """Whether ``e`` is the backend's report of a collective that timed out or lost a peer: torch's
+    ``DistError`` family (NCCL, the store, the network) or a gloo transport error (a plain
+    ``RuntimeError`` whose message names gloo's sources), not an error of the computation around it."""
+    import torch.distributed as tdist
+
+    if isinstance(e, getattr(tdist, "DistError", ())):
+        return True
+    return isinstance(e, RuntimeError) and "/gloo/" in str(e)
+
+
+@contextlib.contextmanager
+def bounded(
+    what: str, process_index: int, num_processes: int, *, only_backend: bool = False, then: str = ""
+) -> Iterator[None]:
+    """A collective (``what``) that timed out or lost a peer becomes one clear :class:`DistributedError`
+    naming the bound and its option (gloo and NCCL raise ``RuntimeError`` subclasses with a C++
+    traceback and no advice; the backend's error is kept as the cause). ``only_backend``: the block
+    also computes (a training step's forward and backward), so only :func:`is_backend_failure`
+    errors are translated; any other error passes unchanged. ``then``: a last sentence (what is kept)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if isinstance(e, DistributedError) or (only_backend and not is_backend_failure(e)):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if _bound is None:
+            bound, fix = "the process-group timeout", "a larger process-group timeout"
+        else:
+            bound, fix = f"{_bound[1]}={_bound[0]:g} s", f"a larger {_bound[1]}"
+        raise DistributedError(
+            f"process {process_index} of {num_processes}: the {what} failed: another process did "
+            f"not arrive within {bound}, or stopped ({first}). A process slower than that here (loading, a busy "
+            f"machine) needs {fix}; a process that stopped printed its own error{'. ' + then if then else ''}"
+        ) from e
 
 
 def as_group(state: Any) -> Collectives:
@@ -343,6 +365,8 @@ def main_first(
 
 __all__ = [
     "DistributedError",
+    "bounded",
+    "is_backend_failure",
     "Launch",
     "launched",
     "use_cpu",

@@ -17,6 +17,8 @@ class Faults:
 
     save_pause_s: float = 0.0  # a checkpoint write sleeps half-way (a kill lands mid-write)
     step_sleep_s: float = 0.0  # training sleeps after every step (a signal lands mid-run)
+    stall_step: int = 0  # this process sleeps stall_s before training step stall_step (a slow rank) ...
+    stall_s: float = 0.0  # ... once; past train.timeout_s, the others' gradient all-reduce times out
     hidden_checkpoint_files: tuple[str, ...] = ()  # files of the resume checkpoint this process does not see
     shard_sleep_s: float = 0.0  # sampling / extraction sleep before each shard of this process
     hidden_shards: tuple[int, ...] = ()  # finished sampling shards this process does not see
