@@ -253,6 +253,18 @@ def _ci(ci: Any) -> str:
     return f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "–"
 
 
+def _provenance(res: dict[str, Any], name: str) -> str:
+    """The line under a results table: cells done, the torch thread counts they ran with, the file."""
+    t = res.get("threads") or {}
+    threads = ", ".join(map(str, t.get("counts") or [])) or "not recorded"
+    if t.get("unrecorded"):
+        threads += f" ({t['unrecorded']} cells from before the count was recorded)"
+    return (
+        f"\n{res.get('cells_done')} of {res.get('cells_total')} cells; torch threads per process: {threads}; "
+        f"from `docs/results/{name}/results.json`.\n"
+    )
+
+
 def results_table(name: str) -> str:
     """Final FID per variant and the sweep's paired comparisons, read from its committed results.json."""
     import json
@@ -279,14 +291,40 @@ def results_table(name: str) -> str:
         out += "\n" + table(
             ["paired difference (same seeds)", "Δ FID", "seeds", "95% CI of Δ"], comps, ["---", "---:", "---:", "---:"]
         )
-    done, total = res.get("cells_done"), res.get("cells_total")
-    t = res.get("threads") or {}
-    threads = ", ".join(map(str, t.get("counts") or [])) or "not recorded"
-    if t.get("unrecorded"):
-        threads += f" ({t['unrecorded']} cells from before the count was recorded)"
-    out += f"\n{done} of {total} cells; torch threads per process: {threads}; "
-    out += f"from `docs/results/{name}/results.json`.\n"
-    return out
+    return out + _provenance(res, name)
+
+
+def results_by_step_table(name: str) -> str:
+    """FID per variant and the sweep's paired comparisons at every scored checkpoint (a horizon sweep:
+    does a gap persist, grow or close?), read from its committed results.json."""
+    import json
+
+    res = json.loads((REPO / "docs" / "results" / name / "results.json").read_text())
+    steps = sorted({int(s) for v in res["variants"].values() for s in v["metrics"]["fid"]["by_step"]})
+    heads, align = [f"step {s:,}" for s in steps], ["---:"] * len(steps)
+
+    def cell(d: dict[str, Any] | None, paired: bool) -> str:
+        if not d or not d.get("n"):
+            return "–"
+        mean = f"{d['mean']:+.1f}" if paired else f"{d['mean']:.1f}"
+        if paired:
+            spread = f" {_ci(d.get('ci'))}" if d.get("ci") else ""
+        else:
+            spread = f" ± {d['std']:.1f}" if d.get("std") is not None else ""
+        return f"{mean}{spread} ({d['n']})"
+
+    rows = [
+        [f"`{v}`", *(cell(e["metrics"]["fid"]["by_step"].get(str(s)), False) for s in steps)]
+        for v, e in res["variants"].items()
+    ]
+    out = table(["FID, mean ± std (seeds)", *heads], rows, ["---", *align])
+    comps = [
+        [c["name"], *(cell(c["metrics"]["fid"]["by_step"].get(str(s)), True) for s in steps)]
+        for c in res.get("comparisons") or []
+    ]
+    if comps:
+        out += "\n" + table(["paired Δ FID, 95% CI (seeds)", *heads], comps, ["---", *align])
+    return out + _provenance(res, name)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -319,6 +357,7 @@ def generators() -> dict[str, Callable[[], str]]:
     }
     for path in sorted((REPO / "docs" / "results").glob("*/results.json")):
         gens[f"results:{path.parent.name}"] = lambda name=path.parent.name: results_table(name)
+        gens[f"results-by-step:{path.parent.name}"] = lambda name=path.parent.name: results_by_step_table(name)
     for tool in ("train.py", "sample.py", "evaluate_fid.py", "extract_latents.py", "sweep.py"):
         gens[f"cli:{tool}"] = lambda tool=tool: cli_table(tool)
     for section in ("model", "objective", "data", "train", "logging"):
