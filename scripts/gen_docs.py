@@ -9,8 +9,9 @@ A generated block sits between two HTML comments::
 
 and is rewritten from the code itself: the command-line options from each CLI's argparse parser,
 the config keys and defaults from the experiment schema, the attention kinds and their options, the
-samplers and metrics from their registries, the shipped experiment and sweep files, and the test
-files. ``python scripts/gen_docs.py`` rewrites every block (``make docs``); ``--check`` rewrites
+samplers and metrics from their registries, the shipped experiment and sweep files, the test
+files, and each sweep's committed ``docs/results/NAME/results.json`` (``results:NAME``: the final
+checkpoint; ``results-by-step:NAME``: every scored checkpoint). ``python scripts/gen_docs.py`` rewrites every block (``make docs``); ``--check`` rewrites
 nothing and exits 1 naming each stale block (``tests/test_docs.py`` runs it, so a change to a CLI
 option, a default, a sampler, a metric or a test without regenerating fails the suite).
 """
