@@ -69,6 +69,7 @@ def fake_results(plans, rng, shift):
             "sample_minutes": 0.5,
             "score_minutes": 0.25,
             "threads": {"train": 1, "sample": 1, "score": 1},
+            **({"cpu": "Some CPU (AVX2)", "torch": "2.14.1"} if p.seed else {}),  # seed 0: an older record
         }
         Path(p.result_file).parent.mkdir(parents=True, exist_ok=True)
         Path(p.result_file).write_text(json.dumps(rec))
@@ -110,6 +111,8 @@ def test_named_comparisons_equal_an_independent_computation(tmp_path, capsys):
     assert "| vca - mhsa-dw | final |" in report and "| mhsa-dw - mhsa | step 2 |" in report
     assert "trained, sampled and scored with 1 thread per process" in report
     assert res["threads"] == {"counts": [1], "unrecorded": 0}
+    assert res["platforms"] == {"kinds": ["Some CPU (AVX2), torch 2.14.1"], "unrecorded": 3}  # 3 variants' seed 0
+    assert "- platform: Some CPU (AVX2), torch 2.14.1 (3 cell(s) finished before the platform was recorded)" in report
 
 
 def test_a_sweep_reuses_another_sweeps_committed_cells_without_copying(tmp_path, capsys):
@@ -194,3 +197,12 @@ def test_a_tiny_cell_rerun_at_the_same_thread_count_reproduces_exactly(
     assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
     assert os.environ.get("OMP_NUM_THREADS") is None  # the sweep pinned only its stages' environment
     assert "1 thread per process" in (tmp_path / "results2" / "report.md").read_text()
+    # and where they ran: the CPU kind torch's kernels were picked for, and the torch build
+    import torch
+
+    assert records[0]["cpu"] == records[1]["cpu"] and records[0]["torch"] == records[1]["torch"] == torch.__version__
+    assert records[0]["cpu"].endswith(f"({torch.backends.cpu.get_cpu_capability()})")
+    assert (
+        f"- platform: {records[0]['cpu']}, torch {torch.__version__};"
+        in (tmp_path / "results2" / "report.md").read_text()
+    )

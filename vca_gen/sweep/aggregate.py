@@ -5,7 +5,8 @@ interval ``mean ± t(0.975, n − 1) · std / √n`` (none for n < 2). Against t
 paired per-seed differences ``variant − baseline`` over the seeds both have, with the same interval
 and a flag when it contains 0 (no difference shown at 95%). The sweep's named ``comparisons`` (``a − b``)
 get the same paired statistics at the final checkpoint and at every step both variants scored.
-Thread counts: per variant and overall, the torch thread counts its cells trained and sampled with.
+Thread counts: per variant and overall, the torch thread counts its cells trained and sampled with;
+platforms: the CPU kinds and torch builds they ran on (bit-for-bit reproduction needs all three).
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ def _threads(per_cell) -> dict[str, Any]:
         for x in vals:
             counts.update(x if isinstance(x, list) else [x])
     return {"counts": sorted(counts), "unrecorded": unrecorded}
+
+
+def _platforms(cells) -> dict[str, Any]:
+    """``{"kinds": sorted "CPU kind, torch build" strings seen, "unrecorded": cells without a record}``."""
+    kinds, unrecorded = set(), 0
+    for c in cells:
+        if c.get("cpu") and c.get("torch"):
+            kinds.add(f"{c['cpu']}, torch {c['torch']}")
+        else:
+            unrecorded += 1
+    return {"kinds": sorted(kinds), "unrecorded": unrecorded}
 
 
 def load_results(plans: Sequence[CellPlan]) -> dict[str, dict[str, Any]]:
@@ -124,6 +136,8 @@ def aggregate(sweep: Sweep, plans: Sequence[CellPlan], ref_identity: dict[str, A
                 "device": records[p.key].get("device"),
                 "git_commit": records[p.key].get("git_commit"),
                 "threads": records[p.key].get("threads"),
+                "cpu": records[p.key].get("cpu"),
+                "torch": records[p.key].get("torch"),
                 "reused_from": p.reused_from,
             }
             for p in vplans
@@ -195,6 +209,7 @@ def aggregate(sweep: Sweep, plans: Sequence[CellPlan], ref_identity: dict[str, A
         },
         "reference_note": sweep.reference_note,
         "threads": _threads(c["threads"] for e in variants.values() for c in e["cells"].values()),
+        "platforms": _platforms(c for e in variants.values() for c in e["cells"].values()),
         "reused": sorted({str(p.reused_from) for p in plans if p.reused_from and p.key in records}),
         "variants": variants,
         "comparisons": comparisons,

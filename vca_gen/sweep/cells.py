@@ -239,9 +239,26 @@ def device_name() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def cpu_kind() -> str:
+    """The CPU's model name and the instruction set torch's kernels use on it (e.g. ``AMD EPYC (AVX2)``):
+    CPU results reproduce bit for bit only on the same kind, with the same torch build and thread count."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:  # not Linux
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def result_record(plan, events: list[dict[str, Any]]) -> dict[str, Any]:
     """The committed result of a finished cell: per scored step, every registered metric field of
-    ``score.json`` (``None`` when not computed) with ``n``, ``n_ref`` and ``mode``."""
+    ``score.json`` (``None`` when not computed) with ``n``, ``n_ref`` and ``mode``; where it ran (host,
+    device, CPU kind, torch build, thread counts: what exact reproduction needs)."""
+    import torch
+
     from vca_gen.metrics import registry
 
     metrics: dict[str, dict[str, Any]] = {}
@@ -271,6 +288,8 @@ def result_record(plan, events: list[dict[str, Any]]) -> dict[str, Any]:
         "git_dirty": g["dirty"],
         "host": socket.gethostname(),
         "device": device_name(),
+        "cpu": cpu_kind(),
+        "torch": torch.__version__,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

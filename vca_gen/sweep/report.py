@@ -153,6 +153,7 @@ def _protocol_lines(res: dict[str, Any]) -> list[str]:
         f"- reference: {ref_txt}; feature mode {p['mode'] or 'the reference’s'}",
         f"- metrics: {', '.join(res['metrics'])}; protocol hash `{(p['protocol_hash'] or '')[:12]}`",
         _threads_line(res),
+        _platform_line(res),
     ] + (
         [f"- cells reused from the committed results of: {', '.join(f'`{r}`' for r in res['reused'])} (not copied)"]
         if res.get("reused")
@@ -175,6 +176,15 @@ def _threads_line(res: dict[str, Any]) -> str:
     if unrec and counts:
         txt += f"; {unrec} cell(s) finished before thread counts were recorded"
     return txt
+
+
+def _platform_line(res: dict[str, Any]) -> str:
+    p = res.get("platforms") or {"kinds": [], "unrecorded": res.get("cells_done", 0)}
+    kinds, unrec = p["kinds"], p["unrecorded"]
+    txt = f"- platform: {'; '.join(kinds)}" if kinds else "- platform: not recorded"
+    if unrec and kinds:
+        txt += f" ({unrec} cell(s) finished before the platform was recorded)"
+    return txt + "; bit-for-bit reproduction also needs the same CPU kind and torch build"
 
 
 def write_report(res: dict[str, Any], results_dir: Path) -> Path:
