@@ -11,9 +11,10 @@ and is rewritten from the code itself: the command-line options from each CLI's 
 the config keys and defaults from the experiment schema, the attention kinds and their options, the
 samplers and metrics from their registries, the shipped experiment and sweep files, the test
 files, and each sweep's committed ``docs/results/NAME/results.json`` (``results:NAME``: the final
-checkpoint; ``results-by-step:NAME``: every scored checkpoint). ``python scripts/gen_docs.py`` rewrites every block (``make docs``); ``--check`` rewrites
-nothing and exits 1 naming each stale block (``tests/test_docs.py`` runs it, so a change to a CLI
-option, a default, a sampler, a metric or a test without regenerating fails the suite).
+checkpoint; ``results-by-step:NAME``: every scored checkpoint). ``python scripts/gen_docs.py``
+rewrites every block (``make docs``); ``--check`` rewrites nothing and exits 1 naming each stale block
+(``tests/test_docs.py`` runs it, so a change to a CLI option, a default, a sampler, a metric or a test
+without regenerating fails the suite).
 """
 
 from __future__ import annotations
